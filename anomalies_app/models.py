@@ -1,0 +1,51 @@
+"""Anomalies raised by detection and triaged by analysts."""
+
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+from django.utils import timezone
+
+
+class Severity(models.TextChoices):
+    LOW = "low"
+    MEDIUM = "medium"
+    HIGH = "high"
+
+
+class AnomalyStatus(models.TextChoices):
+    NEW = "new"
+    ACKNOWLEDGED = "acknowledged"
+    RESOLVED = "resolved"
+    FALSE_POSITIVE = "false_positive"
+
+
+class Anomaly(models.Model):
+    user_id = models.BigIntegerField()
+    anomaly_type = models.CharField(max_length=64)
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+    description = models.TextField()
+    original_signal_data = models.JSONField(default=dict)
+    detection_timestamp = models.DateTimeField(default=timezone.now)
+    created_at = models.DateTimeField(default=timezone.now)
+    # Triage: filled in by analysts in the admin.
+    status = models.CharField(max_length=16, choices=AnomalyStatus.choices, default=AnomalyStatus.NEW)
+    assigned_to = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    triage_notes = models.TextField(blank=True, default="")
+    triaged_at = models.DateTimeField(null=True, blank=True)
+
+    class Meta:
+        db_table = "anomalies"
+        verbose_name_plural = "anomalies"
+        indexes = [
+            models.Index(fields=["user_id"], name="idx_anomalies_user_id"),
+            models.Index(fields=["anomaly_type"], name="idx_anomalies_type"),
+            models.Index(fields=["severity"], name="idx_anomalies_severity"),
+            models.Index(fields=["detection_timestamp"], name="idx_anomalies_detected"),
+            models.Index(fields=["user_id", "detection_timestamp"], name="idx_anomalies_user_time"),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.anomaly_type} ({self.severity}) for user {self.user_id}"

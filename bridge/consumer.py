@@ -1,0 +1,308 @@
+"""The Kafka -> Celery bridge: a chain of small steps with the commit last.
+
+One turn of the loop (`step`):
+1. `collect_results`: ask the result backend, in one round trip, which dispatched
+   batches are stored; re-dispatch those that failed or were lost.
+2. `commit`: commit, per partition, the offset below which everything is stored.
+3. `apply_backpressure`: pause all partitions while too many batches are outstanding.
+4. `consume_batch`: read up to BATCH_SIZE records (or what arrived within
+   BATCH_TIMEOUT_MS), validate each, keep the invalid ones as dead letters (table and DLQ
+   topic) and hand the valid ones to Celery as one task.
+A record's offset is committed only after its batch is stored (or dead-lettered), so a
+crash anywhere replays records, and idempotent storing turns the replay into no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from celery.result import AsyncResult
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from django.db import DatabaseError, connection
+
+from bridge.offsets import OffsetTracker
+from eventpipeline.metrics import (
+    BATCH_SIZE_CURRENT,
+    BRIDGE_IN_FLIGHT,
+    BRIDGE_PAUSED,
+    EVENTS_PROCESSED,
+    PROCESSING_LATENCY,
+)
+from signals_app.messages import Limits, Rejection, decode_signal
+from signals_app.services import DeadLetterRecord, dead_letters_store
+from signals_app.tasks import store_signals
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class InFlightBatch:
+    batch_id: str
+    events: list[dict[str, Any]]
+    received_at: float
+    dispatched_at: float = 0.0
+    task_id: str | None = None
+    attempts: int = 0
+    high_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
+
+
+@dataclass
+class BridgeConfig:
+    topic: str
+    dlq_topic: str
+    batch_size: int
+    batch_timeout_s: float
+    max_in_flight: int
+    redispatch_after_s: float
+    limits: Limits
+    drain_timeout_s: float = 30.0
+
+
+class Bridge:
+    def __init__(
+        self,
+        *,
+        config: BridgeConfig,
+        consumer: Consumer,
+        dlq_producer: Producer,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.consumer = consumer
+        self.dlq_producer = dlq_producer
+        self.clock = clock
+        self.tracker = OffsetTracker()
+        self.in_flight: dict[str, InFlightBatch] = {}
+        self.paused = False
+        self.shutdown = False
+        self.dlq_unflushed = 0
+
+    # --- lifecycle ------------------------------------------------------------------
+    def subscribe(self) -> None:
+        self.consumer.subscribe([self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+
+    def run(self) -> None:
+        self.subscribe()
+        while not self.shutdown:
+            self.step()
+        self.drain()
+
+    def step(self) -> None:
+        self.collect_results()
+        self.commit()
+        self.apply_backpressure()
+        if self.paused:
+            # Keep serving the group protocol while paused; nothing is returned.
+            self.consumer.poll(0.05)
+            return
+        self.consume_batch()
+
+    def drain(self) -> None:
+        """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close."""
+        deadline = self.clock() + self.config.drain_timeout_s
+        while self.in_flight and self.clock() < deadline:
+            self.collect_results()
+            self.commit()
+            time.sleep(0.05)
+        if self.in_flight:
+            logger.warning("stopping with %d batches not confirmed; they will be consumed again", len(self.in_flight))
+        self.commit(asynchronous=False)
+        self.consumer.close()
+
+    # --- steps ----------------------------------------------------------------------
+    def consume_batch(self) -> None:
+        messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.batch_timeout_s)
+        if not messages:
+            return
+        received_at = self.clock()
+        now_ms = int(time.time() * 1000)
+        events: list[dict[str, Any]] = []
+        dead_letters: list[DeadLetterRecord] = []
+        high_offsets: dict[tuple[str, int], int] = {}
+        for message in messages:
+            error = message.error()
+            if error is not None:
+                if error.code() != KafkaError._PARTITION_EOF:
+                    logger.warning("consumer error: %s", error)
+                continue
+            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            high_offsets[(topic, partition)] = offset
+            decoded = decode_signal(
+                message.value(),
+                topic=topic,
+                partition=partition,
+                offset=offset,
+                now_ms=now_ms,
+                limits=self.config.limits,
+            )
+            if isinstance(decoded, Rejection):
+                dead_letters.append(self._dead_letter(message, decoded.reason))
+            else:
+                events.append(decoded)
+        if dead_letters:
+            self.keep_dead_letters(dead_letters)
+        batch = InFlightBatch(
+            batch_id=uuid.uuid4().hex, events=events, received_at=received_at, high_offsets=high_offsets
+        )
+        self.tracker.add(batch.batch_id, high_offsets)
+        EVENTS_PROCESSED.labels(status="accepted").inc(len(events))
+        if events:
+            self.in_flight[batch.batch_id] = batch
+            self.dispatch(batch)
+        else:
+            self.tracker.complete(batch.batch_id)
+
+    def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> None:
+        """Store refused records in the table (the durable record) and on the DLQ topic.
+
+        Retried until PostgreSQL takes them: their offsets must not be committed before.
+        """
+        while True:
+            try:
+                dead_letters_store(dead_letters=dead_letters)
+                break
+            except DatabaseError as error:
+                logger.error("cannot store %d dead letters, retrying: %s", len(dead_letters), error)
+                connection.close()
+                time.sleep(1.0)
+        for record in dead_letters:
+            self.dlq_producer.produce(
+                self.config.dlq_topic,
+                value=record.raw,
+                key=record.key,
+                headers=[
+                    ("reason", record.reason.encode()),
+                    ("source_topic", record.source_topic.encode()),
+                    ("source_partition", str(record.source_partition).encode()),
+                    ("source_offset", str(record.source_offset).encode()),
+                ],
+            )
+        self.dlq_producer.poll(0)
+        self.dlq_unflushed += len(dead_letters)
+        EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
+        for record in dead_letters:
+            logger.info(
+                "dead letter %s[%d]@%d: %s",
+                record.source_topic,
+                record.source_partition,
+                record.source_offset,
+                record.reason,
+            )
+
+    def dispatch(self, batch: InFlightBatch) -> None:
+        batch.attempts += 1
+        batch.dispatched_at = self.clock()
+        try:
+            result = store_signals.apply_async(args=[batch.events])
+        except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
+            logger.error("cannot hand batch %s to Celery (attempt %d): %s", batch.batch_id, batch.attempts, error)
+            batch.task_id = None
+            return
+        batch.task_id = result.id
+        BATCH_SIZE_CURRENT.set(len(batch.events))
+        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+
+    def collect_results(self) -> None:
+        if not self.in_flight:
+            return
+        now = self.clock()
+        batches = list(self.in_flight.values())
+        states = self._task_states([b.task_id for b in batches])
+        for batch, state in zip(batches, states, strict=True):
+            if state == "SUCCESS":
+                self._finish(batch, now)
+            elif state == "FAILURE" or batch.task_id is None:
+                if now - batch.dispatched_at >= min(2 ** min(batch.attempts, 5), self.config.redispatch_after_s):
+                    logger.warning("batch %s %s; dispatching again", batch.batch_id, state or "not handed over")
+                    self.dispatch(batch)
+            elif now - batch.dispatched_at >= self.config.redispatch_after_s:
+                logger.warning(
+                    "batch %s has no result after %.0f s (state %s); dispatching again",
+                    batch.batch_id,
+                    now - batch.dispatched_at,
+                    state,
+                )
+                self.dispatch(batch)
+        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+
+    def commit(self, *, asynchronous: bool = True) -> None:
+        offsets = self.tracker.committable()
+        if not offsets:
+            return
+        if self.dlq_unflushed:
+            # The DLQ copy of a dead letter must be on Kafka before its offset is committed.
+            self.dlq_producer.flush(30)
+            self.dlq_unflushed = 0
+        partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
+        try:
+            self.consumer.commit(offsets=partitions, asynchronous=asynchronous)
+        except Exception as error:  # noqa: BLE001 - a failed commit only means a replay later
+            logger.warning("offset commit failed, will retry: %s", error)
+            return
+        self.tracker.committed(offsets)
+
+    def apply_backpressure(self) -> None:
+        saturated = len(self.in_flight) >= self.config.max_in_flight
+        if saturated == self.paused:
+            return
+        assignment = self.consumer.assignment()
+        if saturated:
+            self.consumer.pause(assignment)
+            logger.info("workers are behind (%d batches in flight): pausing", len(self.in_flight))
+        else:
+            self.consumer.resume(assignment)
+        self.paused = saturated
+        BRIDGE_PAUSED.set(1 if saturated else 0)
+
+    # --- helpers --------------------------------------------------------------------
+    def _finish(self, batch: InFlightBatch, now: float) -> None:
+        del self.in_flight[batch.batch_id]
+        self.tracker.complete(batch.batch_id)
+        PROCESSING_LATENCY.observe(now - batch.received_at)
+
+    def _task_states(self, task_ids: list[str | None]) -> list[str | None]:
+        """States of many tasks in one round trip to the result backend."""
+        backend = store_signals.backend
+        known = [task_id for task_id in task_ids if task_id]
+        if not known:
+            return [None] * len(task_ids)
+        try:
+            if hasattr(backend, "client"):
+                raw = backend.client.mget([backend.get_key_for_task(task_id) for task_id in known])
+                metas = {
+                    task_id: backend.decode_result(value) if value else None
+                    for task_id, value in zip(known, raw, strict=True)
+                }
+                found = {task_id: (meta or {}).get("status") for task_id, meta in metas.items()}
+            else:
+                found = {task_id: AsyncResult(task_id, backend=backend).state for task_id in known}
+        except Exception as error:  # noqa: BLE001 - the backend may be restarting; ask again next turn
+            logger.warning("cannot read task results: %s", error)
+            return ["PENDING" if task_id else None for task_id in task_ids]
+        return [found.get(task_id) if task_id else None for task_id in task_ids]
+
+    def _dead_letter(self, message: Message, reason: str) -> DeadLetterRecord:
+        return DeadLetterRecord(
+            raw=message.value() or b"",
+            key=message.key(),
+            source_topic=message.topic(),
+            source_partition=message.partition(),
+            source_offset=message.offset(),
+            reason=reason,
+        )
+
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        if self.paused:
+            consumer.pause(partitions)
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        revoked = [(p.topic, p.partition) for p in partitions]
+        logger.info("revoked %s", revoked)
+        self.commit(asynchronous=False)
+        self.tracker.forget(revoked)

@@ -1,0 +1,69 @@
+"""`manage.py run_bridge`: consume signals from Kafka and hand them to Celery."""
+
+from __future__ import annotations
+
+import logging
+import signal
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import Consumer, Producer
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandParser
+from prometheus_client import start_http_server
+
+from bridge.consumer import Bridge, BridgeConfig
+from eventpipeline.kafka import consumer_config, producer_config, topics_ensure
+from signals_app.messages import Limits
+
+logger = logging.getLogger(__name__)
+
+
+class Command(BaseCommand):
+    help = "Consume signals from Kafka in batches, validate them and hand them to Celery to be stored."
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument("--topic", default=settings.SIGNALS_TOPIC)
+        parser.add_argument("--dlq-topic", default=settings.DLQ_TOPIC)
+        parser.add_argument("--group-id", default=settings.BRIDGE_GROUP_ID)
+        parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+        parser.add_argument("--metrics-port", type=int, default=settings.BRIDGE_METRICS_PORT, help="0 disables")
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        if options["metrics_port"]:
+            start_http_server(options["metrics_port"])
+        topics_ensure([options["topic"], options["dlq_topic"]], partitions=settings.TOPIC_PARTITIONS)
+        config = BridgeConfig(
+            topic=options["topic"],
+            dlq_topic=options["dlq_topic"],
+            batch_size=options["batch_size"],
+            batch_timeout_s=settings.BATCH_TIMEOUT_MS / 1000,
+            max_in_flight=settings.BRIDGE_MAX_IN_FLIGHT,
+            redispatch_after_s=settings.BRIDGE_REDISPATCH_SECONDS,
+            limits=Limits(
+                max_bytes=settings.MAX_MESSAGE_BYTES,
+                max_age_ms=settings.MAX_EVENT_AGE_DAYS * 86_400_000,
+                max_skew_ms=settings.MAX_CLOCK_SKEW_S * 1000,
+            ),
+        )
+        bridge = Bridge(
+            config=config,
+            consumer=Consumer(consumer_config(options["group_id"])),
+            dlq_producer=Producer(producer_config()),
+        )
+
+        def stop(signum: int, frame: FrameType | None) -> None:
+            logger.info("received %s: finishing the batches in flight, then stopping", signal.Signals(signum).name)
+            bridge.shutdown = True
+
+        signal.signal(signal.SIGTERM, stop)
+        signal.signal(signal.SIGINT, stop)
+        logger.info(
+            "bridge: %s -> Celery (batch %d, group %s, kafka %s)",
+            config.topic,
+            config.batch_size,
+            options["group_id"],
+            settings.KAFKA_BOOTSTRAP_SERVERS,
+        )
+        bridge.run()
+        logger.info("bridge stopped")

@@ -1,0 +1,49 @@
+"""The Celery application. Configuration lives in settings.py under the CELERY_ prefix."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from celery import Celery
+from celery.signals import worker_init, worker_process_shutdown
+
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
+
+app = Celery("eventpipeline")
+app.config_from_object("django.conf:settings", namespace="CELERY")
+app.autodiscover_tasks()
+
+
+@worker_init.connect
+def serve_worker_metrics(**_: Any) -> None:
+    """Serve the worker's Prometheus metrics from its main process (port 8013).
+
+    Prefork children each count in their own process; with PROMETHEUS_MULTIPROC_DIR set
+    they write to files there and the main process serves the sum. The directory is
+    emptied at start so a restarted worker does not report its predecessor's counts.
+    """
+    from django.conf import settings
+    from prometheus_client import CollectorRegistry, multiprocess, start_http_server
+
+    port = settings.WORKER_METRICS_PORT
+    if not port:
+        return
+    multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not multiproc_dir:
+        start_http_server(port)
+        return
+    for stale in Path(multiproc_dir).glob("*.db"):
+        stale.unlink()
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    start_http_server(port, registry=registry)
+
+
+@worker_process_shutdown.connect
+def forget_worker_process(pid: int | None = None, **_: Any) -> None:
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR") and pid:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)

@@ -1,0 +1,62 @@
+"""Kafka client configuration and topic upkeep, shared by every process that talks to Kafka."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+from django.conf import settings
+
+
+def producer_config(**overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        # Idempotent producer: a retried send never writes the same record twice.
+        "enable.idempotence": True,
+        "acks": "all",
+        "linger.ms": 5,
+        "batch.num.messages": 10_000,
+        "compression.type": "lz4",
+    }
+    config.update(overrides)
+    return config
+
+
+def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
+    config: dict[str, Any] = {
+        "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+        "group.id": group_id,
+        # Offsets are committed by hand, only after the events below them are stored.
+        "enable.auto.commit": False,
+        "enable.auto.offset.store": False,
+        "auto.offset.reset": "earliest",
+        "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
+        "heartbeat.interval.ms": max(settings.KAFKA_SESSION_TIMEOUT_MS // 10, 100),
+        "enable.partition.eof": False,
+        "fetch.max.bytes": 16 * 1024 * 1024,
+    }
+    config.update(overrides)
+    return config
+
+
+def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) -> list[str]:
+    """Create the topics that do not exist yet; return the names created."""
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
+    existing = set(admin.list_topics(timeout=timeout).topics)
+    missing = [name for name in topics if name not in existing]
+    if not missing:
+        return []
+    futures = admin.create_topics(
+        [NewTopic(name, num_partitions=partitions, replication_factor=1) for name in missing],
+        operation_timeout=timeout,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout)
+            created.append(name)
+        except KafkaException as error:
+            if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
+                raise
+    return created

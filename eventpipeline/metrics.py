@@ -1,0 +1,44 @@
+"""Every Prometheus metric of eventpipeline, defined once (names from DESIGN.md).
+
+Each process exposes the ones it updates: the emitter on 8011, the bridge on 8012, the
+Celery worker on 8013 (prefork children write to PROMETHEUS_MULTIPROC_DIR, the worker's
+main process serves the sum), the api at /prometheus/metrics.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+# emitter
+SIGNALS_PRODUCED = Counter("signals_produced", "Signals handed to Kafka by the emitter.", ["type"])
+SIGNAL_PRODUCTION_LATENCY = Histogram(
+    "signal_production_latency_seconds",
+    "Time from producing a signal to Kafka acknowledging it.",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+)
+
+# bridge and worker
+EVENTS_PROCESSED = Counter(
+    "events_processed",
+    "Events by outcome: accepted/dead_letter (bridge), stored/duplicate/dead_letter (worker).",
+    ["status"],
+)
+PROCESSING_LATENCY = Histogram(
+    "processing_latency_seconds",
+    "Bridge: Kafka receipt to stored batch. Worker: time to store one batch.",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0),
+)
+BATCH_SIZE_CURRENT = Gauge(
+    "batch_size_current", "Events in the batch most recently dispatched or stored.", multiprocess_mode="livemax"
+)
+BRIDGE_IN_FLIGHT = Gauge("bridge_batches_in_flight", "Batches handed to Celery and not yet stored.")
+BRIDGE_PAUSED = Gauge("bridge_paused", "1 while the bridge pauses consuming because workers fall behind.")
+
+# detection
+ANOMALIES_DETECTED = Counter("anomalies_detected", "Anomalies raised, by rule.", ["anomaly_type"])
+ANOMALY_DETECTION_LATENCY = Histogram(
+    "anomaly_detection_latency_seconds", "Event time to anomaly stored.", buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300)
+)
+ACTIVE_USER_SESSIONS = Gauge(
+    "active_user_sessions", "Users with at least one live detection window.", multiprocess_mode="livemax"
+)

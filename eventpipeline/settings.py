@@ -1,0 +1,254 @@
+"""Settings for eventpipeline, read from the environment.
+
+Every value comes through one of the small typed helpers below. A missing or malformed
+value stops the process at start with one line naming the variable and what was wrong
+(SystemExit prints its message to stderr and exits with status 1), so an operator never
+has to read a traceback to find a typo in a deployment.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+import dj_database_url
+
+BASE_DIR = Path(__file__).resolve().parent.parent
+
+T = TypeVar("T")
+
+
+def _refuse(name: str, problem: str) -> None:
+    sys.exit(f"eventpipeline: configuration error: {name} {problem}")
+
+
+def _env(name: str, default: T, parse: Callable[[str], T], expected: str) -> T:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return parse(raw)
+    except ValueError:
+        _refuse(name, f"must be {expected}, got {raw!r}")
+        raise  # unreachable: _refuse exits
+
+
+def env_str(name: str, default: str) -> str:
+    return _env(name, default, str, "text")
+
+
+def env_int(name: str, default: int, *, minimum: int = 0, maximum: int | None = None) -> int:
+    value = _env(name, default, int, "an integer")
+    if value < minimum or (maximum is not None and value > maximum):
+        bounds = f">= {minimum}" if maximum is None else f"between {minimum} and {maximum}"
+        _refuse(name, f"must be {bounds}, got {value}")
+    return value
+
+
+def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
+    value = _env(name, default, float, "a number")
+    if value < minimum:
+        _refuse(name, f"must be >= {minimum}, got {value}")
+    return value
+
+
+def _parse_bool(raw: str) -> bool:
+    lowered = raw.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off"}:
+        return False
+    raise ValueError(raw)
+
+
+def env_bool(name: str, default: bool) -> bool:
+    return _env(name, default, _parse_bool, "one of true/false/1/0/yes/no/on/off")
+
+
+def env_list(name: str, default: list[str]) -> list[str]:
+    return _env(name, default, lambda raw: [item.strip() for item in raw.split(",") if item.strip()], "a list")
+
+
+def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
+    value = env_str(name, default)
+    scheme = value.split("://", 1)[0] if "://" in value else ""
+    if scheme not in schemes:
+        _refuse(name, f"must be a URL starting with {' or '.join(s + '://' for s in schemes)}, got {value!r}")
+    return value
+
+
+DEBUG = env_bool("DEBUG", True)
+SECRET_KEY = env_str("SECRET_KEY", "dev-insecure-change-me" if DEBUG else "")
+if not SECRET_KEY:
+    _refuse("SECRET_KEY", "is required when DEBUG is false")
+ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
+
+# --- Infrastructure -------------------------------------------------------------------
+KAFKA_BOOTSTRAP_SERVERS = env_str("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092")
+DATABASE_URL = env_url(
+    "DATABASE_URL", "postgres://postgres@127.0.0.1:5432/eventpipeline", ("postgres", "postgresql", "postgis")
+)
+REDIS_URL = env_url("REDIS_URL", "redis://127.0.0.1:6379/0", ("redis", "rediss", "unix"))
+CELERY_BROKER_URL = env_url("CELERY_BROKER_URL", REDIS_URL, ("redis", "rediss", "unix", "amqp", "amqps"))
+CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", REDIS_URL, ("redis", "rediss", "unix"))
+
+# --- Pipeline -------------------------------------------------------------------------
+SIGNALS_TOPIC = env_str("SIGNALS_TOPIC", "signal-events")
+DLQ_TOPIC = env_str("DLQ_TOPIC", "signal-events-dlq")
+ANOMALIES_TOPIC = env_str("ANOMALIES_TOPIC", "anomaly-events")
+TOPIC_PARTITIONS = env_int("TOPIC_PARTITIONS", 4, minimum=1)
+BATCH_SIZE = env_int("BATCH_SIZE", 500, minimum=1, maximum=100_000)
+# The bridge closes a batch after this long even if it is not full, so a trickle of
+# events is stored promptly.
+BATCH_TIMEOUT_MS = env_int("BATCH_TIMEOUT_MS", 200, minimum=1)
+# Batches handed to Celery but not yet stored. When this many are outstanding the bridge
+# pauses its partitions: back-pressure instead of an unbounded Redis queue.
+BRIDGE_MAX_IN_FLIGHT = env_int("BRIDGE_MAX_IN_FLIGHT", 16, minimum=1)
+# A batch with no result after this long is handed to Celery again (storing is
+# idempotent). It covers a task lost with its broker, e.g. a Redis restart.
+BRIDGE_REDISPATCH_SECONDS = env_float("BRIDGE_REDISPATCH_SECONDS", 60.0, minimum=1.0)
+BRIDGE_GROUP_ID = env_str("BRIDGE_GROUP_ID", "eventpipeline-bridge")
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45_000, minimum=1000)
+# Messages larger than this are dead letters ("oversize"), whatever Kafka accepted.
+MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
+# Event timestamps outside [now - MAX_EVENT_AGE_DAYS, now + MAX_CLOCK_SKEW_S] are absurd.
+MAX_EVENT_AGE_DAYS = env_int("MAX_EVENT_AGE_DAYS", 365, minimum=1)
+MAX_CLOCK_SKEW_S = env_int("MAX_CLOCK_SKEW_S", 300, minimum=0)
+STORE_MAX_RETRIES = env_int("STORE_MAX_RETRIES", 5, minimum=0)
+SIGNALS_PER_SECOND = env_int("SIGNALS_PER_SECOND", 1000, minimum=1)
+BURST_MODE = env_bool("BURST_MODE", False)
+RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+
+EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
+BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)
+WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 8013, maximum=65535)
+
+# --- Django ---------------------------------------------------------------------------
+INSTALLED_APPS = [
+    "django.contrib.admin",
+    "django.contrib.auth",
+    "django.contrib.contenttypes",
+    "django.contrib.sessions",
+    "django.contrib.messages",
+    "django.contrib.staticfiles",
+    "django.contrib.postgres",
+    "django_prometheus",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "django_filters",
+    "signals_app",
+    "anomalies_app",
+    "bridge",
+]
+
+MIDDLEWARE = [
+    "django_prometheus.middleware.PrometheusBeforeMiddleware",
+    "django.middleware.security.SecurityMiddleware",
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+    "django.contrib.messages.middleware.MessageMiddleware",
+    "django.middleware.clickjacking.XFrameOptionsMiddleware",
+    "django_prometheus.middleware.PrometheusAfterMiddleware",
+]
+
+ROOT_URLCONF = "eventpipeline.urls"
+WSGI_APPLICATION = "eventpipeline.wsgi.application"
+
+TEMPLATES = [
+    {
+        "BACKEND": "django.template.backends.django.DjangoTemplates",
+        "DIRS": [],
+        "APP_DIRS": True,
+        "OPTIONS": {
+            "context_processors": [
+                "django.template.context_processors.request",
+                "django.contrib.auth.context_processors.auth",
+                "django.contrib.messages.context_processors.messages",
+            ],
+        },
+    },
+]
+
+DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+
+AUTH_PASSWORD_VALIDATORS = [
+    {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
+    {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},
+    {"NAME": "django.contrib.auth.password_validation.CommonPasswordValidator"},
+    {"NAME": "django.contrib.auth.password_validation.NumericPasswordValidator"},
+]
+
+LANGUAGE_CODE = "en-us"
+TIME_ZONE = "UTC"
+USE_I18N = True
+USE_TZ = True
+
+STATIC_URL = "static/"
+STATIC_ROOT = BASE_DIR / ".data" / "static"
+
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.SessionAuthentication",
+    ],
+    "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+}
+
+if not DEBUG:
+    SECURE_SSL_REDIRECT = env_bool("SECURE_SSL_REDIRECT", True)
+    SESSION_COOKIE_SECURE = True
+    CSRF_COOKIE_SECURE = True
+    SECURE_HSTS_SECONDS = env_int("SECURE_HSTS_SECONDS", 31_536_000)
+    SECURE_HSTS_INCLUDE_SUBDOMAINS = True
+    SECURE_HSTS_PRELOAD = True
+    SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+
+LOGGING = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
+    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
+    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+}
+
+# --- Celery ---------------------------------------------------------------------------
+# Read by eventpipeline/celery.py with namespace="CELERY".
+CELERY_TASK_SERIALIZER = "json"
+CELERY_RESULT_SERIALIZER = "json"
+CELERY_ACCEPT_CONTENT = ["json"]
+CELERY_TASK_ACKS_LATE = True
+# A worker child killed mid-task (OOM, kill -9) puts its message back instead of
+# acknowledging it as failed: storing is idempotent, losing a batch is not acceptable.
+CELERY_TASK_REJECT_ON_WORKER_LOST = True
+CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+CELERY_TASK_TIME_LIMIT = 120
+CELERY_TASK_SOFT_TIME_LIMIT = 100
+CELERY_RESULT_EXPIRES = 3600
+CELERY_TASK_ROUTES = {
+    "signals_app.tasks.store_signals": {"queue": "store"},
+    "anomalies_app.tasks.*": {"queue": "detect"},
+}
+CELERY_TASK_DEFAULT_QUEUE = "default"
+CELERY_BROKER_TRANSPORT_OPTIONS = {
+    # An unacknowledged message (its worker died) becomes visible again after this long;
+    # tasks here take well under a second, so a minute is generous.
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 60, minimum=5),
+    "unacked_restore_interval": 5,
+    "unacked_restore_throttle": 1,
+}
+CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
+CELERY_WORKER_SEND_TASK_EVENTS = True
+CELERY_TASK_SEND_SENT_EVENT = True
+CELERY_BEAT_SCHEDULE = {
+    "cleanup-old-data": {
+        "task": "signals_app.tasks.cleanup_old_data",
+        "schedule": 3600.0,
+    },
+}

@@ -1,0 +1,202 @@
+"""Decoding and validating a signal message from Kafka: pure functions, no I/O.
+
+`decode_signal` turns one Kafka record into either an accepted event (a plain dict that
+Celery can carry as JSON) or a `Rejection` whose reason names the field and the problem,
+in words an operator can act on. Nothing here raises for bad input.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+SIGNAL_TYPES = ("login", "purchase", "click", "api_call", "file_access")
+
+# A derived event identity: the same Kafka record always maps to the same UUID.
+EVENT_ID_NAMESPACE = uuid.UUID("6f2a7f4e-4c1b-4a49-9d0e-3c1f3b8e5a10")
+
+BIGINT_MAX = 2**63 - 1
+# Timestamps below this are almost certainly seconds, not milliseconds (it is 1973-03-03
+# in milliseconds, and year 5138 in seconds).
+SECONDS_NOT_MS_BELOW = 100_000_000_000
+
+_STR = (str,)
+_NUMBER = (int, float)
+# Per type: required payload keys and the JSON types they must have. Extra keys are kept.
+PAYLOAD_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
+    "login": {"login_method": _STR, "success": (bool,), "location": _STR, "ip_address": _STR},
+    "purchase": {"amount": _NUMBER, "currency": _STR, "product_id": (str, int), "payment_method": _STR},
+    "api_call": {"endpoint": _STR, "method": _STR, "status_code": (int,), "response_time_ms": _NUMBER},
+    "click": {"page": _STR, "element": _STR},
+    "file_access": {"path": _STR, "action": _STR},
+}
+
+_JSON_TYPE_NAMES = {
+    bool: "boolean",
+    int: "integer",
+    float: "number",
+    str: "string",
+    list: "array",
+    dict: "object",
+    type(None): "null",
+}
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_bytes: int
+    max_age_ms: int
+    max_skew_ms: int
+
+
+@dataclass(frozen=True)
+class Rejection:
+    reason: str
+
+
+def derived_event_id(topic: str, partition: int, offset: int) -> str:
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
+
+
+def _json_type(value: Any) -> str:
+    return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
+
+
+def _show(value: Any) -> str:
+    text = json.dumps(value, ensure_ascii=False)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _mistyped(field: str, expected: str, value: Any) -> Rejection:
+    return Rejection(f"field '{field}' must be {expected}, got {_json_type(value)} {_show(value)}")
+
+
+def _iso(ms: int) -> str:
+    try:
+        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    except (OverflowError, OSError, ValueError):
+        return "beyond any calendar"
+
+
+def _check_timestamp(value: Any, now_ms: int, limits: Limits) -> int | Rejection:
+    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        value = int(value)
+    if not _is_integer(value):
+        return _mistyped("timestamp", "an integer (milliseconds since the epoch)", value)
+    if 0 < value < SECONDS_NOT_MS_BELOW:
+        return Rejection(
+            f"field 'timestamp' {value} is absurd: {_iso(value)} read as milliseconds; "
+            "it looks like seconds, send milliseconds since the epoch"
+        )
+    if value > now_ms + limits.max_skew_ms:
+        return Rejection(
+            f"field 'timestamp' {value} is absurd: {_iso(value)} is more than "
+            f"{limits.max_skew_ms // 1000} s in the future"
+        )
+    if value < now_ms - limits.max_age_ms:
+        return Rejection(
+            f"field 'timestamp' {value} is absurd: {_iso(value)} is more than "
+            f"{limits.max_age_ms // 86_400_000} days in the past"
+        )
+    return value
+
+
+def _check_payload(signal_type: str, payload: Any) -> Rejection | None:
+    if not isinstance(payload, dict):
+        return _mistyped("payload", "an object", payload)
+    for key, types in PAYLOAD_SCHEMA[signal_type].items():
+        if key not in payload:
+            return Rejection(f"missing field 'payload.{key}' (required for type '{signal_type}')")
+        value = payload[key]
+        if isinstance(value, bool) and bool not in types:
+            return _mistyped(f"payload.{key}", " or ".join(_JSON_TYPE_NAMES[t] for t in types), value)
+        if not isinstance(value, types):
+            return _mistyped(f"payload.{key}", " or ".join(_JSON_TYPE_NAMES[t] for t in types), value)
+        if isinstance(value, float) and not math.isfinite(value):
+            return _mistyped(f"payload.{key}", "a finite number", value)
+    if signal_type == "api_call" and not 100 <= payload["status_code"] <= 599:
+        return Rejection(f"field 'payload.status_code' must be an HTTP status 100-599, got {payload['status_code']}")
+    if signal_type == "purchase" and payload["amount"] < 0:
+        return Rejection(f"field 'payload.amount' must not be negative, got {payload['amount']}")
+    return None
+
+
+def decode_signal(
+    value: bytes | None, *, topic: str, partition: int, offset: int, now_ms: int, limits: Limits
+) -> dict[str, Any] | Rejection:
+    """Validate one Kafka record against DESIGN.md "The signal message".
+
+    Returns the event as stored and handed to Celery: event_id, user_id, type, timestamp,
+    payload, and `source` = [topic, partition, offset] for dead-lettering later.
+    """
+    if value is None or len(value) == 0:
+        return Rejection("empty message: the record has no value")
+    if len(value) > limits.max_bytes:
+        return Rejection(f"oversize: {len(value)} bytes, the limit is {limits.max_bytes} bytes")
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError as error:
+        return Rejection(f"not UTF-8: byte 0x{value[error.start]:02x} at position {error.start} is invalid")
+    if "\\u0000" in text or "\x00" in text:
+        return Rejection("contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON")
+    try:
+        message = json.loads(text)
+    except json.JSONDecodeError as error:
+        return Rejection(f"not JSON: {error.msg} at line {error.lineno} column {error.colno}")
+    except RecursionError:
+        return Rejection("not JSON that can be read: nested too deeply")
+    if not isinstance(message, dict):
+        return Rejection(f"not a JSON object: got {_json_type(message)}")
+
+    for field in ("user_id", "type", "timestamp", "payload"):
+        if field not in message:
+            return Rejection(f"missing field '{field}'")
+
+    user_id = message["user_id"]
+    if not _is_integer(user_id):
+        return _mistyped("user_id", "an integer", user_id)
+    if not 0 <= user_id <= BIGINT_MAX:
+        return Rejection(f"field 'user_id' must be between 0 and {BIGINT_MAX}, got {user_id}")
+
+    signal_type = message["type"]
+    if not isinstance(signal_type, str):
+        return _mistyped("type", "a string", signal_type)
+    if signal_type not in PAYLOAD_SCHEMA:
+        return Rejection(f"field 'type' must be one of {', '.join(SIGNAL_TYPES)}, got {_show(signal_type)}")
+
+    timestamp = _check_timestamp(message["timestamp"], now_ms, limits)
+    if isinstance(timestamp, Rejection):
+        return timestamp
+
+    payload = message["payload"]
+    problem = _check_payload(signal_type, payload)
+    if problem is not None:
+        return problem
+
+    event_id = message.get("event_id")
+    if event_id is None:
+        event_id = derived_event_id(topic, partition, offset)
+    elif not isinstance(event_id, str):
+        return _mistyped("event_id", "a UUID string", event_id)
+    else:
+        try:
+            event_id = str(uuid.UUID(event_id))
+        except ValueError:
+            return Rejection(f"field 'event_id' must be a UUID, got {_show(event_id)}")
+
+    return {
+        "event_id": event_id,
+        "user_id": user_id,
+        "type": signal_type,
+        "timestamp": timestamp,
+        "payload": payload,
+        "source": [topic, partition, offset],
+    }

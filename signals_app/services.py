@@ -1,0 +1,145 @@
+"""Services that change stored signals and dead letters.
+
+Storing is idempotent: every event carries an `event_id`, unique in the table, and a batch
+goes in with one COPY into a per-session staging table followed by one
+`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. Delivering the same batch twice,
+or two overlapping batches, stores each event once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import DataError, IntegrityError, connection, transaction
+
+from signals_app.models import DeadLetter
+
+logger = logging.getLogger(__name__)
+
+_STAGING_DDL = """
+CREATE TEMP TABLE IF NOT EXISTS signals_staging (
+    event_id uuid NOT NULL,
+    user_id bigint NOT NULL,
+    type varchar(16) NOT NULL,
+    timestamp bigint NOT NULL,
+    payload jsonb NOT NULL
+) ON COMMIT DELETE ROWS
+"""
+_STAGING_COPY = "COPY signals_staging (event_id, user_id, type, timestamp, payload) FROM STDIN"
+_STAGING_MERGE = """
+INSERT INTO signals (event_id, user_id, type, timestamp, payload, processed_at, created_at)
+SELECT event_id, user_id, type, timestamp, payload, now(), now() FROM signals_staging
+ON CONFLICT (event_id) DO NOTHING
+"""
+
+
+@dataclass(frozen=True)
+class StoreResult:
+    stored: int
+    duplicates: int
+    dead_letters: int = 0
+
+
+@dataclass(frozen=True)
+class DeadLetterRecord:
+    raw: bytes
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    reason: str
+    key: bytes | None = None
+
+
+def _copy_rows(events: list[dict[str, Any]]) -> int:
+    """Store one batch in one transaction; return how many rows were new."""
+    with transaction.atomic(), connection.cursor() as cursor:
+        cursor.execute(_STAGING_DDL)
+        with cursor.copy(_STAGING_COPY) as copy:
+            for event in events:
+                copy.write_row(
+                    (
+                        event["event_id"],
+                        event["user_id"],
+                        event["type"],
+                        event["timestamp"],
+                        json.dumps(event["payload"]),
+                    )
+                )
+        cursor.execute(_STAGING_MERGE)
+        return int(cursor.rowcount)
+
+
+def _event_dead_letter(event: dict[str, Any], reason: str) -> DeadLetterRecord:
+    topic, partition, offset = event["source"]
+    message = {key: event[key] for key in ("event_id", "user_id", "type", "timestamp", "payload")}
+    return DeadLetterRecord(
+        raw=json.dumps(message).encode(),
+        source_topic=topic,
+        source_partition=partition,
+        source_offset=offset,
+        reason=reason,
+    )
+
+
+def signals_store_batch(*, events: list[dict[str, Any]]) -> StoreResult:
+    """Store validated events exactly once.
+
+    When PostgreSQL refuses the batch for its content (a value it cannot take), the batch
+    is split in halves until the refused events are found; each of those becomes a dead
+    letter with PostgreSQL's reason and every other event is stored. Connection-level
+    errors are raised for the caller to retry.
+    """
+    if not events:
+        return StoreResult(stored=0, duplicates=0)
+    try:
+        stored = _copy_rows(events)
+        return StoreResult(stored=stored, duplicates=len(events) - stored)
+    except (DataError, IntegrityError) as error:
+        if len(events) == 1:
+            reason = f"PostgreSQL refused the event: {str(error).strip().splitlines()[0]}"
+            dead_letters_store(dead_letters=[_event_dead_letter(events[0], reason)])
+            return StoreResult(stored=0, duplicates=0, dead_letters=1)
+        logger.warning("batch of %d refused (%s); splitting to find the bad events", len(events), error)
+    middle = len(events) // 2
+    left = signals_store_batch(events=events[:middle])
+    right = signals_store_batch(events=events[middle:])
+    return StoreResult(
+        stored=left.stored + right.stored,
+        duplicates=left.duplicates + right.duplicates,
+        dead_letters=left.dead_letters + right.dead_letters,
+    )
+
+
+def signals_dead_letter_batch(*, events: list[dict[str, Any]], reason: str) -> int:
+    """Give up on a batch that could not be stored: keep every event as a dead letter."""
+    return dead_letters_store(dead_letters=[_event_dead_letter(event, reason) for event in events])
+
+
+def dead_letters_store(*, dead_letters: Iterable[DeadLetterRecord]) -> int:
+    """Keep refused records; a record already kept (same source coordinates) is skipped."""
+    rows = [
+        DeadLetter(
+            raw=record.raw,
+            key=record.key,
+            source_topic=record.source_topic,
+            source_partition=record.source_partition,
+            source_offset=record.source_offset,
+            reason=record.reason,
+        )
+        for record in dead_letters
+    ]
+    if rows:
+        DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
+    return len(rows)
+
+
+def data_cleanup_old(*, days: int) -> dict[str, int]:
+    """Retention: delete signals, anomalies and dead letters older than `days` (SQL cleanup_old_data)."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM cleanup_old_data(%s)", [days])
+        signals_deleted, anomalies_deleted, dead_letters_deleted = cursor.fetchone()
+    return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}

@@ -1,0 +1,52 @@
+"""Celery doors into the signal services: parse input, call one service, report."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import InterfaceError, OperationalError, connection
+
+from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
+from signals_app.services import data_cleanup_old, signals_dead_letter_batch, signals_store_batch
+
+logger = logging.getLogger(__name__)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
+def store_signals(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
+    """Store a batch of validated events exactly once.
+
+    Connection trouble is retried with exponential back-off, a bounded number of times;
+    after that the batch is kept as dead letters with the reason, instead of looping.
+    If even that fails (PostgreSQL is down), the task fails and the bridge, which has not
+    committed these offsets, dispatches the batch again later.
+    """
+    started = time.perf_counter()
+    BATCH_SIZE_CURRENT.set(len(events))
+    try:
+        result = signals_store_batch(events=events)
+    except (OperationalError, InterfaceError) as error:
+        # A broken connection must not be reused by the retry.
+        connection.close()
+        if self.request.retries < self.max_retries:
+            raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
+        reason = f"could not be stored after {self.request.retries + 1} attempts: {str(error).strip()}"
+        logger.error("giving up on a batch of %d events: %s", len(events), reason)
+        dead = signals_dead_letter_batch(events=events, reason=reason)
+        EVENTS_PROCESSED.labels(status="dead_letter").inc(dead)
+        return {"stored": 0, "duplicates": 0, "dead_letters": dead}
+    EVENTS_PROCESSED.labels(status="stored").inc(result.stored)
+    EVENTS_PROCESSED.labels(status="duplicate").inc(result.duplicates)
+    EVENTS_PROCESSED.labels(status="dead_letter").inc(result.dead_letters)
+    PROCESSING_LATENCY.observe(time.perf_counter() - started)
+    return {"stored": result.stored, "duplicates": result.duplicates, "dead_letters": result.dead_letters}
+
+
+@shared_task
+def cleanup_old_data(days: int | None = None) -> dict[str, int]:
+    """Retention, run by beat: delete signals, anomalies and dead letters older than `days`."""
+    return data_cleanup_old(days=days or settings.RETENTION_DAYS)
