@@ -130,7 +130,7 @@ class Bridge:
                 if error.code() != KafkaError._PARTITION_EOF:
                     logger.warning("consumer error: %s", error)
                 continue
-            topic, partition, offset = message.topic(), message.partition(), message.offset()
+            topic, partition, offset = _coordinates(message)
             high_offsets[(topic, partition)] = offset
             decoded = decode_signal(
                 message.value(),
@@ -198,7 +198,7 @@ class Bridge:
         batch.attempts += 1
         batch.dispatched_at = self.clock()
         try:
-            result = store_signals.apply_async(args=[batch.events])
+            result = store_signals.apply_async(args=(batch.events,))
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
             logger.error("cannot hand batch %s to Celery (attempt %d): %s", batch.batch_id, batch.attempts, error)
             batch.task_id = None
@@ -240,7 +240,10 @@ class Bridge:
             self.dlq_unflushed = 0
         partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
-            self.consumer.commit(offsets=partitions, asynchronous=asynchronous)
+            if asynchronous:
+                self.consumer.commit(offsets=partitions, asynchronous=True)
+            else:
+                self.consumer.commit(offsets=partitions, asynchronous=False)
         except Exception as error:  # noqa: BLE001 - a failed commit only means a replay later
             logger.warning("offset commit failed, will retry: %s", error)
             return
@@ -267,7 +270,7 @@ class Bridge:
 
     def _task_states(self, task_ids: list[str | None]) -> list[str | None]:
         """States of many tasks in one round trip to the result backend."""
-        backend = store_signals.backend
+        backend: Any = store_signals.backend
         known = [task_id for task_id in task_ids if task_id]
         if not known:
             return [None] * len(task_ids)
@@ -287,12 +290,13 @@ class Bridge:
         return [found.get(task_id) if task_id else None for task_id in task_ids]
 
     def _dead_letter(self, message: Message, reason: str) -> DeadLetterRecord:
+        topic, partition, offset = _coordinates(message)
         return DeadLetterRecord(
             raw=message.value() or b"",
             key=message.key(),
-            source_topic=message.topic(),
-            source_partition=message.partition(),
-            source_offset=message.offset(),
+            source_topic=topic,
+            source_partition=partition,
+            source_offset=offset,
             reason=reason,
         )
 
@@ -306,3 +310,10 @@ class Bridge:
         logger.info("revoked %s", revoked)
         self.commit(asynchronous=False)
         self.tracker.forget(revoked)
+
+
+def _coordinates(message: Message) -> tuple[str, int, int]:
+    """Topic, partition and offset of a record the broker delivered (never None then)."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset

@@ -147,6 +147,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
+    "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -191,6 +192,10 @@ USE_TZ = True
 
 STATIC_URL = "static/"
 STATIC_ROOT = BASE_DIR / ".data" / "static"
+STORAGES = {
+    "default": {"BACKEND": "django.core.files.storage.FileSystemStorage"},
+    "staticfiles": {"BACKEND": "whitenoise.storage.CompressedManifestStaticFilesStorage"},
+}
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
@@ -199,6 +204,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "eventpipeline.pagination.PageSizePagination",
 }
 
 if not DEBUG:
@@ -231,9 +237,12 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_RESULT_EXPIRES = 3600
+# Storing and detecting run on their own queues so each can be scaled on its own.
+STORE_QUEUE = env_str("STORE_QUEUE", "store")
+DETECT_QUEUE = env_str("DETECT_QUEUE", "detect")
 CELERY_TASK_ROUTES = {
-    "signals_app.tasks.store_signals": {"queue": "store"},
-    "anomalies_app.tasks.*": {"queue": "detect"},
+    "signals_app.tasks.store_signals": {"queue": STORE_QUEUE},
+    "anomalies_app.tasks.*": {"queue": DETECT_QUEUE},
 }
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_TRANSPORT_OPTIONS = {

@@ -32,7 +32,7 @@ def store_signals(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
     except (OperationalError, InterfaceError) as error:
         # A broken connection must not be reused by the retry.
         connection.close()
-        if self.request.retries < self.max_retries:
+        if self.request.retries < settings.STORE_MAX_RETRIES:
             raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
         reason = f"could not be stored after {self.request.retries + 1} attempts: {str(error).strip()}"
         logger.error("giving up on a batch of %d events: %s", len(events), reason)

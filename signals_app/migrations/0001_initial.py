@@ -6,47 +6,68 @@ from django.db import migrations, models
 
 
 class Migration(migrations.Migration):
-
     initial = True
 
-    dependencies = [
-    ]
+    dependencies = []
 
     operations = [
         migrations.CreateModel(
-            name='DeadLetter',
+            name="DeadLetter",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('raw', models.BinaryField()),
-                ('key', models.BinaryField(blank=True, null=True)),
-                ('source_topic', models.CharField(max_length=255)),
-                ('source_partition', models.IntegerField()),
-                ('source_offset', models.BigIntegerField()),
-                ('reason', models.TextField()),
-                ('received_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('replayed_at', models.DateTimeField(blank=True, null=True)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("raw", models.BinaryField()),
+                ("key", models.BinaryField(blank=True, null=True)),
+                ("source_topic", models.CharField(max_length=255)),
+                ("source_partition", models.IntegerField()),
+                ("source_offset", models.BigIntegerField()),
+                ("reason", models.TextField()),
+                ("received_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("replayed_at", models.DateTimeField(blank=True, null=True)),
             ],
             options={
-                'db_table': 'dead_letters',
-                'indexes': [models.Index(fields=['received_at'], name='idx_dead_letters_received')],
-                'constraints': [models.UniqueConstraint(fields=('source_topic', 'source_partition', 'source_offset'), name='uniq_dead_letter_source')],
+                "db_table": "dead_letters",
+                "indexes": [models.Index(fields=["received_at"], name="idx_dead_letters_received")],
+                "constraints": [
+                    models.UniqueConstraint(
+                        fields=("source_topic", "source_partition", "source_offset"), name="uniq_dead_letter_source"
+                    )
+                ],
             },
         ),
         migrations.CreateModel(
-            name='Signal',
+            name="Signal",
             fields=[
-                ('id', models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name='ID')),
-                ('event_id', models.UUIDField(unique=True)),
-                ('user_id', models.BigIntegerField()),
-                ('type', models.CharField(choices=[('login', 'Login'), ('purchase', 'Purchase'), ('click', 'Click'), ('api_call', 'Api Call'), ('file_access', 'File Access')], max_length=16)),
-                ('timestamp', models.BigIntegerField(help_text='Event time, milliseconds since the epoch.')),
-                ('payload', models.JSONField(default=dict)),
-                ('processed_at', models.DateTimeField(default=django.utils.timezone.now)),
-                ('created_at', models.DateTimeField(default=django.utils.timezone.now)),
+                ("id", models.BigAutoField(auto_created=True, primary_key=True, serialize=False, verbose_name="ID")),
+                ("event_id", models.UUIDField(unique=True)),
+                ("user_id", models.BigIntegerField()),
+                (
+                    "type",
+                    models.CharField(
+                        choices=[
+                            ("login", "Login"),
+                            ("purchase", "Purchase"),
+                            ("click", "Click"),
+                            ("api_call", "Api Call"),
+                            ("file_access", "File Access"),
+                        ],
+                        max_length=16,
+                    ),
+                ),
+                ("timestamp", models.BigIntegerField(help_text="Event time, milliseconds since the epoch.")),
+                ("payload", models.JSONField(default=dict)),
+                ("processed_at", models.DateTimeField(default=django.utils.timezone.now)),
+                ("created_at", models.DateTimeField(default=django.utils.timezone.now)),
             ],
             options={
-                'db_table': 'signals',
-                'indexes': [models.Index(fields=['user_id'], name='idx_signals_user_id'), models.Index(fields=['timestamp'], name='idx_signals_timestamp'), models.Index(fields=['type'], name='idx_signals_type'), models.Index(fields=['user_id', 'timestamp'], name='idx_signals_user_time'), models.Index(fields=['type', 'timestamp'], name='idx_signals_type_time'), django.contrib.postgres.indexes.GinIndex(fields=['payload'], name='idx_signals_payload')],
+                "db_table": "signals",
+                "indexes": [
+                    models.Index(fields=["user_id"], name="idx_signals_user_id"),
+                    models.Index(fields=["timestamp"], name="idx_signals_timestamp"),
+                    models.Index(fields=["type"], name="idx_signals_type"),
+                    models.Index(fields=["user_id", "timestamp"], name="idx_signals_user_time"),
+                    models.Index(fields=["type", "timestamp"], name="idx_signals_type_time"),
+                    django.contrib.postgres.indexes.GinIndex(fields=["payload"], name="idx_signals_payload"),
+                ],
             },
         ),
     ]

@@ -1,0 +1,60 @@
+# eventpipeline: every command a developer runs. `make run` and `make test` set up
+# everything themselves on a machine with only Python 3.11.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+DEVSERVICES := $(PY) scripts/devservices.py
+# Production-like settings for `check --deploy`.
+DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
+
+.PHONY: run test test-here lint bench venv clean promtool
+
+$(VENV)/.runtime: requirements.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+	$(PY) -m pip install --quiet -r requirements-dev.txt
+	touch $@
+
+venv: $(VENV)/.dev
+
+## run: start the whole pipeline (infrastructure that is not configured, then every process)
+run: $(VENV)/.runtime
+	DATA_DIR=$(CURDIR)/.data/run $(DEVSERVICES) --data-dir .data/run -- \
+		sh -c 'python manage.py bootstrap --data-dir "$$DATA_DIR" && exec honcho start -f Procfile'
+
+## test: lint, type-check, deploy checks, then the whole suite against real servers
+test: $(VENV)/.dev promtool
+	$(DEVSERVICES) --data-dir .data/test -- $(MAKE) --no-print-directory test-here
+
+# The suite itself, against servers named by KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL.
+test-here: lint
+	$(PY) manage.py makemigrations --check --dry-run
+	$(DEPLOY_ENV) $(PY) manage.py check --deploy --fail-level WARNING
+	$(PY) -m pytest -v; status=$$?; \
+		if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
+		exit $$status
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
+	$(PY) -m mypy .
+
+## bench: events/s from Kafka into PostgreSQL vs the raw COPY limit (median of 3 runs)
+bench: $(VENV)/.dev
+	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
+
+# The monitoring-config tests need promtool (Debian package "prometheus").
+promtool:
+	@command -v promtool >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
+		else echo "promtool is missing: install the 'prometheus' package (it carries promtool)"; exit 1; fi; }
+
+clean:
+	rm -rf .data/test .data/bench

@@ -1,0 +1,303 @@
+"""`manage.py emit_signals`: synthetic load, at a steady rate, onto the signals topic."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import time
+from collections.abc import Callable
+from types import FrameType
+from typing import Any
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from django.conf import settings
+from django.core.management.base import BaseCommand, CommandError, CommandParser
+from prometheus_client import start_http_server
+
+from eventpipeline.kafka import producer_config, topics_ensure
+from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
+from signals_app.generator import SIGNAL_TYPES, SignalGenerator, encode
+
+# The pacing loop wakes this often; each wake-up produces the events due by then.
+TICK_SECONDS = 0.01
+# At most this many events per step, so that a loop running behind (rate above what the
+# machine can do) still serves delivery reports, progress and signals in between.
+MAX_EVENTS_PER_STEP = 2000
+# Observing a histogram costs about a microsecond, which matters at tens of thousands of
+# messages per second; one delivery in this many is enough to draw the latency curve.
+LATENCY_SAMPLE_EVERY = 10
+PROGRESS_EVERY_SECONDS = 1.0
+FLUSH_TIMEOUT_SECONDS = 30.0
+
+
+def positive_float(raw: str) -> float:
+    value = float(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {raw}")
+    return value
+
+
+def positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
+    return value
+
+
+class Command(BaseCommand):
+    help = (
+        "Emit synthetic user-behaviour signals to Kafka at a steady rate, until --count events, "
+        "--duration seconds, or SIGINT/SIGTERM. --seed with --start-ms makes a run fully reproducible."
+    )
+
+    def add_arguments(self, parser: CommandParser) -> None:
+        parser.add_argument(
+            "--rate",
+            type=positive_float,
+            default=float(settings.SIGNALS_PER_SECOND),
+            help="Events per second (default SIGNALS_PER_SECOND, %(default)s).",
+        )
+        stop = parser.add_mutually_exclusive_group()
+        stop.add_argument("--count", type=positive_int, help="Stop after this many events.")
+        stop.add_argument("--duration", type=positive_float, help="Stop after this many seconds.")
+        parser.add_argument(
+            "--users",
+            type=positive_int,
+            default=10_000,
+            help="Distinct user ids (default 10000).",
+        )
+        parser.add_argument(
+            "--burst",
+            action=argparse.BooleanOptionalAction,
+            default=settings.BURST_MODE,
+            help="Burst mode: emit --burst-multiplier times the rate (default BURST_MODE).",
+        )
+        parser.add_argument("--burst-multiplier", type=positive_float, default=5.0, help="Default 5.")
+        parser.add_argument("--seed", type=int, help="Random seed; the same seed gives the same events.")
+        parser.add_argument(
+            "--start-ms",
+            type=int,
+            help="Event time of the first event, ms since the epoch (default now). "
+            "Later events follow a virtual clock at the rate, so with --seed the run is fully reproducible.",
+        )
+        parser.add_argument(
+            "--topic",
+            default=settings.SIGNALS_TOPIC,
+            help="Default SIGNALS_TOPIC (%(default)s).",
+        )
+        parser.add_argument(
+            "--metrics-port",
+            type=int,
+            default=settings.EMITTER_METRICS_PORT,
+            help="Serve Prometheus metrics on this port, 0 to disable (default EMITTER_METRICS_PORT, %(default)s).",
+        )
+        parser.add_argument(
+            "--no-progress",
+            action="store_true",
+            help="No progress line, only the summary.",
+        )
+
+    def on_signal(self, signum: int, frame: FrameType | None) -> None:
+        self.shutdown = True
+
+    def handle(self, *args: Any, **options: Any) -> None:
+        self.shutdown = False
+        signal.signal(signal.SIGTERM, self.on_signal)
+        signal.signal(signal.SIGINT, self.on_signal)
+        self.setup(options)
+
+        while not self.shutdown:
+            now = time.monotonic()
+            self.produce_due(now)
+            self.producer.poll(0)
+            self.metrics_publish()
+            self.progress_show(now)
+            if self.finished(now):
+                break
+            self.tick_wait()
+        elapsed = time.monotonic() - self.started
+
+        undelivered = self.drain()
+        self.summary_report(elapsed, undelivered)
+
+    def setup(self, options: dict[str, Any]) -> None:
+        self.topic: str = options["topic"]
+        self.count: int | None = options["count"]
+        self.show_progress = self.stdout.isatty() and not options["no_progress"]
+        try:
+            topics_ensure([self.topic], partitions=settings.TOPIC_PARTITIONS)
+        except KafkaException as error:
+            raise CommandError(
+                f"cannot create topic {self.topic} on Kafka at {settings.KAFKA_BOOTSTRAP_SERVERS}: {error}"
+            ) from error
+        if options["metrics_port"]:
+            try:
+                start_http_server(options["metrics_port"])
+            except OSError as error:
+                raise CommandError(f"cannot serve metrics on port {options['metrics_port']}: {error}") from error
+        self.producer = Producer(producer_config())
+
+        self.sent = 0
+        self.delivered_by_type = dict.fromkeys(SIGNAL_TYPES.values, 0)
+        self.published_by_type = dict.fromkeys(SIGNAL_TYPES.values, 0)
+        self.delivery_errors = 0
+        self.last_delivery_error: KafkaError | None = None
+        self.delivery_callbacks = {
+            signal_type: self.delivery_callback(signal_type) for signal_type in SIGNAL_TYPES.values
+        }
+
+        start_ms = options["start_ms"] if options["start_ms"] is not None else int(time.time() * 1000)
+        self.generator = SignalGenerator(
+            seed=options["seed"], users=options["users"], start_ms=start_ms, rate=options["rate"]
+        )
+        self.apply_control(rate=options["rate"], burst=options["burst"], burst_multiplier=options["burst_multiplier"])
+        self.started = self.schedule_origin
+        self.deadline: float | None = self.started + options["duration"] if options["duration"] else None
+        self.progress_at = self.started
+        self.progress_sent = 0
+
+    def summary_report(self, elapsed: float, undelivered: int) -> None:
+        if self.show_progress:
+            self.stdout.write("")
+        self.stdout.write(
+            f"emitted {self.sent} events in {elapsed:.1f} s ({self.sent / elapsed:.0f} events/s), "
+            f"{self.delivery_errors} delivery errors"
+        )
+        if self.delivery_errors or undelivered:
+            reason = f": last error {self.last_delivery_error}" if self.last_delivery_error else ""
+            raise CommandError(
+                f"{self.delivery_errors + undelivered} of {self.sent} events were not delivered to "
+                f"{self.topic} ({undelivered} still queued after {FLUSH_TIMEOUT_SECONDS:.0f} s){reason}"
+            )
+
+    def effective_rate(self) -> float:
+        return self.rate * self.burst_multiplier if self.burst else self.rate
+
+    def apply_control(
+        self,
+        *,
+        rate: float | None = None,
+        burst: bool | None = None,
+        burst_multiplier: float | None = None,
+    ) -> None:
+        """Follow a runtime reconfiguration (POST /emitter/configure, /emitter/burst).
+
+        The schedule restarts from now at the new rate, so the events already sent are
+        not made up for or taken back, and event times go on from where they were.
+        """
+        if rate is not None:
+            self.rate = rate
+        if burst is not None:
+            self.burst = burst
+        if burst_multiplier is not None:
+            self.burst_multiplier = burst_multiplier
+        self.generator.rate_change(self.effective_rate())
+        self.schedule_origin = time.monotonic()
+        self.schedule_sent = self.sent
+
+    def due(self, now: float) -> int:
+        """How many events should have been sent by `now` (monotonic seconds).
+
+        Pacing follows a schedule from the origin rather than sleeping per event, so
+        sleep overshoot and slow steps do not add up into a lower rate: whatever a
+        late tick missed, the next one produces.
+        """
+        if self.deadline is not None:
+            now = min(now, self.deadline)
+        # The epsilon keeps float rounding from leaving the last event of a --duration run unsent.
+        due = self.schedule_sent + int((now - self.schedule_origin) * self.effective_rate() + 1e-6)
+        return min(due, self.count) if self.count is not None else due
+
+    def produce_due(self, now: float) -> None:
+        pending = min(self.due(now) - self.sent, MAX_EVENTS_PER_STEP)
+        for _ in range(pending):
+            event = self.generator.next()
+            key, value = encode(event)
+            if not self.produce(key, value, event["type"]):
+                return
+
+    def produce(self, key: bytes, value: bytes, signal_type: str) -> bool:
+        """Hand one event to the producer; False if a shutdown came while its queue was full."""
+        while True:
+            try:
+                self.producer.produce(
+                    self.topic,
+                    value,
+                    key,
+                    on_delivery=self.delivery_callbacks[signal_type],
+                )
+                self.sent += 1
+                return True
+            except BufferError:
+                # librdkafka's queue is full: Kafka takes less than the asked rate.
+                if self.shutdown:
+                    return False
+                self.producer.poll(0.05)
+
+    def delivery_callback(self, signal_type: str) -> Callable[[KafkaError | None, Message], None]:
+        """A delivery report handler per type, so the report needs no decoding to be counted.
+
+        It runs for every message, inside poll()/flush(), so it only counts; the counts
+        reach Prometheus in batches from metrics_publish().
+        """
+        delivered_by_type = self.delivered_by_type
+
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            if error is not None:
+                self.delivery_errors += 1
+                self.last_delivery_error = error
+                return
+            delivered_by_type[signal_type] += 1
+            if delivered_by_type[signal_type] % LATENCY_SAMPLE_EVERY == 0:
+                latency = message.latency()
+                if latency is not None:
+                    SIGNAL_PRODUCTION_LATENCY.observe(latency)
+
+        return on_delivery
+
+    def metrics_publish(self) -> None:
+        for signal_type, delivered in self.delivered_by_type.items():
+            published = self.published_by_type[signal_type]
+            if delivered > published:
+                SIGNALS_PRODUCED.labels(type=signal_type).inc(delivered - published)
+                self.published_by_type[signal_type] = delivered
+
+    def progress_show(self, now: float) -> None:
+        if not self.show_progress or now - self.progress_at < PROGRESS_EVERY_SECONDS:
+            return
+        current_rate = (self.sent - self.progress_sent) / (now - self.progress_at)
+        self.stdout.write(
+            f"\rsent {self.sent:,}  {current_rate:,.0f} events/s (asked {self.effective_rate():,.0f})  "
+            f"delivered {sum(self.delivered_by_type.values()):,}  errors {self.delivery_errors:,}   ",
+            ending="",
+        )
+        self.stdout.flush()
+        self.progress_at = now
+        self.progress_sent = self.sent
+
+    def finished(self, now: float) -> bool:
+        if self.count is not None:
+            return self.sent >= self.count
+        return self.deadline is not None and now >= self.deadline
+
+    def tick_wait(self) -> None:
+        """Sleep until the next tick of the schedule, unless events are already due.
+
+        Below 1/TICK_SECONDS events per second the tick is stretched to when the next
+        event falls due, so a slow emitter does not wake up for nothing.
+        """
+        now = time.monotonic()
+        if self.due(now) > self.sent:
+            return
+        next_tick = self.schedule_origin + (int((now - self.schedule_origin) / TICK_SECONDS) + 1) * TICK_SECONDS
+        next_event = self.schedule_origin + (self.sent + 1 - self.schedule_sent) / self.effective_rate()
+        wake = max(next_tick, next_event)
+        if self.deadline is not None:
+            wake = min(wake, self.deadline)
+        time.sleep(max(0.0, wake - now))
+
+    def drain(self) -> int:
+        """Wait (bounded) for the queued events to be delivered; return how many were not."""
+        undelivered = self.producer.flush(FLUSH_TIMEOUT_SECONDS)
+        self.metrics_publish()
+        return undelivered

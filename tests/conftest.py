@@ -1,0 +1,225 @@
+"""Shared fixtures: real servers, real processes.
+
+Integration tests need KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and REDIS_URL pointing at
+running servers; `make test` starts local ones (scripts/devservices.py) when none are
+configured. Each test gets its own topics, Celery queue and consumer group, and the
+test database of pytest-django, which the bridge and worker subprocesses share.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Generator, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from django.conf import settings
+from django.db import connection
+
+from eventpipeline.kafka import topics_ensure
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], bool], *, timeout: float, interval: float = 0.25, what: str = "") -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what or predicate}")
+
+
+def database_url() -> str:
+    """The URL of the database this test uses (pytest-django's test database)."""
+    db = connection.settings_dict
+    auth = db["USER"] + (f":{db['PASSWORD']}" if db["PASSWORD"] else "")
+    return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
+
+
+@dataclass
+class Pipeline:
+    """The real bridge and Celery worker processes on this test's own topic and queue."""
+
+    logs: Path
+    topic: str = field(default_factory=lambda: f"test-signals-{uuid.uuid4().hex[:10]}")
+    env: dict[str, str] = field(default_factory=dict)
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    starts: int = 0
+    _end_offsets: dict[int, int] | None = None
+
+    def __post_init__(self) -> None:
+        suffix = self.topic.removeprefix("test-signals-")
+        self.dlq_topic = f"test-dlq-{suffix}"
+        self.queue = f"test-store-{suffix}"
+        self.group_id = f"test-bridge-{suffix}"
+        self.worker_metrics_port = free_port()
+        prom_dir = self.logs / "prometheus"
+        prom_dir.mkdir(exist_ok=True)
+        self.env = {
+            **os.environ,
+            "DATABASE_URL": database_url(),
+            "SIGNALS_TOPIC": self.topic,
+            "DLQ_TOPIC": self.dlq_topic,
+            "STORE_QUEUE": self.queue,
+            "BRIDGE_GROUP_ID": self.group_id,
+            "KAFKA_SESSION_TIMEOUT_MS": "6000",
+            "CELERY_VISIBILITY_TIMEOUT": "10",
+            "BRIDGE_REDISPATCH_SECONDS": "20",
+            "BRIDGE_METRICS_PORT": "0",
+            "EMITTER_METRICS_PORT": "0",
+            "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
+            "PYTHONUNBUFFERED": "1",
+        }
+        topics_ensure([self.topic, self.dlq_topic], partitions=4)
+
+    def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
+        self.starts += 1
+        log = open(self.logs / f"{name}.{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        process = subprocess.Popen(
+            command, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes[name] = process
+        return process
+
+    def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
+        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", self.queue]
+        command += ["-c", str(concurrency), "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+        command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
+        return self.start(name, command)
+
+    def start_bridge(self, name: str = "bridge", **env: str) -> subprocess.Popen[bytes]:
+        return self.start(name, [sys.executable, "manage.py", "run_bridge"], **env)
+
+    def start_emitter(self, *args: str) -> subprocess.Popen[bytes]:
+        """The real `emit_signals` command, writing to this pipeline's topic."""
+        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic, "--metrics-port", "0"]
+        return self.start("emitter", [*command, "--no-progress", *args])
+
+    def emit(self, *args: str) -> None:
+        process = self.start_emitter(*args)
+        assert process.wait(timeout=300) == 0, self.log_tail()
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        """Signal the whole process group: a worker's pool children die with it."""
+        process = self.processes[name]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=60)
+
+    def stop(self, name: str, timeout: float = 60) -> int:
+        process = self.processes[name]
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGTERM)
+        return process.wait(timeout=timeout)
+
+    def stop_all(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is None:
+                try:
+                    self.stop(name, timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(process.pid, signal.SIGKILL)
+                    process.wait()
+
+    def log_tail(self, lines: int = 40) -> str:
+        parts = []
+        for path in sorted(self.logs.glob("*.log")):
+            text = path.read_text(errors="replace").splitlines()[-lines:]
+            parts.append(f"--- {path.name}\n" + "\n".join(text))
+        return "\n".join(parts)
+
+    def producer(self) -> Producer:
+        return Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "linger.ms": 5})
+
+    def end_offsets(self) -> dict[int, int]:
+        """Per partition, the offset after the last record, found by reading the topic.
+
+        (The Tansu broker used in tests reports wrong high watermarks, so they are not asked.)
+        """
+        consumer = Consumer(
+            {
+                "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+                "group.id": "end-offsets",
+                "enable.auto.commit": False,
+            }
+        )
+        try:
+            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            ends = dict.fromkeys(partitions, 0)
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+            idle_since = time.monotonic()
+            while time.monotonic() - idle_since < 2.0:
+                messages = consumer.consume(10_000, timeout=0.5)
+                if messages:
+                    idle_since = time.monotonic()
+                for message in messages:
+                    partition, offset = message.partition(), message.offset()
+                    if message.error() is None and partition is not None and offset is not None:
+                        ends[partition] = max(ends[partition], offset + 1)
+            return ends
+        finally:
+            consumer.close()
+
+    def committed_offsets(self, group_id: str | None = None) -> dict[int, int]:
+        consumer = Consumer(
+            {"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "group.id": group_id or self.group_id}
+        )
+        try:
+            partitions = consumer.list_topics(self.topic, timeout=10).topics[self.topic].partitions
+            committed = consumer.committed([TopicPartition(self.topic, p) for p in partitions], timeout=10)
+            return {tp.partition: max(tp.offset, 0) for tp in committed}
+        finally:
+            consumer.close()
+
+    def all_committed(self, group_id: str | None = None) -> bool:
+        """Whether the group has committed every record of the topic."""
+        if self._end_offsets is None:
+            self._end_offsets = self.end_offsets()
+        return self.committed_offsets(group_id) == self._end_offsets
+
+    def worker_metric(self, name: str, **labels: str) -> float:
+        import urllib.request
+
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.worker_metrics_port}/metrics", timeout=5) as response:
+            text = response.read().decode()
+        wanted = ",".join(f'{key}="{value}"' for key, value in labels.items())
+        total = 0.0
+        for line in text.splitlines():
+            if line.startswith(f"{name}{{{wanted}}}") or (not labels and line.startswith(f"{name} ")):
+                total += float(line.rsplit(" ", 1)[1])
+        return total
+
+
+@pytest.fixture
+def pipeline(request: pytest.FixtureRequest, tmp_path: Path, transactional_db: Any) -> Iterator[Pipeline]:
+    running = Pipeline(logs=tmp_path)
+    try:
+        yield running
+    finally:
+        running.stop_all()
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            print(running.log_tail())
+
+
+@pytest.hookimpl(wrapper=True, tryfirst=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Generator[None, Any, Any]:
+    report = yield
+    setattr(item, f"rep_{report.when}", report)
+    return report

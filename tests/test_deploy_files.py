@@ -1,0 +1,661 @@
+"""Static checks of the deployment files: docker-compose.yml, Dockerfile, Prometheus, Grafana.
+
+No Docker engine, no server and no database: the files are parsed and cross-checked against
+DESIGN.md (processes, ports, environment variables, metric names). Prometheus' own `promtool`
+checks the scrape config, the alert rules, every dashboard query and the alerts' behaviour;
+it is required (Debian: `apt-get install -y prometheus`), a missing promtool is a failure.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parent.parent
+COMPOSE_FILE = REPO / "docker-compose.yml"
+PROMETHEUS_FILE = REPO / "prometheus" / "prometheus.yml"
+ALERTS_FILE = REPO / "prometheus" / "alerts.yml"
+DATASOURCE_FILE = REPO / "grafana" / "provisioning" / "datasources" / "prometheus.yml"
+DASHBOARD_PROVIDER_FILE = REPO / "grafana" / "provisioning" / "dashboards" / "dashboards.yml"
+DASHBOARD_FILE = REPO / "grafana" / "dashboards" / "eventpipeline.json"
+DOCKERFILE = REPO / "Dockerfile"
+DOCKERIGNORE = REPO / ".dockerignore"
+DEPLOY_FILES = [
+    COMPOSE_FILE,
+    PROMETHEUS_FILE,
+    ALERTS_FILE,
+    DATASOURCE_FILE,
+    DASHBOARD_PROVIDER_FILE,
+    DASHBOARD_FILE,
+    DOCKERFILE,
+    DOCKERIGNORE,
+]
+
+# DESIGN.md "Configuration", with the documented defaults where it gives one.
+DESIGN_ENV = {
+    "KAFKA_BOOTSTRAP_SERVERS": None,
+    "DATABASE_URL": None,
+    "REDIS_URL": None,
+    "CELERY_BROKER_URL": None,
+    "SIGNALS_TOPIC": "signal-events",
+    "DLQ_TOPIC": "signal-events-dlq",
+    "ANOMALIES_TOPIC": "anomaly-events",
+    "BATCH_SIZE": "500",
+    "SIGNALS_PER_SECOND": "1000",
+    "BURST_MODE": "false",
+    "SECRET_KEY": None,
+    "DEBUG": None,
+    "ALLOWED_HOSTS": None,
+}
+# Variables an app container may set besides the DESIGN ones and those settings.py reads.
+EXTRA_APP_ENV = {"PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE"}
+
+# DESIGN.md "Processes": service -> (words its command must contain, container port or None).
+PROCESSES: dict[str, tuple[tuple[str, ...], int | None]] = {
+    "api": (("gunicorn", "eventpipeline.wsgi"), 8000),
+    "bridge": (("python manage.py run_bridge",), 8012),
+    "beat": (("celery -A eventpipeline beat",), None),
+    "emitter": (("python manage.py emit_signals",), 8011),
+    "flower": (("celery -A eventpipeline flower", "--port=5555"), 5555),
+    "migrate": (("python manage.py migrate", "python manage.py create_topics"), None),
+}
+WORKER_COMMAND = "celery -A eventpipeline worker"
+WORKER_PORT = 8013
+WORKER_QUEUES = {"store", "detect"}
+# DESIGN.md "Infrastructure": service -> (host port, image prefix).
+INFRA = {
+    "kafka": (9092, "apache/kafka:"),
+    "postgres": (5432, "postgres:15"),
+    "redis": (6379, "redis:7"),
+    "prometheus": (9090, "prom/prometheus:"),
+    "grafana": (3000, "grafana/grafana:"),
+}
+HEALTHY_INFRA = ("kafka", "postgres", "redis")
+
+# Prometheus job -> (compose services scraped, container port, metrics path).
+SCRAPE_JOBS = {
+    "api": (["api"], 8000, "/prometheus/metrics"),
+    "bridge": (["bridge"], 8012, "/metrics"),
+    "emitter": (["emitter"], 8011, "/metrics"),
+    "flower": (["flower"], 5555, "/metrics"),
+}
+
+# DESIGN.md metric names as Prometheus exposes them (counters carry `_total`).
+COUNTERS = {
+    "signals_produced_total",
+    "events_processed_total",
+    "anomalies_detected_total",
+    "api_requests_total",
+    "django_http_requests_total_by_view_transport_method_total",
+}
+GAUGES = {"batch_size_current", "bridge_batches_in_flight", "bridge_paused", "active_user_sessions"}
+HISTOGRAMS = {
+    "signal_production_latency_seconds",
+    "processing_latency_seconds",
+    "anomaly_detection_latency_seconds",
+    "api_request_duration_seconds",
+    "django_http_requests_latency_seconds_by_view_method",
+}
+PROMETHEUS_BUILTINS = {"up", "scrape_duration_seconds", "scrape_samples_scraped", "ALERTS", "ALERTS_FOR_STATE"}
+ALLOWED_METRICS = (
+    COUNTERS
+    | GAUGES
+    | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
+    | PROMETHEUS_BUILTINS
+)
+# The pipeline metrics defined in the project's Python code (the api ones come partly from
+# django_prometheus).
+PIPELINE_METRICS = {
+    "signals_produced",
+    "signal_production_latency_seconds",
+    "events_processed",
+    "processing_latency_seconds",
+    "batch_size_current",
+    "bridge_batches_in_flight",
+    "bridge_paused",
+    "anomalies_detected",
+    "anomaly_detection_latency_seconds",
+    "active_user_sessions",
+}
+
+PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless"}
+PROMQL_WORDS |= {"offset", "inf", "nan", "Inf", "NaN"}
+GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
+
+
+# --- helpers ------------------------------------------------------------------------------
+
+
+def load_yaml(path: Path) -> Any:
+    with path.open(encoding="utf-8") as handle:
+        return yaml.safe_load(handle)
+
+
+def interpolate(value: Any) -> str:
+    """A compose value as the container sees it when no variable is set in the shell."""
+    text = str(value).lower() if isinstance(value, bool) else str(value)
+    text = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", text)
+    text = re.sub(r"\$\{\w+\}", "", text)
+    return text.replace("$$", "$")
+
+
+def command_text(service: dict[str, Any]) -> str:
+    command = service.get("command", "")
+    text = " ".join(str(part) for part in command) if isinstance(command, list) else str(command)
+    return " ".join(text.split())
+
+
+def environment(service: dict[str, Any]) -> dict[str, str]:
+    env = service.get("environment") or {}
+    if isinstance(env, list):
+        env = dict(item.split("=", 1) if "=" in item else (item, "") for item in env)
+    return {key: interpolate(value) for key, value in env.items()}
+
+
+def published_ports(service: dict[str, Any]) -> tuple[set[int], set[int]]:
+    """(host ports, container ports) of a service, from `ports` and `expose`."""
+    host: set[int] = set()
+    container: set[int] = set()
+    for entry in service.get("ports") or []:
+        if isinstance(entry, dict):
+            container.add(int(entry["target"]))
+            if "published" in entry:
+                host.add(int(entry["published"]))
+            continue
+        parts = str(entry).split("/")[0].split(":")
+        container.add(int(parts[-1]))
+        if len(parts) >= 2:
+            host.add(int(parts[-2]))
+    for entry in service.get("expose") or []:
+        container.add(int(str(entry).split("/")[0]))
+    return host, container
+
+
+def depends_on(service: dict[str, Any]) -> dict[str, str]:
+    deps = service.get("depends_on") or {}
+    if isinstance(deps, list):
+        return {name: "service_started" for name in deps}
+    return {name: (spec or {}).get("condition", "service_started") for name, spec in deps.items()}
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression selects (not functions, labels or keywords)."""
+    text = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)
+    text = re.sub(r"'(?:[^'\\]|\\.)*'", "''", text)
+    text = re.sub(r"\{[^}]*\}", " ", text)
+    text = re.sub(r"\[[^\]]*\]", " ", text)
+    text = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", " ", text)
+    text = re.sub(r"\$\{?\w+\}?", " ", text)
+    names = set()
+    for match in re.finditer(r"[A-Za-z_:][A-Za-z0-9_:]*", text):
+        if match.start() > 0 and (text[match.start() - 1].isdigit() or text[match.start() - 1] == "."):
+            continue  # a duration or number suffix: 5m, 1e3
+        if text[match.end() :].lstrip().startswith("("):
+            continue  # a function or aggregation
+        if match.group() in PROMQL_WORDS:
+            continue
+        names.add(match.group())
+    return names
+
+
+def dashboard_panels(dashboard: dict[str, Any]) -> list[dict[str, Any]]:
+    panels = []
+    for panel in dashboard.get("panels", []):
+        panels.append(panel)
+        panels.extend(panel.get("panels", []))  # panels inside collapsed rows
+    return panels
+
+
+def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
+    return [target["expr"] for panel in dashboard_panels(dashboard) for target in panel.get("targets", [])]
+
+
+def alert_rules() -> list[dict[str, Any]]:
+    return [rule for group in load_yaml(ALERTS_FILE)["groups"] for rule in group["rules"]]
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict[str, Any]:
+    data = load_yaml(COMPOSE_FILE)
+    assert isinstance(data, dict) and isinstance(data.get("services"), dict), "docker-compose.yml has no services"
+    return data
+
+
+@pytest.fixture(scope="module")
+def services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    return compose["services"]
+
+
+@pytest.fixture(scope="module")
+def workers(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    return {name: svc for name, svc in services.items() if WORKER_COMMAND in command_text(svc)}
+
+
+@pytest.fixture(scope="module")
+def app_services(services: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The services that run the project's image (every DESIGN process)."""
+    image = services["api"].get("image")
+    return {name: svc for name, svc in services.items() if "build" in svc or (image and svc.get("image") == image)}
+
+
+@pytest.fixture(scope="module")
+def dashboard() -> dict[str, Any]:
+    with DASHBOARD_FILE.open(encoding="utf-8") as handle:
+        return json.load(handle)
+
+
+@pytest.fixture(scope="module")
+def promtool() -> str:
+    path = shutil.which("promtool")
+    if path is None:
+        pytest.fail(
+            "promtool not found on PATH: install Prometheus' tools (Debian: `apt-get install -y prometheus`) "
+            "so that the Prometheus config, alert rules and dashboard queries can be checked"
+        )
+    return path
+
+
+def run_promtool(promtool: str, *args: str, cwd: Path = REPO) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([promtool, *args], cwd=cwd, capture_output=True, text=True, timeout=120, check=False)
+
+
+# --- docker-compose.yml ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(PROCESSES))
+def test_every_design_process_is_a_service(services: dict[str, dict[str, Any]], name: str) -> None:
+    assert name in services, f"docker-compose.yml has no `{name}` service"
+    words, port = PROCESSES[name]
+    command = command_text(services[name])
+    for word in words:
+        assert word in command, f"`{name}` command {command!r} does not contain {word!r}"
+    if port is not None:
+        _, container = published_ports(services[name])
+        assert port in container, f"`{name}` does not expose port {port} (has {sorted(container)})"
+
+
+def test_workers_consume_every_queue(workers: dict[str, dict[str, Any]]) -> None:
+    """One worker for `store`, one for `detect`; every queue a task can land on has a consumer."""
+    from django.conf import settings
+
+    consumed: dict[str, str] = {}
+    for name, svc in workers.items():
+        match = re.search(r"(?:-Q|--queues)[ =](\S+)", command_text(svc))
+        assert match, f"worker `{name}` does not name its queues with -Q"
+        for queue in match.group(1).split(","):
+            assert queue not in consumed, f"queue {queue} is consumed by both {consumed[queue]} and {name}"
+            consumed[queue] = name
+        _, container = published_ports(svc)
+        assert WORKER_PORT in container, f"worker `{name}` does not expose its metrics port {WORKER_PORT}"
+    assert consumed.get("store") != consumed.get("detect"), "store and detect need a worker each"
+    routed = {route["queue"] for route in settings.CELERY_TASK_ROUTES.values()}
+    needed = WORKER_QUEUES | routed | {settings.CELERY_TASK_DEFAULT_QUEUE}
+    assert needed <= set(consumed), f"no worker consumes {sorted(needed - set(consumed))}"
+
+
+def test_workers_have_a_prometheus_multiproc_dir(workers: dict[str, dict[str, Any]]) -> None:
+    for name, svc in workers.items():
+        directory = environment(svc).get("PROMETHEUS_MULTIPROC_DIR")
+        assert directory, f"worker `{name}` has no PROMETHEUS_MULTIPROC_DIR (prefork children lose their metrics)"
+        assert directory in command_text(svc) or "PROMETHEUS_MULTIPROC_DIR" in command_text(svc), (
+            f"worker `{name}` does not create {directory} before starting"
+        )
+
+
+@pytest.mark.parametrize("name", sorted(INFRA))
+def test_infrastructure_services(services: dict[str, dict[str, Any]], name: str) -> None:
+    assert name in services, f"docker-compose.yml has no `{name}` service"
+    port, image = INFRA[name]
+    assert str(services[name].get("image", "")).startswith(image), f"`{name}` image should be {image}..."
+    host, _ = published_ports(services[name])
+    assert port in host, f"`{name}` does not publish port {port} (publishes {sorted(host)})"
+
+
+@pytest.mark.parametrize("name", HEALTHY_INFRA)
+def test_infrastructure_has_healthchecks(services: dict[str, dict[str, Any]], name: str) -> None:
+    test = services[name].get("healthcheck", {}).get("test")
+    assert test, f"`{name}` has no healthcheck, so nothing can wait for it to be ready"
+    if name == "postgres":
+        assert "pg_isready" in " ".join(test if isinstance(test, list) else [test])
+
+
+def test_kafka_is_a_single_kraft_node(services: dict[str, dict[str, Any]]) -> None:
+    env = environment(services["kafka"])
+    assert set(env["KAFKA_PROCESS_ROLES"].split(",")) == {"broker", "controller"}
+    assert "kafka:9092" in env["KAFKA_ADVERTISED_LISTENERS"], "containers must reach Kafka as kafka:9092"
+    assert env.get("KAFKA_OFFSETS_TOPIC_REPLICATION_FACTOR") == "1", "one broker: replication factor 1"
+
+
+def test_migrate_runs_once_before_the_app(
+    services: dict[str, dict[str, Any]], app_services: dict[str, dict[str, Any]]
+) -> None:
+    migrate = services["migrate"]
+    assert str(migrate.get("restart", "no")) == "no", "migrate is one-shot: it must not restart"
+    for infra in HEALTHY_INFRA:
+        assert depends_on(migrate).get(infra) == "service_healthy", f"migrate must wait for a healthy {infra}"
+    for name, svc in app_services.items():
+        if name == "migrate":
+            continue
+        deps = depends_on(svc)
+        assert deps.get("migrate") == "service_completed_successfully", (
+            f"`{name}` must start after migrate completed successfully"
+        )
+        for infra in HEALTHY_INFRA:
+            assert deps.get(infra) == "service_healthy", f"`{name}` must wait for a healthy {infra}"
+
+
+def test_app_environment_uses_the_design_names(
+    services: dict[str, dict[str, Any]], app_services: dict[str, dict[str, Any]]
+) -> None:
+    settings_source = (REPO / "eventpipeline" / "settings.py").read_text(encoding="utf-8")
+    known = set(DESIGN_ENV) | EXTRA_APP_ENV | set(re.findall(r"env_\w+\(\s*\"([A-Z0-9_]+)\"", settings_source))
+    expected_processes = set(PROCESSES) | {"worker"}
+    found = {("worker" if WORKER_COMMAND in command_text(svc) else name) for name, svc in app_services.items()}
+    assert expected_processes <= found, f"processes not running the project image: {expected_processes - found}"
+    for name, svc in app_services.items():
+        env = environment(svc)
+        missing = set(DESIGN_ENV) - set(env)
+        assert not missing, f"`{name}` environment lacks {sorted(missing)}"
+        unknown = set(env) - known
+        assert not unknown, f"`{name}` sets variables that neither DESIGN.md nor settings.py know: {sorted(unknown)}"
+        for key, default in DESIGN_ENV.items():
+            if default is not None:
+                assert env[key] == default, f"`{name}`: {key} defaults to {env[key]!r}, DESIGN says {default!r}"
+        # Every address points at a service of this compose file.
+        for key, scheme in (("DATABASE_URL", "postgres"), ("REDIS_URL", "redis"), ("CELERY_BROKER_URL", "redis")):
+            url = urlsplit(env[key])
+            assert url.scheme == scheme, f"`{name}`: {key} must be a {scheme}:// URL, got {env[key]!r}"
+            assert url.hostname in services, f"`{name}`: {key} host {url.hostname!r} is not a compose service"
+        for server in env["KAFKA_BOOTSTRAP_SERVERS"].split(","):
+            host = server.rsplit(":", 1)[0]
+            assert host in services, f"`{name}`: Kafka bootstrap host {host!r} is not a compose service"
+        hosts = env["ALLOWED_HOSTS"].split(",")
+        assert "api" in hosts, "ALLOWED_HOSTS must accept the Host header of Prometheus' scrape (api:8000)"
+        if env["DEBUG"].lower() in {"0", "false", "no", "off"}:
+            assert env["SECRET_KEY"], f"`{name}`: SECRET_KEY is required when DEBUG is false"
+
+
+def test_project_image_and_mounts(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
+    build = services["api"].get("build")
+    context = build.get("context", ".") if isinstance(build, dict) else build
+    assert (REPO / str(context) / "Dockerfile").is_file(), "the api is not built from this repository's Dockerfile"
+    for name, svc in services.items():
+        for volume in svc.get("volumes") or []:
+            source = str(volume).split(":")[0] if not isinstance(volume, dict) else str(volume.get("source"))
+            if source.startswith((".", "/")):
+                assert source.startswith("./"), f"`{name}` mounts {source!r}: use a path relative to the repository"
+                assert (REPO / source).exists(), f"`{name}` mounts {source!r}, which does not exist"
+            else:
+                assert source in (compose.get("volumes") or {}), f"`{name}` uses undeclared volume {source!r}"
+
+
+# --- Dockerfile -------------------------------------------------------------------------------
+
+
+def test_dockerfile() -> None:
+    text = DOCKERFILE.read_text(encoding="utf-8")
+    instructions = [line.strip() for line in text.splitlines() if line.strip() and not line.lstrip().startswith("#")]
+    assert instructions[0] == "FROM python:3.11-slim"
+    assert re.search(r"pip install[^\n]*-r requirements\.txt", text)
+    users = [line.split(None, 1)[1] for line in instructions if line.startswith("USER ")]
+    assert users and users[-1] not in {"root", "0"}, "the image must run as a non-root user"
+    cmd = [line for line in instructions if line.startswith("CMD ")]
+    assert cmd and "gunicorn" in cmd[-1] and "eventpipeline.wsgi" in cmd[-1]
+    ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
+    for entry in (".git", ".venv"):
+        assert entry in ignored, f".dockerignore should exclude {entry}"
+
+
+def test_no_machine_specific_paths() -> None:
+    for path in DEPLOY_FILES:
+        assert str(REPO) not in path.read_text(encoding="utf-8"), f"{path.name} contains this machine's path"
+
+
+# --- Prometheus -------------------------------------------------------------------------------
+
+
+def test_prometheus_scrapes_every_process(workers: dict[str, dict[str, Any]], services: dict[str, Any]) -> None:
+    config = load_yaml(PROMETHEUS_FILE)
+    assert "alerts.yml" in config.get("rule_files", []), "prometheus.yml must load alerts.yml"
+    jobs = {job["job_name"]: job for job in config["scrape_configs"]}
+    expected = dict(SCRAPE_JOBS)
+    expected["worker"] = (sorted(workers), WORKER_PORT, "/metrics")
+    for job_name, (service_names, port, path) in expected.items():
+        assert job_name in jobs, f"prometheus.yml has no `{job_name}` job"
+        job = jobs[job_name]
+        targets = {target for static in job.get("static_configs", []) for target in static["targets"]}
+        assert targets == {f"{name}:{port}" for name in service_names}, f"job `{job_name}` scrapes {sorted(targets)}"
+        assert job.get("metrics_path", "/metrics") == path, f"job `{job_name}` should scrape {path}"
+    for job in jobs.values():
+        for static in job.get("static_configs", []):
+            for target in static["targets"]:
+                host = target.rsplit(":", 1)[0]
+                assert host == "localhost" or host in services, f"scrape target {target} is not a compose service"
+
+
+def test_promtool_check_config(promtool: str) -> None:
+    result = run_promtool(promtool, "check", "config", "prometheus/prometheus.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_promtool_check_rules(promtool: str) -> None:
+    result = run_promtool(promtool, "check", "rules", "prometheus/alerts.yml")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_expected_alerts_exist() -> None:
+    names = {rule["alert"] for rule in alert_rules()}
+    for name in ("BridgeDown", "WorkerDown", "NoEventsStored", "DeadLetterRateHigh", "BridgePaused"):
+        assert name in names, f"alerts.yml has no {name} alert"
+    for rule in alert_rules():
+        assert rule.get("labels", {}).get("severity"), f"alert {rule['alert']} has no severity label"
+        assert rule.get("annotations", {}).get("summary"), f"alert {rule['alert']} has no summary"
+
+
+ALERT_TESTS = """
+rule_files:
+  - {rules}
+evaluation_interval: 1m
+tests:
+  # The bridge goes down at minute 2; the emitter produces throughout, the workers store
+  # until minute 5, then nothing.
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="bridge", instance="bridge:8012"}}'
+        values: '1 1 0 0 0 0 0 0 0 0 0 0 0 0 0'
+      - series: 'up{{job="worker", instance="worker-store:8013", queue="store"}}'
+        values: '1x14'
+      - series: 'signals_produced_total{{job="emitter", type="login"}}'
+        values: '0+600x20'
+      - series: 'events_processed_total{{job="worker", status="stored"}}'
+        values: '0+600x5 3000x15'
+      - series: 'bridge_paused{{job="bridge"}}'
+        values: '0 0 1 1 1 1 1 1 1 1 1 1'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="BridgeDown", alertstate="firing"}}
+        eval_time: 1m
+        exp_samples: []
+      - expr: ALERTS{{alertname="BridgeDown", alertstate="firing"}}
+        eval_time: 4m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="BridgeDown", alertstate="firing", job="bridge",
+                             instance="bridge:8012", severity="critical"}}'
+            value: 1
+      - expr: ALERTS{{alertname="WorkerDown", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="NoEventsStored", alertstate="firing"}}
+        eval_time: 8m
+        exp_samples: []
+      - expr: ALERTS{{alertname="NoEventsStored", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoEventsStored", alertstate="firing", severity="critical"}}'
+            value: 1
+      - expr: ALERTS{{alertname="BridgePaused", alertstate="firing"}}
+        eval_time: 5m
+        exp_samples: []
+      - expr: ALERTS{{alertname="BridgePaused", alertstate="firing"}}
+        eval_time: 8m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="BridgePaused", alertstate="firing", severity="warning"}}'
+            value: 1
+  # No worker has ever stored anything: the alert still fires.
+  - interval: 1m
+    input_series:
+      - series: 'signals_produced_total{{job="emitter", type="click"}}'
+        values: '0+100x10'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="NoEventsStored", alertstate="firing"}}
+        eval_time: 8m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoEventsStored", alertstate="firing", severity="critical"}}'
+            value: 1
+  # 10% of the messages read are dead letters for 10 minutes.
+  - interval: 1m
+    input_series:
+      - series: 'events_processed_total{{job="bridge", status="accepted"}}'
+        values: '0+5400x15'
+      - series: 'events_processed_total{{job="bridge", status="dead_letter"}}'
+        values: '0+600x15'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="DeadLetterRateHigh", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="DeadLetterRateHigh", alertstate="firing", severity="warning"}}'
+            value: 1
+  # A few dead letters among many good messages: no alert.
+  - interval: 1m
+    input_series:
+      - series: 'events_processed_total{{job="bridge", status="accepted"}}'
+        values: '0+60000x15'
+      - series: 'events_processed_total{{job="bridge", status="dead_letter"}}'
+        values: '0+60x15'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="DeadLetterRateHigh", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples: []
+"""
+
+
+def test_alerts_fire_when_they_should(promtool: str, tmp_path: Path) -> None:
+    tests_file = tmp_path / "alerts_test.yml"
+    tests_file.write_text(ALERT_TESTS.format(rules=json.dumps(str(ALERTS_FILE))), encoding="utf-8")
+    result = run_promtool(promtool, "test", "rules", str(tests_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_alert_metric_names_are_known() -> None:
+    for rule in alert_rules():
+        unknown = metric_names(rule["expr"]) - ALLOWED_METRICS
+        assert not unknown, f"alert {rule['alert']} uses unknown metrics {sorted(unknown)}"
+
+
+def test_metric_names_in_code_match_design() -> None:
+    """A metric renamed in the code would leave the dashboard and the alerts blank."""
+    defined: dict[str, Path] = {}
+    pattern = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+    for path in REPO.rglob("*.py"):
+        relative = path.relative_to(REPO).parts
+        if relative[0] in {".venv", "tests", ".git"} or "migrations" in relative:
+            continue
+        for name in pattern.findall(path.read_text(encoding="utf-8")):
+            defined[name] = path
+    missing = PIPELINE_METRICS - set(defined)
+    assert not missing, f"DESIGN.md metrics not defined in the code: {sorted(missing)}"
+    allowed_bases = {name.removesuffix("_total") for name in COUNTERS} | GAUGES | HISTOGRAMS
+    unknown = {name: str(path.relative_to(REPO)) for name, path in defined.items() if name not in allowed_bases}
+    assert not unknown, f"metrics not in DESIGN.md (update the dashboard, alerts and this test): {unknown}"
+
+
+# --- Grafana ----------------------------------------------------------------------------------
+
+
+def test_grafana_provisioning(services: dict[str, dict[str, Any]], dashboard: dict[str, Any]) -> None:
+    datasources = load_yaml(DATASOURCE_FILE)["datasources"]
+    prometheus = [ds for ds in datasources if ds["type"] == "prometheus"]
+    assert len(prometheus) == 1 and prometheus[0]["url"] == "http://prometheus:9090"
+    assert prometheus[0].get("uid"), "give the provisioned datasource a fixed uid for the dashboards"
+    providers = load_yaml(DASHBOARD_PROVIDER_FILE)["providers"]
+    paths = {provider["options"]["path"] for provider in providers}
+    assert paths == {"/var/lib/grafana/dashboards"}
+    mounts = {str(v).split(":")[1]: str(v).split(":")[0] for v in services["grafana"]["volumes"] if ":" in str(v)}
+    assert mounts.get("/var/lib/grafana/dashboards") == "./grafana/dashboards"
+    assert mounts.get("/etc/grafana/provisioning") == "./grafana/provisioning"
+    assert dashboard["title"] == "eventpipeline" and dashboard["uid"] == "eventpipeline"
+
+
+def test_dashboard_uses_the_provisioned_datasource(dashboard: dict[str, Any]) -> None:
+    uid = load_yaml(DATASOURCE_FILE)["datasources"][0]["uid"]
+    panels = dashboard_panels(dashboard)
+    ids = [panel["id"] for panel in panels]
+    assert len(ids) == len(set(ids)), "panel ids must be unique"
+    for panel in panels:
+        if panel["type"] == "row":
+            continue
+        assert panel["datasource"] == {"type": "prometheus", "uid": uid}, f"panel {panel['title']!r} datasource"
+        assert panel["targets"], f"panel {panel['title']!r} has no query"
+        for target in panel["targets"]:
+            assert target.get("datasource", panel["datasource"]) == panel["datasource"], panel["title"]
+
+
+def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
+    for expr in dashboard_exprs(dashboard):
+        names = metric_names(expr)
+        assert names, f"no metric found in {expr!r}"
+        unknown = names - ALLOWED_METRICS
+        assert not unknown, f"dashboard query {expr!r} uses metrics not in DESIGN.md: {sorted(unknown)}"
+
+
+@pytest.mark.parametrize(
+    ("what", "pattern"),
+    [
+        ("produced/s by type", r"sum by \(type\) \(rate\(signals_produced_total"),
+        ("accepted/s", r'events_processed_total\{[^}]*status="accepted"'),
+        ("stored/s", r'events_processed_total\{[^}]*status="stored"'),
+        ("dead letters/s", r'events_processed_total\{[^}]*status="dead_letter"'),
+        ("duplicates/s", r'events_processed_total\{[^}]*status="duplicate"'),
+        ("processing latency p50", r"histogram_quantile\(0\.5, .*processing_latency_seconds_bucket"),
+        ("processing latency p95", r"histogram_quantile\(0\.95, .*processing_latency_seconds_bucket"),
+        ("processing latency p99", r"histogram_quantile\(0\.99, .*processing_latency_seconds_bucket"),
+        ("batch size", r"batch_size_current"),
+        ("in-flight batches", r"bridge_batches_in_flight"),
+        ("bridge paused", r"bridge_paused"),
+        ("anomalies/s by type", r"sum by \(anomaly_type\) \(rate\(anomalies_detected_total"),
+        ("detection latency p95", r"histogram_quantile\(0\.95, .*anomaly_detection_latency_seconds_bucket"),
+        ("API request rate", r"rate\(django_http_requests_total_by_view_transport_method_total"),
+        ("API p95 latency", r"histogram_quantile\(0\.95, .*django_http_requests_latency_seconds_by_view_method_bucket"),
+        ("up status", r"^up$"),
+    ],
+)
+def test_dashboard_shows(dashboard: dict[str, Any], what: str, pattern: str) -> None:
+    assert any(re.search(pattern, expr) for expr in dashboard_exprs(dashboard)), f"no dashboard panel shows {what}"
+
+
+def test_dashboard_queries_parse(promtool: str, dashboard: dict[str, Any], tmp_path: Path) -> None:
+    """promtool parses every dashboard query, each wrapped as a recording rule."""
+    rules = []
+    for index, expr in enumerate(dashboard_exprs(dashboard)):
+        for variable, value in GRAFANA_VARIABLES.items():
+            expr = expr.replace(variable, value)
+        rules.append({"record": f"dashboard:query_{index}", "expr": expr})
+    rules_file = tmp_path / "dashboard_rules.yml"
+    rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}), encoding="utf-8")
+    result = run_promtool(promtool, "check", "rules", str(rules_file), cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_metric_name_extraction() -> None:
+    expr = (
+        'histogram_quantile(0.95, sum by (le, job) (rate(processing_latency_seconds_bucket{job="x"}[5m]))) '
+        '/ sum(rate(events_processed_total{status=~"a|b"}[$__rate_interval])) and on(job) up offset 5m > 1e3'
+    )
+    assert metric_names(expr) == {"processing_latency_seconds_bucket", "events_processed_total", "up"}

@@ -1,0 +1,174 @@
+"""Unit tests for the pure parts of scripts/devservices.py (no servers are started)."""
+
+from __future__ import annotations
+
+import importlib.util
+import socket
+import sys
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "devservices.py"
+
+
+def load_script() -> ModuleType:
+    # scripts/ is not a package: load the file the way `python scripts/devservices.py` does.
+    spec = importlib.util.spec_from_file_location("devservices", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("devservices", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+devservices = load_script()
+
+
+@pytest.mark.parametrize(
+    ("argv", "options", "command"),
+    [
+        (["--data-dir", "d", "--", "honcho", "start"], ["--data-dir", "d"], ["honcho", "start"]),
+        (["--", "env"], [], ["env"]),
+        # Only the first `--` is ours; later ones belong to the command.
+        (["--fresh", "--", "pytest", "--", "-k", "x"], ["--fresh"], ["pytest", "--", "-k", "x"]),
+        (["--data-dir", "d"], ["--data-dir", "d"], []),
+        (["--"], [], []),
+    ],
+)
+def test_split_argv(argv: list[str], options: list[str], command: list[str]) -> None:
+    assert devservices.split_argv(argv) == (options, command)
+
+
+def test_main_refuses_a_missing_command(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        devservices.main(["--data-dir", "d"])
+    assert exit_info.value.code == 2
+    assert "after `--`" in capsys.readouterr().err
+
+
+def test_main_refuses_an_unknown_option() -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        devservices.main(["--datadir", "d", "--", "env"])
+    assert exit_info.value.code == 2
+
+
+def test_parser_defaults_to_the_run_data_dir_without_fresh() -> None:
+    arguments = devservices.build_parser().parse_args([])
+    assert arguments.data_dir == Path(".data/run")
+    assert arguments.fresh is False
+
+
+def test_choose_port_takes_the_standard_port_when_free() -> None:
+    assert devservices.choose_port(5432, lambda port: True, lambda: 40000) == 5432
+
+
+def test_choose_port_asks_the_os_when_the_standard_port_is_taken() -> None:
+    asked: list[int] = []
+
+    def taken(port: int) -> bool:
+        asked.append(port)
+        return False
+
+    assert devservices.choose_port(5432, taken, lambda: 40000) == 40000
+    assert asked == [5432]
+
+
+def test_port_is_free_sees_a_listening_socket() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert devservices.port_is_free(port) is False
+
+
+def test_any_free_port_can_be_bound() -> None:
+    assert devservices.port_is_free(devservices.any_free_port()) is True
+
+
+def test_urls() -> None:
+    assert devservices.kafka_bootstrap(9092) == "127.0.0.1:9092"
+    assert devservices.database_url(5432) == "postgres://postgres@127.0.0.1:5432/eventpipeline"
+    assert devservices.database_url(5433, "postgres") == "postgres://postgres@127.0.0.1:5433/postgres"
+    assert devservices.redis_url(6379) == "redis://127.0.0.1:6379/0"
+
+
+@pytest.mark.parametrize(
+    ("url", "printed"),
+    [
+        ("postgres://app:s3cret@db:5432/x", "postgres://app:***@db:5432/x"),
+        ("postgres://root@127.0.0.1:5432/postgres", "postgres://root@127.0.0.1:5432/postgres"),
+        ("redis://:pw@cache:6379/0", "redis://:***@cache:6379/0"),
+        ("127.0.0.1:9092,other:9092", "127.0.0.1:9092,other:9092"),
+    ],
+)
+def test_redact_hides_only_the_password(url: str, printed: str) -> None:
+    assert devservices.redact(url) == printed
+
+
+def test_socket_dir_is_the_data_dir_up_to_the_socket_path_limit() -> None:
+    # "/" + ".s.PGSQL.5432" is 14 bytes: a 93-byte data dir makes a 107-byte socket path.
+    pgdata = Path("/" + "a" * 92)
+    assert devservices.socket_dir_for(pgdata, 5432) == pgdata
+
+
+def test_socket_dir_falls_back_to_a_short_dir_past_the_limit() -> None:
+    pgdata = Path("/" + "a" * 93)
+    fallback = devservices.socket_dir_for(pgdata, 5432, fallback_root=Path("/tmp"))
+    assert fallback.parent == Path("/tmp")
+    assert fallback.name.startswith("eventpipeline-pg-")
+    assert len(str(fallback / ".s.PGSQL.65535")) <= devservices.MAX_SOCKET_PATH_BYTES
+
+
+def test_socket_dir_fallback_differs_per_data_dir() -> None:
+    first = devservices.socket_dir_for(Path("/" + "a" * 100), 5432)
+    second = devservices.socket_dir_for(Path("/" + "b" * 100), 5432)
+    assert first != second
+    assert first == devservices.socket_dir_for(Path("/" + "a" * 100), 5432)
+
+
+def test_socket_dir_counts_the_port_digits() -> None:
+    pgdata = Path("/" + "a" * 92)
+    assert devservices.socket_dir_for(pgdata, 54321) != pgdata
+
+
+@pytest.mark.parametrize(("returncode", "exit_code"), [(0, 0), (3, 3), (-15, 143), (-2, 130), (-9, 137)])
+def test_exit_code_of(returncode: int, exit_code: int) -> None:
+    assert devservices.exit_code_of(returncode) == exit_code
+
+
+def test_tail_keeps_the_last_lines() -> None:
+    text = "\n".join(f"line {number}" for number in range(30))
+    assert devservices.tail(text, 3) == "line 27\nline 28\nline 29"
+    assert devservices.tail("only\n", 3) == "only"
+    assert devservices.tail("", 3) == "(nothing was logged)"
+
+
+def test_shown_is_relative_below_the_working_directory() -> None:
+    assert devservices.shown(Path("/repo/.data/run/postgres"), Path("/repo")) == Path(".data/run/postgres")
+    assert devservices.shown(Path("/tmp/ds/postgres"), Path("/repo")) == Path("/tmp/ds/postgres")
+
+
+def test_status_line_aligns_columns() -> None:
+    assert (
+        devservices.status_line("redis", "started", "redis://127.0.0.1:6379/0")
+        == "devservices: redis    started    redis://127.0.0.1:6379/0"
+    )
+    assert devservices.status_line("kafka", "stopped", "") == "devservices: kafka    stopped"
+
+
+@pytest.mark.parametrize(
+    "log_line",
+    [
+        'ERROR tansu_broker::broker: err=Os { code: 98, kind: AddrInUse, message: "Address in use" }',
+        "# Could not create server TCP listening socket 127.0.0.1:6379: bind: Address already in use",
+        'LOG:  could not bind IPv4 address "127.0.0.1": Address already in use',
+    ],
+)
+def test_address_in_use_is_recognised_in_each_servers_log(log_line: str) -> None:
+    assert devservices.ADDRESS_IN_USE.search(log_line)
+
+
+def test_other_start_failures_are_not_taken_for_a_busy_port() -> None:
+    assert not devservices.ADDRESS_IN_USE.search('FATAL:  data directory "/x" has invalid permissions')

@@ -1,0 +1,167 @@
+"""The spine end to end: emit_signals -> Kafka -> run_bridge -> Celery worker -> PostgreSQL.
+
+Real broker, real Redis, real PostgreSQL, real bridge and worker processes; each test on
+its own topic and queue.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+import uuid
+
+import pytest
+from confluent_kafka import Consumer
+from django.conf import settings
+
+from signals_app.generator import SignalGenerator
+from signals_app.models import DeadLetter, Signal
+from tests.conftest import Pipeline, wait_for
+
+pytestmark = pytest.mark.integration
+
+START_MS = int(time.time() * 1000) - 3_600_000
+
+
+def expected_event_ids(*, seed: int, users: int, count: int, rate: int) -> set[str]:
+    generator = SignalGenerator(seed=seed, users=users, start_ms=START_MS, rate=rate)
+    return {generator.next()["event_id"] for _ in range(count)}
+
+
+def stored_event_ids() -> set[str]:
+    return {str(event_id) for event_id in Signal.objects.values_list("event_id", flat=True)}
+
+
+def wait_until_stored(pipeline: Pipeline, count: int, timeout: float = 180) -> None:
+    wait_for(lambda: Signal.objects.count() >= count, timeout=timeout, what=f"{count} stored signals")
+    wait_for(pipeline.all_committed, timeout=60, what="offsets committed up to the end")
+
+
+def test_emitted_events_are_stored_exactly_once_and_a_replay_changes_nothing(pipeline: Pipeline) -> None:
+    pipeline.start_worker()
+    pipeline.start_bridge()
+    pipeline.emit("--count", "10000", "--rate", "5000", "--seed", "11", "--users", "500", "--start-ms", str(START_MS))
+
+    wait_until_stored(pipeline, 10_000)
+    assert Signal.objects.count() == 10_000
+    assert stored_event_ids() == expected_event_ids(seed=11, users=500, count=10_000, rate=5000)
+    assert pipeline.stop("bridge") == 0
+
+    # The same Kafka records, consumed again from the beginning by a new consumer group.
+    replay_group = f"{pipeline.group_id}-replay"
+    pipeline.start_bridge("replay-bridge", BRIDGE_GROUP_ID=replay_group)
+    wait_for(lambda: pipeline.all_committed(replay_group), timeout=120, what="the replay to be committed")
+    assert Signal.objects.count() == 10_000
+    assert pipeline.worker_metric("events_processed_total", status="duplicate") == 10_000
+    assert pipeline.worker_metric("events_processed_total", status="stored") == 10_000
+    assert DeadLetter.objects.count() == 0
+
+
+def _malformed_records() -> list[tuple[bytes, str]]:
+    """One of each kind of bad record, with a phrase its dead letter's reason must contain."""
+    now = int(time.time() * 1000)
+    good = {"user_id": 5, "type": "click", "timestamp": now, "payload": {"page": "/", "element": "a"}}
+
+    def variant(**changes: object) -> bytes:
+        message = {**good, **changes}
+        return json.dumps({k: v for k, v in message.items() if v is not ...}).encode()
+
+    return [
+        (b"\xff\xfe\x00garbage", "not UTF-8"),
+        (b"{this is not json", "not JSON"),
+        (b"[1, 2, 3]", "not a JSON object"),
+        (variant(timestamp=...), "missing field 'timestamp'"),
+        (variant(user_id="abc"), "field 'user_id' must be an integer, got string \"abc\""),
+        (variant(timestamp="yesterday"), "field 'timestamp' must be an integer"),
+        (variant(type="logout"), "field 'type' must be one of"),
+        (variant(timestamp=now * 1000), "field 'timestamp'"),
+        (variant(timestamp=1_640_995_200), "looks like seconds"),
+        (variant(payload={"page": "/"}), "missing field 'payload.element'"),
+        (variant(event_id="not-a-uuid"), "field 'event_id' must be a UUID"),
+        (variant(payload={"page": "/", "element": "x" * 70_000}), "oversize"),
+        (b"", "empty message"),
+    ]
+
+
+def test_malformed_records_become_dead_letters_and_every_good_one_is_stored(pipeline: Pipeline) -> None:
+    kinds = _malformed_records()
+    generator = SignalGenerator(seed=3, users=200, start_ms=int(time.time() * 1000) - 60_000, rate=1000)
+    good = [generator.next() for _ in range(5000)]
+    bad = [kinds[i % len(kinds)] for i in range(1000)]
+
+    delivered: dict[int, tuple[int, int]] = {}
+    producer = pipeline.producer()
+    bad_index = 0
+    for index, event in enumerate(good):
+        producer.produce(pipeline.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
+        if index % 5 == 0:
+            raw = bad[bad_index][0]
+
+            def remember(error: object, message: object, slot: int = bad_index) -> None:
+                delivered[slot] = (message.partition(), message.offset())  # type: ignore[attr-defined]
+
+            producer.produce(pipeline.topic, value=raw, on_delivery=remember)
+            bad_index += 1
+    assert producer.flush(30) == 0
+    assert len(delivered) == 1000
+
+    pipeline.start_worker()
+    pipeline.start_bridge()
+    wait_for(lambda: DeadLetter.objects.count() >= 1000, timeout=120, what="1000 dead letters")
+    wait_until_stored(pipeline, 5000)
+
+    assert Signal.objects.count() == 5000
+    assert stored_event_ids() == {event["event_id"] for event in good}
+    dead_letters = {
+        (d.source_partition, d.source_offset): d for d in DeadLetter.objects.filter(source_topic=pipeline.topic)
+    }
+    assert len(dead_letters) == 1000
+    for slot, (raw, phrase) in enumerate(bad):
+        dead_letter = dead_letters[delivered[slot]]
+        assert phrase in dead_letter.reason, (raw[:60], dead_letter.reason)
+        assert bytes(dead_letter.raw) == raw
+
+    # The same refusals are published on the DLQ topic, with the reason in a header.
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "group.id": f"dlq-check-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([pipeline.dlq_topic])
+    reasons: list[str] = []
+    deadline = time.monotonic() + 60
+    while len(reasons) < 1000 and time.monotonic() < deadline:
+        for message in consumer.consume(500, timeout=1.0):
+            if message.error() is None:
+                reason = dict(message.headers() or [])["reason"]
+                reasons.append(reason.decode() if isinstance(reason, bytes) else str(reason))
+    consumer.close()
+    assert len(reasons) == 1000
+    assert sorted(reasons) == sorted(d.reason for d in dead_letters.values())
+
+
+@pytest.mark.parametrize("victim", ["bridge", "worker"])
+def test_kill_9_mid_run_loses_and_duplicates_nothing(pipeline: Pipeline, victim: str) -> None:
+    pipeline.start_worker()
+    pipeline.start_bridge()
+    emitter = pipeline.start_emitter(
+        "--count", "40000", "--rate", "4000", "--seed", "23", "--users", "1000", "--start-ms", str(START_MS)
+    )
+    wait_for(lambda: Signal.objects.count() > 8000, timeout=120, what="the run to be under way")
+    pipeline.kill(victim, signal.SIGKILL)
+    stored_at_kill = Signal.objects.count()
+    time.sleep(1)
+    if victim == "bridge":
+        pipeline.start_bridge()
+    else:
+        pipeline.start_worker()
+    assert emitter.wait(timeout=120) == 0
+
+    wait_until_stored(pipeline, 40_000, timeout=240)
+    assert stored_at_kill < 40_000, "the kill came too late to test anything"
+    assert Signal.objects.count() == 40_000
+    assert stored_event_ids() == expected_event_ids(seed=23, users=1000, count=40_000, rate=4000)
