@@ -168,7 +168,7 @@ class Bridge:
                 break
             except DatabaseError as error:
                 logger.error("cannot store %d dead letters, retrying: %s", len(dead_letters), error)
-                connection.close()
+                connection.close_if_unusable_or_obsolete()
                 time.sleep(1.0)
         for record in dead_letters:
             self.dlq_producer.produce(

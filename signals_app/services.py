@@ -56,8 +56,14 @@ class DeadLetterRecord:
 
 def _copy_rows(events: list[dict[str, Any]]) -> int:
     """Store one batch in one transaction; return how many rows were new."""
-    with transaction.atomic(), connection.cursor() as cursor:
+    # The staging table empties itself at commit; inside a caller's transaction there is
+    # no commit between batches, so it is emptied by hand.
+    nested = connection.in_atomic_block
+    # COPY goes straight to psycopg; wrap_database_errors maps its errors to Django's.
+    with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.execute(_STAGING_DDL)
+        if nested:
+            cursor.execute("TRUNCATE signals_staging")
         with cursor.copy(_STAGING_COPY) as copy:
             for event in events:
                 copy.write_row(

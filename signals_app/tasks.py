@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, connection
+from django.db import InterfaceError, OperationalError
 
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
 from signals_app.services import data_cleanup_old, signals_dead_letter_batch, signals_store_batch
@@ -30,8 +30,6 @@ def store_signals(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
     try:
         result = signals_store_batch(events=events)
     except (OperationalError, InterfaceError) as error:
-        # A broken connection must not be reused by the retry.
-        connection.close()
         if self.request.retries < settings.STORE_MAX_RETRIES:
             raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
         reason = f"could not be stored after {self.request.retries + 1} attempts: {str(error).strip()}"

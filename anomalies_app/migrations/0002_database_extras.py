@@ -49,7 +49,8 @@ DECLARE
     cutoff timestamptz := now() - make_interval(days => p_days);
 BEGIN
     IF p_days IS NULL OR p_days < 1 THEN
-        RAISE EXCEPTION 'cleanup_old_data: days must be at least 1, got %', p_days;
+        RAISE EXCEPTION 'cleanup_old_data: days must be at least 1, got %', p_days
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     DELETE FROM signals WHERE timestamp < (extract(epoch FROM cutoff) * 1000)::bigint;
     GET DIAGNOSTICS signals_deleted = ROW_COUNT;

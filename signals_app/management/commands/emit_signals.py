@@ -23,9 +23,11 @@ TICK_SECONDS = 0.01
 # At most this many events per step, so that a loop running behind (rate above what the
 # machine can do) still serves delivery reports, progress and signals in between.
 MAX_EVENTS_PER_STEP = 2000
-# Observing a histogram costs about a microsecond, which matters at tens of thousands of
-# messages per second; one delivery in this many is enough to draw the latency curve.
+# Observing the latency of every delivery cut the top rate from about 73,000 to 63,000
+# events/s on two cores; one delivery in this many is enough to draw the latency curve.
 LATENCY_SAMPLE_EVERY = 10
+# A slow emitter still wakes this often, to serve delivery reports and notice a signal.
+MAX_SLEEP_SECONDS = 0.25
 PROGRESS_EVERY_SECONDS = 1.0
 FLUSH_TIMEOUT_SECONDS = 30.0
 
@@ -220,12 +222,7 @@ class Command(BaseCommand):
         """Hand one event to the producer; False if a shutdown came while its queue was full."""
         while True:
             try:
-                self.producer.produce(
-                    self.topic,
-                    value,
-                    key,
-                    on_delivery=self.delivery_callbacks[signal_type],
-                )
+                self.producer.produce(self.topic, value, key, on_delivery=self.delivery_callbacks[signal_type])
                 self.sent += 1
                 return True
             except BufferError:
@@ -291,7 +288,7 @@ class Command(BaseCommand):
             return
         next_tick = self.schedule_origin + (int((now - self.schedule_origin) / TICK_SECONDS) + 1) * TICK_SECONDS
         next_event = self.schedule_origin + (self.sent + 1 - self.schedule_sent) / self.effective_rate()
-        wake = max(next_tick, next_event)
+        wake = min(max(next_tick, next_event), now + MAX_SLEEP_SECONDS)
         if self.deadline is not None:
             wake = min(wake, self.deadline)
         time.sleep(max(0.0, wake - now))

@@ -1,0 +1,190 @@
+"""`make bench`: sustained events/s from Kafka into PostgreSQL, against the machine's limit.
+
+Each run:
+1. puts N synthetic signals on a fresh topic (a backlog, so the pipeline is never idle);
+2. starts the real worker and bridge processes and times from the first row stored to
+   the last: the pipeline's sustained rate;
+3. empties the table and COPYs the same N rows straight into it, in batches of the same
+   size: the raw COPY rate of this machine, table and indexes included.
+The median of the runs is printed, ending with one line scripts can read:
+    events_per_s=N copy_limit_per_s=M ratio=R
+Needs KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and REDIS_URL (make bench starts local ones).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import django
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
+django.setup()
+
+from confluent_kafka import Producer  # noqa: E402
+from django.conf import settings  # noqa: E402
+from django.core.management import call_command  # noqa: E402
+from django.db import connection  # noqa: E402
+
+from eventpipeline.kafka import producer_config, topics_ensure  # noqa: E402
+from signals_app.generator import SignalGenerator, encode  # noqa: E402
+
+COPY_SQL = "COPY signals (event_id, user_id, type, timestamp, payload, processed_at, created_at) FROM STDIN"
+
+
+def produce_backlog(topic: str, events: list[dict[str, object]]) -> None:
+    producer = Producer(producer_config())
+    for index, event in enumerate(events):
+        key, value = encode(event)
+        while True:
+            try:
+                producer.produce(topic, key=key, value=value)
+                break
+            except BufferError:
+                producer.poll(0.05)
+        if index % 10_000 == 0:
+            producer.poll(0)
+    if producer.flush(120) != 0:
+        raise SystemExit("bench: could not put the backlog on Kafka")
+
+
+def stored_count() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM signals")
+        return int(cursor.fetchone()[0])
+
+
+def truncate() -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("TRUNCATE signals")
+        cursor.execute("VACUUM ANALYZE signals")
+
+
+def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    with open(log, "ab") as output:
+        return subprocess.Popen(
+            command, cwd=REPO, env=env, stdout=output, stderr=subprocess.STDOUT, start_new_session=True
+        )
+
+
+def stop(process: subprocess.Popen[bytes]) -> None:
+    if process.poll() is None:
+        os.killpg(process.pid, signal.SIGTERM)
+        try:
+            process.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, logs: Path) -> float:
+    """Events/s from Kafka into PostgreSQL, first row to last, with the real processes."""
+    suffix = uuid.uuid4().hex[:8]
+    topic = f"bench-signals-{suffix}"
+    topics_ensure([topic, f"bench-dlq-{suffix}"], partitions=settings.TOPIC_PARTITIONS)
+    produce_backlog(topic, events)
+    truncate()
+    env = {
+        **os.environ,
+        "SIGNALS_TOPIC": topic,
+        "DLQ_TOPIC": f"bench-dlq-{suffix}",
+        "STORE_QUEUE": f"bench-store-{suffix}",
+        "BRIDGE_GROUP_ID": f"bench-{suffix}",
+        "BATCH_SIZE": str(args.batch_size),
+        "KAFKA_SESSION_TIMEOUT_MS": "6000",
+        "BRIDGE_METRICS_PORT": "0",
+        "WORKER_METRICS_PORT": "0",
+        "LOG_LEVEL": "WARNING",
+    }
+    worker = start(
+        [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", env["STORE_QUEUE"]]
+        + ["-c", str(args.concurrency), "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+        env,
+        logs / "worker.log",
+    )
+    bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
+    try:
+        first_at = None
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            count = stored_count()
+            now = time.monotonic()
+            if count and first_at is None:
+                first_at, first_count = now, count
+            if count >= len(events):
+                assert first_at is not None
+                return (count - first_count) / (now - first_at)
+            time.sleep(0.2)
+        raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored after 600 s; see {logs}")
+    finally:
+        stop(bridge)
+        stop(worker)
+
+
+def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
+    """The same rows COPYed straight into the same table, in batches of the same size."""
+    truncate()
+    started = time.monotonic()
+    for offset in range(0, len(events), batch_size):
+        with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
+            for event in events[offset : offset + batch_size]:
+                copy.write_row(
+                    (
+                        event["event_id"],
+                        event["user_id"],
+                        event["type"],
+                        event["timestamp"],
+                        json.dumps(event["payload"]),
+                        "now",
+                        "now",
+                    )
+                )
+    return len(events) / (time.monotonic() - started)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--events", type=int, default=300_000)
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
+    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    args = parser.parse_args()
+
+    call_command("migrate", interactive=False, verbosity=0)
+    logs = REPO / ".data" / "bench" / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    start_ms = int(time.time() * 1000) - 3_600_000
+    generator = SignalGenerator(seed=1, users=10_000, start_ms=start_ms, rate=args.events / 3600)
+
+    pipeline_rates, copy_rates = [], []
+    for run in range(1, args.runs + 1):
+        events = [generator.next() for _ in range(args.events)]
+        pipeline_rates.append(pipeline_rate(events, args, logs))
+        copy_rates.append(copy_rate(events, args.batch_size))
+        print(
+            f"run {run}: pipeline {pipeline_rates[-1]:,.0f} events/s, COPY {copy_rates[-1]:,.0f} rows/s, "
+            f"ratio {pipeline_rates[-1] / copy_rates[-1]:.2f}",
+            flush=True,
+        )
+    truncate()
+    events_per_s = statistics.median(pipeline_rates)
+    copy_limit = statistics.median(copy_rates)
+    print(
+        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
+        f"{args.concurrency} worker processes"
+    )
+    print(f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}")
+
+
+if __name__ == "__main__":
+    main()

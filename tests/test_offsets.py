@@ -1,0 +1,71 @@
+"""OffsetTracker: an offset is committable only when everything below it is done."""
+
+from __future__ import annotations
+
+from bridge.offsets import OffsetTracker
+
+P0 = ("signals", 0)
+P1 = ("signals", 1)
+
+
+def test_nothing_is_committable_before_a_batch_is_done() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    assert tracker.committable() == {}
+
+
+def test_a_done_batch_commits_the_offset_after_its_last_record() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9, P1: 4})
+    tracker.complete("a")
+    assert tracker.committable() == {P0: 10, P1: 5}
+
+
+def test_a_later_batch_done_first_waits_for_the_earlier_one() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    tracker.add("b", {P0: 19})
+    tracker.complete("b")
+    assert tracker.committable() == {}
+    tracker.complete("a")
+    assert tracker.committable() == {P0: 20}
+
+
+def test_partitions_advance_independently() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    tracker.add("b", {P1: 3})
+    tracker.complete("b")
+    assert tracker.committable() == {P1: 4}
+
+
+def test_a_batch_spanning_partitions_holds_each_of_them() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    tracker.add("b", {P0: 19, P1: 3})
+    tracker.add("c", {P1: 8})
+    tracker.complete("c")
+    assert tracker.committable() == {}
+    tracker.complete("b")
+    assert tracker.committable() == {P1: 9}
+    tracker.complete("a")
+    assert tracker.committable() == {P0: 20, P1: 9}
+
+
+def test_committed_offsets_are_not_offered_again() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    tracker.complete("a")
+    tracker.committed(tracker.committable())
+    assert tracker.committable() == {}
+    tracker.add("b", {P0: 12})
+    tracker.complete("b")
+    assert tracker.committable() == {P0: 13}
+
+
+def test_forgotten_partitions_are_never_committed() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9, P1: 2})
+    tracker.forget([P0])
+    tracker.complete("a")
+    assert tracker.committable() == {P1: 3}

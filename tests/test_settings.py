@@ -1,0 +1,44 @@
+"""A missing or malformed setting stops the process at start with one line naming it."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO
+
+
+def start(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "manage.py", "check"],
+        cwd=REPO,
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("env", "line"),
+    [
+        ({"BATCH_SIZE": "abc"}, "eventpipeline: configuration error: BATCH_SIZE must be an integer, got 'abc'"),
+        ({"BATCH_SIZE": "0"}, "eventpipeline: configuration error: BATCH_SIZE must be between 1 and 100000, got 0"),
+        ({"BURST_MODE": "maybe"}, "BURST_MODE must be one of true/false/1/0/yes/no/on/off, got 'maybe'"),
+        ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must be a URL starting with postgres://"),
+        ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must be a URL starting with redis://"),
+        ({"DEBUG": "false", "SECRET_KEY": ""}, "SECRET_KEY is required when DEBUG is false"),
+    ],
+)
+def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:
+    result = start(**env)
+    assert result.returncode == 1
+    assert line in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+
+def test_good_settings_start() -> None:
+    assert start().returncode == 0
