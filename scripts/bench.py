@@ -107,8 +107,22 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "LOG_LEVEL": "WARNING",
     }
     worker = start(
-        [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", env["STORE_QUEUE"]]
-        + ["-c", str(args.concurrency), "--without-gossip", "--without-mingle", "--loglevel", "WARNING"],
+        [
+            sys.executable,
+            "-m",
+            "celery",
+            "-A",
+            "eventpipeline",
+            "worker",
+            "-Q",
+            env["STORE_QUEUE"],
+            "-c",
+            str(args.concurrency),
+            "--without-gossip",
+            "--without-mingle",
+            "--loglevel",
+            "WARNING",
+        ],
         env,
         logs / "worker.log",
     )

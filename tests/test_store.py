@@ -20,7 +20,7 @@ def test_a_batch_is_stored_once_however_often_it_is_delivered() -> None:
     events = [stored_event(offset=i, user_id=i) for i in range(300)]
     first = signals_store_batch(events=events)
     again = signals_store_batch(events=events)
-    overlapping = signals_store_batch(events=events[200:] + [stored_event(offset=300)])
+    overlapping = signals_store_batch(events=[*events[200:], stored_event(offset=300)])
     assert (first.stored, first.duplicates) == (300, 0)
     assert (again.stored, again.duplicates) == (0, 300)
     assert (overlapping.stored, overlapping.duplicates) == (1, 100)
