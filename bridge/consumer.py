@@ -33,7 +33,7 @@ from eventpipeline.metrics import (
     EVENTS_PROCESSED,
     PROCESSING_LATENCY,
 )
-from signals_app.messages import Limits, Rejection, decode_signal
+from signals_app.messages import Limits, Rejection, SignalRow, decode_signal
 from signals_app.services import DeadLetterRecord, dead_letters_store
 from signals_app.tasks import store_signals
 
@@ -43,7 +43,8 @@ logger = logging.getLogger(__name__)
 @dataclass
 class InFlightBatch:
     batch_id: str
-    events: list[dict[str, Any]]
+    topic: str
+    rows: list[SignalRow]
     received_at: float
     dispatched_at: float = 0.0
     task_id: str | None = None
@@ -121,7 +122,7 @@ class Bridge:
             return
         received_at = self.clock()
         now_ms = int(time.time() * 1000)
-        events: list[dict[str, Any]] = []
+        rows: list[SignalRow] = []
         dead_letters: list[DeadLetterRecord] = []
         high_offsets: dict[tuple[str, int], int] = {}
         for message in messages:
@@ -143,15 +144,19 @@ class Bridge:
             if isinstance(decoded, Rejection):
                 dead_letters.append(self._dead_letter(message, decoded.reason))
             else:
-                events.append(decoded)
+                rows.append(decoded)
         if dead_letters:
             self.keep_dead_letters(dead_letters)
         batch = InFlightBatch(
-            batch_id=uuid.uuid4().hex, events=events, received_at=received_at, high_offsets=high_offsets
+            batch_id=uuid.uuid4().hex,
+            topic=self.config.topic,
+            rows=rows,
+            received_at=received_at,
+            high_offsets=high_offsets,
         )
         self.tracker.add(batch.batch_id, high_offsets)
-        EVENTS_PROCESSED.labels(status="accepted").inc(len(events))
-        if events:
+        EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))
+        if rows:
             self.in_flight[batch.batch_id] = batch
             self.dispatch(batch)
         else:
@@ -198,13 +203,13 @@ class Bridge:
         batch.attempts += 1
         batch.dispatched_at = self.clock()
         try:
-            result = store_signals.apply_async(args=(batch.events,))
+            result = store_signals.apply_async(args=(batch.topic, batch.rows))
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
             logger.error("cannot hand batch %s to Celery (attempt %d): %s", batch.batch_id, batch.attempts, error)
             batch.task_id = None
             return
         batch.task_id = result.id
-        BATCH_SIZE_CURRENT.set(len(batch.events))
+        BATCH_SIZE_CURRENT.set(len(batch.rows))
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
     def collect_results(self) -> None:

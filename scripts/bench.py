@@ -25,6 +25,7 @@ import uuid
 from pathlib import Path
 
 import django
+import psutil
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -87,6 +88,30 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
+def cpu_seconds_by_component() -> dict[str, float]:
+    """CPU time used so far by each part of the pipeline on this machine."""
+    totals: dict[str, float] = {}
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        name = process.info["name"] or ""
+        if "run_bridge" in cmdline:
+            component = "bridge"
+        elif "celery" in cmdline and "worker" in cmdline:
+            component = "worker"
+        elif name.startswith("postgres") or "postgres:" in cmdline:
+            component = "postgresql"
+        elif "redis-server" in name or "redis-server" in cmdline:
+            component = "redis"
+        elif "tansu" in name or "tansu" in cmdline:
+            component = "kafka"
+        else:
+            continue
+        times = process.info["cpu_times"]
+        if times is not None:
+            totals[component] = totals.get(component, 0.0) + times.user + times.system
+    return totals
+
+
 def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, logs: Path) -> float:
     """Events/s from Kafka into PostgreSQL, first row to last, with the real processes."""
     suffix = uuid.uuid4().hex[:8]
@@ -106,28 +131,12 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "WORKER_METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
     }
-    worker = start(
-        [
-            sys.executable,
-            "-m",
-            "celery",
-            "-A",
-            "eventpipeline",
-            "worker",
-            "-Q",
-            env["STORE_QUEUE"],
-            "-c",
-            str(args.concurrency),
-            "--without-gossip",
-            "--without-mingle",
-            "--loglevel",
-            "WARNING",
-        ],
-        env,
-        logs / "worker.log",
-    )
+    worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", env["STORE_QUEUE"]]
+    worker_command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", *args.worker_args.split()]
+    worker = start(worker_command, env, logs / "worker.log")
     bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
     try:
+        cpu_before = cpu_seconds_by_component()
         first_at = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -137,6 +146,13 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
                 first_at, first_count = now, count
             if count >= len(events):
                 assert first_at is not None
+                cpu_after = cpu_seconds_by_component()
+                used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
+                print(
+                    "  CPU ms per 1,000 events: "
+                    + ", ".join(f"{name} {1e6 * seconds / len(events):.0f}" for name, seconds in sorted(used.items())),
+                    flush=True,
+                )
                 return (count - first_count) / (now - first_at)
             time.sleep(0.2)
         raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored after 600 s; see {logs}")
@@ -171,17 +187,17 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
-    parser.add_argument("--concurrency", type=int, default=2, help="Celery worker processes")
+    parser.add_argument("--worker-args", default="--concurrency 2", help="extra arguments of the Celery worker")
     args = parser.parse_args()
 
     call_command("migrate", interactive=False, verbosity=0)
     logs = REPO / ".data" / "bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    start_ms = int(time.time() * 1000) - 3_600_000
-    generator = SignalGenerator(seed=1, users=10_000, start_ms=start_ms, rate=args.events / 3600)
-
     pipeline_rates, copy_rates = [], []
     for run in range(1, args.runs + 1):
+        # Each run its own events, spread over the last two hours (all valid timestamps).
+        start_ms = int(time.time() * 1000) - 7_200_000
+        generator = SignalGenerator(seed=run, users=10_000, start_ms=start_ms, rate=args.events / 3600)
         events = [generator.next() for _ in range(args.events)]
         pipeline_rates.append(pipeline_rate(events, args, logs))
         copy_rates.append(copy_rate(events, args.batch_size))
@@ -194,8 +210,7 @@ def main() -> None:
     events_per_s = statistics.median(pipeline_rates)
     copy_limit = statistics.median(copy_rates)
     print(
-        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
-        f"{args.concurrency} worker processes"
+        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, worker {args.worker_args}"
     )
     print(f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}")
 

@@ -1,23 +1,28 @@
 """Decoding and validating a signal message from Kafka: pure functions, no I/O.
 
-`decode_signal` turns one Kafka record into either an accepted event (a plain dict that
-Celery can carry as JSON) or a `Rejection` whose reason names the field and the problem,
-in words an operator can act on. Nothing here raises for bad input.
+`decode_signal` turns one Kafka record into either a `SignalRow` (the accepted event, in
+the compact form Celery carries to the store task) or a `Rejection` whose reason names the
+field and the problem, in words an operator can act on. Nothing here raises for bad input.
 """
 
 from __future__ import annotations
 
 import json
-import math
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
+
+import orjson
 
 SIGNAL_TYPES = ("login", "purchase", "click", "api_call", "file_access")
 
 # A derived event identity: the same Kafka record always maps to the same UUID.
 EVENT_ID_NAMESPACE = uuid.UUID("6f2a7f4e-4c1b-4a49-9d0e-3c1f3b8e5a10")
+
+# The form producers almost always send; matching it is much cheaper than parsing.
+_CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 BIGINT_MAX = 2**63 - 1
 # Timestamps below this are almost certainly seconds, not milliseconds (it is 1973-03-03
@@ -58,6 +63,33 @@ class Rejection:
     reason: str
 
 
+class SignalRow(NamedTuple):
+    """An accepted event on its way to PostgreSQL.
+
+    A tuple, so a batch travels through Celery as a JSON array of arrays: a third of the
+    bytes of an array of objects, and far less work to encode and decode. The payload is
+    already JSON text, which PostgreSQL's jsonb input takes as it is.
+    """
+
+    event_id: str
+    user_id: int
+    type: str
+    timestamp: int
+    payload: str
+    partition: int
+    offset: int
+
+    def message(self) -> dict[str, Any]:
+        """The event as a signal message again (for a dead letter made after acceptance)."""
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "timestamp": self.timestamp,
+            "payload": orjson.loads(self.payload),
+        }
+
+
 def derived_event_id(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
 
@@ -87,7 +119,7 @@ def _iso(ms: int) -> str:
 
 
 def _check_timestamp(value: Any, now_ms: int, limits: Limits) -> int | Rejection:
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
+    if isinstance(value, float) and value.is_integer():
         value = int(value)
     if not _is_integer(value):
         return _mistyped("timestamp", "an integer (milliseconds since the epoch)", value)
@@ -120,8 +152,6 @@ def _check_payload(signal_type: str, payload: Any) -> Rejection | None:
             return _mistyped(f"payload.{key}", " or ".join(_JSON_TYPE_NAMES[t] for t in types), value)
         if not isinstance(value, types):
             return _mistyped(f"payload.{key}", " or ".join(_JSON_TYPE_NAMES[t] for t in types), value)
-        if isinstance(value, float) and not math.isfinite(value):
-            return _mistyped(f"payload.{key}", "a finite number", value)
     if signal_type == "api_call" and not 100 <= payload["status_code"] <= 599:
         return Rejection(f"field 'payload.status_code' must be an HTTP status 100-599, got {payload['status_code']}")
     if signal_type == "purchase" and payload["amount"] < 0:
@@ -131,28 +161,18 @@ def _check_payload(signal_type: str, payload: Any) -> Rejection | None:
 
 def decode_signal(
     value: bytes | None, *, topic: str, partition: int, offset: int, now_ms: int, limits: Limits
-) -> dict[str, Any] | Rejection:
-    """Validate one Kafka record against DESIGN.md "The signal message".
-
-    Returns the event as stored and handed to Celery: event_id, user_id, type, timestamp,
-    payload, and `source` = [topic, partition, offset] for dead-lettering later.
-    """
+) -> SignalRow | Rejection:
+    """Validate one Kafka record against DESIGN.md "The signal message"."""
     if value is None or len(value) == 0:
         return Rejection("empty message: the record has no value")
     if len(value) > limits.max_bytes:
         return Rejection(f"oversize: {len(value)} bytes, the limit is {limits.max_bytes} bytes")
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError as error:
-        return Rejection(f"not UTF-8: byte 0x{value[error.start]:02x} at position {error.start} is invalid")
-    if "\\u0000" in text or "\x00" in text:
+    if b"\\u0000" in value:
         return Rejection("contains a NUL character (\\u0000), which PostgreSQL cannot store in JSON")
     try:
-        message = json.loads(text)
-    except json.JSONDecodeError as error:
-        return Rejection(f"not JSON: {error.msg} at line {error.lineno} column {error.colno}")
-    except RecursionError:
-        return Rejection("not JSON that can be read: nested too deeply")
+        message = orjson.loads(value)
+    except orjson.JSONDecodeError as error:
+        return _not_json(value, error)
     if not isinstance(message, dict):
         return Rejection(f"not a JSON object: got {_json_type(message)}")
 
@@ -186,17 +206,19 @@ def decode_signal(
         event_id = derived_event_id(topic, partition, offset)
     elif not isinstance(event_id, str):
         return _mistyped("event_id", "a UUID string", event_id)
-    else:
+    elif not _CANONICAL_UUID.match(event_id):
+        # Other spellings (upper case, no dashes, braces) are accepted and normalised.
         try:
             event_id = str(uuid.UUID(event_id))
         except ValueError:
             return Rejection(f"field 'event_id' must be a UUID, got {_show(event_id)}")
 
-    return {
-        "event_id": event_id,
-        "user_id": user_id,
-        "type": signal_type,
-        "timestamp": timestamp,
-        "payload": payload,
-        "source": [topic, partition, offset],
-    }
+    return SignalRow(event_id, user_id, signal_type, timestamp, orjson.dumps(payload).decode(), partition, offset)
+
+
+def _not_json(value: bytes, error: orjson.JSONDecodeError) -> Rejection:
+    try:
+        value.decode("utf-8")
+    except UnicodeDecodeError as bad:
+        return Rejection(f"not UTF-8: byte 0x{value[bad.start]:02x} at position {bad.start} is invalid")
+    return Rejection(f"not JSON: {error.msg} at line {error.lineno} column {error.colno}")

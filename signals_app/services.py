@@ -4,18 +4,22 @@ Storing is idempotent: every event carries an `event_id`, unique in the table, a
 goes in with one COPY into a per-session staging table followed by one
 `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. Delivering the same batch twice,
 or two overlapping batches, stores each event once.
+
+A batch is a list of `SignalRow`s (as tuples or lists, the way Celery delivers them) from
+one topic.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from django.db import DataError, IntegrityError, connection, transaction
 
+from signals_app.messages import SignalRow
 from signals_app.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -54,7 +58,7 @@ class DeadLetterRecord:
     key: bytes | None = None
 
 
-def _copy_rows(events: list[dict[str, Any]]) -> int:
+def _copy_rows(rows: Sequence[Sequence[Any]]) -> int:
     """Store one batch in one transaction; return how many rows were new."""
     # The staging table empties itself at commit; inside a caller's transaction there is
     # no commit between batches, so it is emptied by hand.
@@ -65,54 +69,46 @@ def _copy_rows(events: list[dict[str, Any]]) -> int:
         if nested:
             cursor.execute("TRUNCATE signals_staging")
         with cursor.copy(_STAGING_COPY) as copy:
-            for event in events:
-                copy.write_row(
-                    (
-                        event["event_id"],
-                        event["user_id"],
-                        event["type"],
-                        event["timestamp"],
-                        json.dumps(event["payload"]),
-                    )
-                )
+            for row in rows:
+                copy.write_row(row[:5])
         cursor.execute(_STAGING_MERGE)
         return int(cursor.rowcount)
 
 
-def _event_dead_letter(event: dict[str, Any], reason: str) -> DeadLetterRecord:
-    topic, partition, offset = event["source"]
-    message = {key: event[key] for key in ("event_id", "user_id", "type", "timestamp", "payload")}
+def _row_dead_letter(topic: str, row: Sequence[Any], reason: str) -> DeadLetterRecord:
+    signal = SignalRow(*row)
     return DeadLetterRecord(
-        raw=json.dumps(message).encode(),
+        # The standard library's encoder: a refused row may hold what orjson will not write.
+        raw=json.dumps(signal.message()).encode(),
         source_topic=topic,
-        source_partition=partition,
-        source_offset=offset,
+        source_partition=signal.partition,
+        source_offset=signal.offset,
         reason=reason,
     )
 
 
-def signals_store_batch(*, events: list[dict[str, Any]]) -> StoreResult:
-    """Store validated events exactly once.
+def signals_store_batch(*, topic: str, rows: Sequence[Sequence[Any]]) -> StoreResult:
+    """Store accepted events exactly once.
 
     When PostgreSQL refuses the batch for its content (a value it cannot take), the batch
     is split in halves until the refused events are found; each of those becomes a dead
     letter with PostgreSQL's reason and every other event is stored. Connection-level
     errors are raised for the caller to retry.
     """
-    if not events:
+    if not rows:
         return StoreResult(stored=0, duplicates=0)
     try:
-        stored = _copy_rows(events)
-        return StoreResult(stored=stored, duplicates=len(events) - stored)
+        stored = _copy_rows(rows)
+        return StoreResult(stored=stored, duplicates=len(rows) - stored)
     except (DataError, IntegrityError) as error:
-        if len(events) == 1:
+        if len(rows) == 1:
             reason = f"PostgreSQL refused the event: {str(error).strip().splitlines()[0]}"
-            dead_letters_store(dead_letters=[_event_dead_letter(events[0], reason)])
+            dead_letters_store(dead_letters=[_row_dead_letter(topic, rows[0], reason)])
             return StoreResult(stored=0, duplicates=0, dead_letters=1)
-        logger.warning("batch of %d refused (%s); splitting to find the bad events", len(events), error)
-    middle = len(events) // 2
-    left = signals_store_batch(events=events[:middle])
-    right = signals_store_batch(events=events[middle:])
+        logger.warning("batch of %d refused (%s); splitting to find the bad events", len(rows), error)
+    middle = len(rows) // 2
+    left = signals_store_batch(topic=topic, rows=rows[:middle])
+    right = signals_store_batch(topic=topic, rows=rows[middle:])
     return StoreResult(
         stored=left.stored + right.stored,
         duplicates=left.duplicates + right.duplicates,
@@ -120,9 +116,9 @@ def signals_store_batch(*, events: list[dict[str, Any]]) -> StoreResult:
     )
 
 
-def signals_dead_letter_batch(*, events: list[dict[str, Any]], reason: str) -> int:
+def signals_dead_letter_batch(*, topic: str, rows: Sequence[Sequence[Any]], reason: str) -> int:
     """Give up on a batch that could not be stored: keep every event as a dead letter."""
-    return dead_letters_store(dead_letters=[_event_dead_letter(event, reason) for event in events])
+    return dead_letters_store(dead_letters=[_row_dead_letter(topic, row, reason) for row in rows])
 
 
 def dead_letters_store(*, dead_letters: Iterable[DeadLetterRecord]) -> int:

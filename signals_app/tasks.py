@@ -8,7 +8,7 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
 from signals_app.services import data_cleanup_old, signals_dead_letter_batch, signals_store_batch
@@ -17,8 +17,8 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
-def store_signals(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
-    """Store a batch of validated events exactly once.
+def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
+    """Store a batch of accepted events (SignalRows from `topic`) exactly once.
 
     Connection trouble is retried with exponential back-off, a bounded number of times;
     after that the batch is kept as dead letters with the reason, instead of looping.
@@ -26,15 +26,19 @@ def store_signals(self: Task, events: list[dict[str, Any]]) -> dict[str, int]:
     committed these offsets, dispatches the batch again later.
     """
     started = time.perf_counter()
-    BATCH_SIZE_CURRENT.set(len(events))
+    # Connections are kept between tasks (CELERY_DB_REUSE_MAX); drop one that broke,
+    # as Django does at the start of each request (not in eager calls, like Celery's fixup).
+    if not self.request.is_eager:
+        close_old_connections()
+    BATCH_SIZE_CURRENT.set(len(rows))
     try:
-        result = signals_store_batch(events=events)
+        result = signals_store_batch(topic=topic, rows=rows)
     except (OperationalError, InterfaceError) as error:
         if self.request.retries < settings.STORE_MAX_RETRIES:
             raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
         reason = f"could not be stored after {self.request.retries + 1} attempts: {str(error).strip()}"
-        logger.error("giving up on a batch of %d events: %s", len(events), reason)
-        dead = signals_dead_letter_batch(events=events, reason=reason)
+        logger.error("giving up on a batch of %d events: %s", len(rows), reason)
+        dead = signals_dead_letter_batch(topic=topic, rows=rows, reason=reason)
         EVENTS_PROCESSED.labels(status="dead_letter").inc(dead)
         return {"stored": 0, "duplicates": 0, "dead_letters": dead}
     EVENTS_PROCESSED.labels(status="stored").inc(result.stored)

@@ -69,8 +69,6 @@ class Pipeline:
         self.queue = f"test-store-{suffix}"
         self.group_id = f"test-bridge-{suffix}"
         self.worker_metrics_port = free_port()
-        prom_dir = self.logs / "prometheus"
-        prom_dir.mkdir(exist_ok=True)
         self.env = {
             **os.environ,
             "DATABASE_URL": database_url(),
@@ -84,7 +82,6 @@ class Pipeline:
             "BRIDGE_METRICS_PORT": "0",
             "EMITTER_METRICS_PORT": "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
-            "PROMETHEUS_MULTIPROC_DIR": str(prom_dir),
             "PYTHONUNBUFFERED": "1",
         }
         topics_ensure([self.topic, self.dlq_topic], partitions=4)
@@ -98,9 +95,9 @@ class Pipeline:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "worker", concurrency: int = 2) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
         command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", self.queue]
-        command += ["-c", str(concurrency), "--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+        command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
         return self.start(name, command)
 

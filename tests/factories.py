@@ -7,6 +7,8 @@ import time
 import uuid
 from typing import Any
 
+from signals_app.messages import SignalRow
+
 PAYLOADS: dict[str, dict[str, Any]] = {
     "login": {"login_method": "password", "success": True, "location": "Berlin, DE", "ip_address": "10.1.2.3"},
     "purchase": {"amount": 19.99, "currency": "EUR", "product_id": "p-42", "payment_method": "credit_card"},
@@ -33,10 +35,16 @@ def encoded(message: dict[str, Any]) -> bytes:
     return json.dumps(message).encode()
 
 
-def stored_event(
-    *, offset: int = 0, topic: str = "signals-test", signal_type: str = "click", **changes: Any
-) -> dict[str, Any]:
-    """An event as the bridge hands it to the store task."""
-    event = signal_message(signal_type, **changes)
-    event["source"] = [topic, 0, offset]
-    return event
+def signal_row(*, offset: int = 0, partition: int = 0, signal_type: str = "click", **changes: Any) -> list[Any]:
+    """An accepted event as the bridge hands it to the store task (a SignalRow, as JSON delivers it)."""
+    message = signal_message(signal_type, **changes)
+    row = SignalRow(
+        message["event_id"],
+        message["user_id"],
+        message["type"],
+        message["timestamp"],
+        json.dumps(message["payload"]),
+        partition,
+        offset,
+    )
+    return list(row)

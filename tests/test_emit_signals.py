@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -12,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import Consumer, Message
+from django.conf import settings
 
 from signals_app.generator import SignalGenerator
 
@@ -50,9 +50,7 @@ def topic_read(bootstrap_servers: str, topic: str, *, expected: int, timeout: fl
 
 @pytest.mark.integration
 def test_emits_exactly_the_seeded_events_to_kafka() -> None:
-    bootstrap_servers = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
-    if not bootstrap_servers:
-        pytest.skip("KAFKA_BOOTSTRAP_SERVERS names no broker")
+    bootstrap_servers = settings.KAFKA_BOOTSTRAP_SERVERS
     topic = f"test-emit-signals-{uuid.uuid4()}"
 
     completed = subprocess.run(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -162,7 +163,7 @@ class Command(BaseCommand):
         if self.show_progress:
             self.stdout.write("")
         self.stdout.write(
-            f"emitted {self.sent} events in {elapsed:.1f} s ({self.sent / elapsed:.0f} events/s), "
+            f"emitted {self.sent} events in {elapsed:.1f} s ({self.sent / elapsed:.1f} events/s), "
             f"{self.delivery_errors} delivery errors"
         )
         if self.delivery_errors or undelivered:
@@ -200,14 +201,15 @@ class Command(BaseCommand):
     def due(self, now: float) -> int:
         """How many events should have been sent by `now` (monotonic seconds).
 
-        Pacing follows a schedule from the origin rather than sleeping per event, so
-        sleep overshoot and slow steps do not add up into a lower rate: whatever a
-        late tick missed, the next one produces.
+        Event n after the origin of the schedule is due at origin + n / rate, the time
+        its virtual timestamp says. Pacing follows this schedule rather than sleeping
+        per event, so sleep overshoot and slow steps do not add up into a lower rate:
+        whatever a late tick missed, the next one produces.
         """
         if self.deadline is not None:
             now = min(now, self.deadline)
-        # The epsilon keeps float rounding from leaving the last event of a --duration run unsent.
-        due = self.schedule_sent + int((now - self.schedule_origin) * self.effective_rate() + 1e-6)
+        # The epsilon keeps float rounding from adding an event at the end of a --duration run.
+        due = self.schedule_sent + math.ceil((now - self.schedule_origin) * self.effective_rate() - 1e-6)
         return min(due, self.count) if self.count is not None else due
 
     def produce_due(self, now: float) -> None:
@@ -287,7 +289,7 @@ class Command(BaseCommand):
         if self.due(now) > self.sent:
             return
         next_tick = self.schedule_origin + (int((now - self.schedule_origin) / TICK_SECONDS) + 1) * TICK_SECONDS
-        next_event = self.schedule_origin + (self.sent + 1 - self.schedule_sent) / self.effective_rate()
+        next_event = self.schedule_origin + (self.sent - self.schedule_sent) / self.effective_rate()
         wake = min(max(next_tick, next_event), now + MAX_SLEEP_SECONDS)
         if self.deadline is not None:
             wake = min(wake, self.deadline)
