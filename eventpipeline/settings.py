@@ -237,7 +237,7 @@ CELERY_WORKER_PREFETCH_MULTIPLIER = 1
 # Threads, not prefork: the store task mostly waits on PostgreSQL, and prefork's pipe
 # between the pool and its children cost more CPU than the task itself (README "Speed").
 CELERY_WORKER_POOL = env_str("WORKER_POOL", "threads")
-CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 4, minimum=1)
+CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1)
 CELERY_TASK_TIME_LIMIT = 120
 CELERY_TASK_SOFT_TIME_LIMIT = 100
 CELERY_RESULT_EXPIRES = 3600
@@ -261,7 +261,6 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # store task then pays a new connection and a new staging table each time.
 CELERY_DB_REUSE_MAX = 1000
 CELERY_WORKER_SEND_TASK_EVENTS = True
-CELERY_TASK_SEND_SENT_EVENT = True
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
         "task": "signals_app.tasks.cleanup_old_data",

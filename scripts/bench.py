@@ -187,7 +187,7 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
-    parser.add_argument("--worker-args", default="--concurrency 2", help="extra arguments of the Celery worker")
+    parser.add_argument("--worker-args", default="", help="extra arguments of the Celery worker")
     args = parser.parse_args()
 
     call_command("migrate", interactive=False, verbosity=0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from django.db import models
+from django.db.models.functions import Now
 from django.utils import timezone
 
 
@@ -27,8 +28,9 @@ class Signal(models.Model):
     type = models.CharField(max_length=16, choices=SignalType.choices)
     timestamp = models.BigIntegerField(help_text="Event time, milliseconds since the epoch.")
     payload = models.JSONField(default=dict)
-    processed_at = models.DateTimeField(default=timezone.now)
-    created_at = models.DateTimeField(default=timezone.now)
+    # Set by PostgreSQL, so a COPY of the five event columns fills them.
+    processed_at = models.DateTimeField(db_default=Now())
+    created_at = models.DateTimeField(db_default=Now())
 
     class Meta:
         db_table = "signals"

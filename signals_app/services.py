@@ -1,7 +1,9 @@
 """Services that change stored signals and dead letters.
 
-Storing is idempotent: every event carries an `event_id`, unique in the table, and a batch
-goes in with one COPY into a per-session staging table followed by one
+Storing is idempotent: every event carries an `event_id`, unique in the table. A batch is
+first COPYed straight into `signals`, the fastest way into PostgreSQL; if any of its events
+is already there (a redelivery) that COPY fails as a whole on the unique index, and the
+batch goes in again through a staging table: one COPY into it, then one
 `INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. Delivering the same batch twice,
 or two overlapping batches, stores each event once.
 
@@ -33,7 +35,9 @@ CREATE TEMP TABLE IF NOT EXISTS signals_staging (
     payload jsonb NOT NULL
 ) ON COMMIT DELETE ROWS
 """
+_DIRECT_COPY = "COPY signals (event_id, user_id, type, timestamp, payload) FROM STDIN"
 _STAGING_COPY = "COPY signals_staging (event_id, user_id, type, timestamp, payload) FROM STDIN"
+UNIQUE_VIOLATION = "23505"
 _STAGING_MERGE = """
 INSERT INTO signals (event_id, user_id, type, timestamp, payload, processed_at, created_at)
 SELECT event_id, user_id, type, timestamp, payload, now(), now() FROM signals_staging
@@ -58,19 +62,35 @@ class DeadLetterRecord:
     key: bytes | None = None
 
 
+def _copy(cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
+    with cursor.copy(sql) as copy:
+        for row in rows:
+            copy.write_row(row[:5])
+
+
 def _copy_rows(rows: Sequence[Sequence[Any]]) -> int:
-    """Store one batch in one transaction; return how many rows were new."""
+    """Store one batch; return how many rows were new."""
+    # COPY goes straight to psycopg; wrap_database_errors maps its errors to Django's.
+    try:
+        with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
+            _copy(cursor, _DIRECT_COPY, rows)
+        return len(rows)
+    except IntegrityError as error:
+        if getattr(error.__cause__, "sqlstate", None) != UNIQUE_VIOLATION:
+            raise
+    return _merge_rows(rows)
+
+
+def _merge_rows(rows: Sequence[Sequence[Any]]) -> int:
+    """Store a batch of which some events may be stored already; return how many were new."""
     # The staging table empties itself at commit; inside a caller's transaction there is
     # no commit between batches, so it is emptied by hand.
     nested = connection.in_atomic_block
-    # COPY goes straight to psycopg; wrap_database_errors maps its errors to Django's.
     with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
         cursor.execute(_STAGING_DDL)
         if nested:
             cursor.execute("TRUNCATE signals_staging")
-        with cursor.copy(_STAGING_COPY) as copy:
-            for row in rows:
-                copy.write_row(row[:5])
+        _copy(cursor, _STAGING_COPY, rows)
         cursor.execute(_STAGING_MERGE)
         return int(cursor.rowcount)
 
