@@ -1,8 +1,12 @@
 from __future__ import annotations
 
-from django.contrib import admin
+from django.conf import settings
+from django.contrib import admin, messages
+from django.db.models import QuerySet
+from django.http import HttpRequest
 
 from signals_app.models import DeadLetter, Signal
+from signals_app.services import dead_letters_replay
 
 
 @admin.register(Signal)
@@ -22,6 +26,12 @@ class DeadLetterAdmin(admin.ModelAdmin):
     search_fields = ["reason"]
     readonly_fields = ["raw_text", "key", "source_topic", "source_partition", "source_offset", "reason", "received_at"]
     exclude = ["raw"]
+    actions = ["replay"]
+
+    @admin.action(description="Replay onto the signals topic")
+    def replay(self, request: HttpRequest, queryset: QuerySet[DeadLetter]) -> None:
+        count = dead_letters_replay(dead_letters=queryset, topic=settings.SIGNALS_TOPIC)
+        self.message_user(request, f"Replayed {count} dead letters onto {settings.SIGNALS_TOPIC}.", messages.SUCCESS)
 
     @admin.display(description="raw message")
     def raw_text(self, dead_letter: DeadLetter) -> str:

@@ -19,8 +19,11 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from confluent_kafka import Producer
 from django.db import DataError, IntegrityError, connection, transaction
+from django.db.models.functions import Now
 
+from eventpipeline.kafka import producer_config
 from signals_app.messages import SignalRow
 from signals_app.models import DeadLetter
 
@@ -165,3 +168,22 @@ def data_cleanup_old(*, days: int) -> dict[str, int]:
         cursor.execute("SELECT * FROM cleanup_old_data(%s)", [days])
         signals_deleted, anomalies_deleted, dead_letters_deleted = cursor.fetchone()
     return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}
+
+
+def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> int:
+    """Put dead letters back on a topic, as they arrived, and mark them replayed.
+
+    For after a fix (a producer corrected, a limit raised): the bridge judges them again,
+    and one still wrong becomes a new dead letter at its new offset.
+    """
+    producer = Producer(producer_config())
+    replayed = []
+    for dead_letter in dead_letters:
+        producer.produce(topic, value=bytes(dead_letter.raw), key=bytes(dead_letter.key) if dead_letter.key else None)
+        producer.poll(0)
+        replayed.append(dead_letter.pk)
+    undelivered = producer.flush(30)
+    if undelivered:
+        raise RuntimeError(f"{undelivered} of {len(replayed)} dead letters could not be put on {topic}")
+    DeadLetter.objects.filter(pk__in=replayed).update(replayed_at=Now())
+    return len(replayed)

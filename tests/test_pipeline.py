@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
+import sys
 import time
 import uuid
 
@@ -17,7 +19,7 @@ from django.conf import settings
 
 from signals_app.generator import SignalGenerator
 from signals_app.models import DeadLetter, Signal
-from tests.conftest import Pipeline, wait_for
+from tests.conftest import REPO, Pipeline, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -165,3 +167,34 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(pipeline: Pipeline, victim:
     assert stored_at_kill < 40_000, "the kill came too late to test anything"
     assert Signal.objects.count() == 40_000
     assert stored_event_ids() == expected_event_ids(seed=23, users=1000, count=40_000, rate=4000)
+
+
+def test_a_dead_letter_replayed_after_the_fix_is_stored(pipeline: Pipeline) -> None:
+    """A record refused as oversize is stored once the limit is raised and it is replayed."""
+    generator = SignalGenerator(seed=5, users=10, start_ms=int(time.time() * 1000) - 60_000, rate=10)
+    big = generator.next()
+    big["payload"]["note"] = "x" * 100_000
+    producer = pipeline.producer()
+    producer.produce(pipeline.topic, key=str(big["user_id"]).encode(), value=json.dumps(big).encode())
+    assert producer.flush(30) == 0
+
+    pipeline.start_worker()
+    pipeline.start_bridge()
+    wait_for(lambda: DeadLetter.objects.count() == 1, timeout=60, what="the dead letter")
+    assert DeadLetter.objects.get().reason.startswith("oversize")
+    assert pipeline.stop("bridge") == 0
+
+    pipeline.start_bridge("bridge-after-fix", MAX_MESSAGE_BYTES="200000")
+    replay = subprocess.run(
+        [sys.executable, "manage.py", "replay_dead_letters", "--topic", pipeline.topic],
+        cwd=REPO,
+        env=pipeline.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 1 dead letters" in replay.stdout
+    wait_for(lambda: Signal.objects.count() == 1, timeout=60, what="the replayed event to be stored")
+    assert str(Signal.objects.get().event_id) == big["event_id"]
+    assert DeadLetter.objects.get().replayed_at is not None
