@@ -225,7 +225,9 @@ class Bridge:
                 if now - batch.dispatched_at >= min(2 ** min(batch.attempts, 5), self.config.redispatch_after_s):
                     logger.warning("batch %s %s; dispatching again", batch.batch_id, state or "not handed over")
                     self.dispatch(batch)
-            elif now - batch.dispatched_at >= self.config.redispatch_after_s:
+            elif now - batch.dispatched_at >= self.config.redispatch_after_s * 2 ** min(batch.attempts - 1, 4):
+                # Probably lost with its broker; perhaps only queued behind stalled workers,
+                # so each further copy waits twice as long (storing twice is harmless).
                 logger.warning(
                     "batch %s has no result after %.0f s (state %s); dispatching again",
                     batch.batch_id,

@@ -119,10 +119,10 @@ class Pipeline:
         os.killpg(process.pid, sig)
         process.wait(timeout=60)
 
-    def stop(self, name: str, timeout: float = 60) -> int:
+    def stop(self, name: str, timeout: float = 60, sig: int = signal.SIGTERM) -> int:
         process = self.processes[name]
         if process.poll() is None:
-            os.killpg(process.pid, signal.SIGTERM)
+            os.killpg(process.pid, sig)
         return process.wait(timeout=timeout)
 
     def stop_all(self) -> None:

@@ -14,6 +14,7 @@ import time
 import uuid
 
 import pytest
+import redis
 from confluent_kafka import Consumer
 from django.conf import settings
 
@@ -198,3 +199,28 @@ def test_a_dead_letter_replayed_after_the_fix_is_stored(pipeline: Pipeline) -> N
     wait_for(lambda: Signal.objects.count() == 1, timeout=60, what="the replayed event to be stored")
     assert str(Signal.objects.get().event_id) == big["event_id"]
     assert DeadLetter.objects.get().replayed_at is not None
+
+
+def test_the_bridge_pauses_while_workers_are_behind_and_stops_cleanly_on_sigint(pipeline: Pipeline) -> None:
+    """With no worker running the bridge hands over BRIDGE_MAX_IN_FLIGHT batches and then
+    waits, instead of filling Redis; once a worker runs everything is stored, and SIGINT
+    stops the bridge with every offset committed."""
+    generator = SignalGenerator(seed=8, users=100, start_ms=int(time.time() * 1000) - 600_000, rate=100)
+    producer = pipeline.producer()
+    for _ in range(20_000):
+        event = generator.next()
+        producer.produce(pipeline.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
+    assert producer.flush(30) == 0
+
+    pipeline.start_bridge(BRIDGE_MAX_IN_FLIGHT="4", BATCH_SIZE="500")
+    queued = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    wait_for(lambda: queued.llen(pipeline.queue) == 4, timeout=60, what="4 batches queued")
+    time.sleep(3)
+    assert queued.llen(pipeline.queue) == 4, "the bridge kept dispatching while no worker took anything"
+    assert Signal.objects.count() == 0
+
+    pipeline.start_worker()
+    wait_until_stored(pipeline, 20_000)
+    assert pipeline.stop("bridge", sig=signal.SIGINT) == 0
+    assert Signal.objects.count() == 20_000
+    assert pipeline.all_committed()
