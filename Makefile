@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench venv clean promtool
+.PHONY: run test test-here lint bench bench-indexes venv clean promtool
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,6 +48,10 @@ lint: $(VENV)/.dev
 ## bench: events/s from Kafka into PostgreSQL vs the raw COPY limit (median of 3 runs)
 bench: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
+
+## bench-indexes: the insert rate each choice of indexes on signals allows
+bench-indexes: $(VENV)/.dev
+	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_indexes.py
 
 # The monitoring-config tests need promtool (Debian package "prometheus").
 promtool:

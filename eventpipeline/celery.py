@@ -9,7 +9,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_init, worker_process_shutdown
 
+from eventpipeline.serialization import register_orjson_for_json
+
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
+register_orjson_for_json()
 
 app = Celery("eventpipeline")
 app.config_from_object("django.conf:settings", namespace="CELERY")

@@ -260,7 +260,10 @@ CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery closes the database connection around every task unless this is set; the
 # store task then pays a new connection and a new staging table each time.
 CELERY_DB_REUSE_MAX = 1000
-CELERY_WORKER_SEND_TASK_EVENTS = True
+# Task events cost the worker about 1 ms of CPU per task. Celery's default is off; Flower
+# switches them on while it runs (its --enable_events), so they are paid for only while
+# someone watches.
+CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
         "task": "signals_app.tasks.cleanup_old_data",
