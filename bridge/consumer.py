@@ -203,7 +203,12 @@ class Bridge:
         batch.attempts += 1
         batch.dispatched_at = self.clock()
         try:
-            result = store_signals.apply_async(args=(batch.topic, batch.rows))
+            # Plain tuples (orjson writes them without a callback per row), and a short
+            # argsrepr: Celery would otherwise repr the whole batch for Flower.
+            result = store_signals.apply_async(  # type: ignore[call-arg]  # argsrepr: Celery option the stubs lack
+                args=(batch.topic, list(map(tuple, batch.rows))),
+                argsrepr=f"({batch.topic!r}, <{len(batch.rows)} events>)",
+            )
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
             logger.error("cannot hand batch %s to Celery (attempt %d): %s", batch.batch_id, batch.attempts, error)
             batch.task_id = None

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 import orjson
-from kombu.serialization import registry
+from kombu.serialization import register
 from kombu.utils import json as kombu_json
 
 _kombu_encoder = kombu_json.JSONEncoder()
@@ -40,4 +40,4 @@ def loads(payload: str | bytes | bytearray | memoryview) -> Any:
 
 
 def register_orjson_for_json() -> None:
-    registry.register("json", dumps, loads, content_type="application/json", content_encoding="utf-8")
+    register("json", dumps, loads, content_type="application/json", content_encoding="utf-8")
