@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery.result import AsyncResult
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from django.db import DatabaseError, connection
 
 from bridge.offsets import OffsetTracker
@@ -34,7 +34,7 @@ from eventpipeline.metrics import (
     PROCESSING_LATENCY,
 )
 from signals_app.messages import Limits, Rejection, SignalRow, decode_signal
-from signals_app.services import DeadLetterRecord, dead_letters_store
+from signals_app.services import DeadLetterPublishError, DeadLetterRecord, dead_letters_keep
 from signals_app.tasks import store_signals
 
 logger = logging.getLogger(__name__)
@@ -81,7 +81,6 @@ class Bridge:
         self.in_flight: dict[str, InFlightBatch] = {}
         self.paused = False
         self.shutdown = False
-        self.dlq_unflushed = 0
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -98,8 +97,12 @@ class Bridge:
         self.commit()
         self.apply_backpressure()
         if self.paused:
-            # Keep serving the group protocol while paused; nothing is returned.
-            self.consumer.poll(0.05)
+            # Keep serving the group protocol while paused. Should a record come all the
+            # same (a partition assigned meanwhile), rewind to it rather than drop it.
+            message = self.consumer.poll(0.05)
+            if message is not None and message.error() is None:
+                topic, partition, offset = _coordinates(message)
+                self.consumer.seek(TopicPartition(topic, partition, offset))
             return
         self.consume_batch()
 
@@ -133,20 +136,24 @@ class Bridge:
                 continue
             topic, partition, offset = _coordinates(message)
             high_offsets[(topic, partition)] = offset
-            decoded = decode_signal(
-                message.value(),
-                topic=topic,
-                partition=partition,
-                offset=offset,
-                now_ms=now_ms,
-                limits=self.config.limits,
-            )
+            try:
+                decoded = decode_signal(
+                    message.value(),
+                    topic=topic,
+                    partition=partition,
+                    offset=offset,
+                    now_ms=now_ms,
+                    limits=self.config.limits,
+                )
+            except Exception as error:
+                logger.exception("record %s[%d]@%d could not be validated", topic, partition, offset)
+                decoded = Rejection(f"could not be validated: {type(error).__name__}: {error}")
             if isinstance(decoded, Rejection):
                 dead_letters.append(self._dead_letter(message, decoded.reason))
             else:
                 rows.append(decoded)
-        if dead_letters:
-            self.keep_dead_letters(dead_letters)
+        if dead_letters and not self.keep_dead_letters(dead_letters):
+            return  # stopping: none of these offsets is committed, the records come again
         batch = InFlightBatch(
             batch_id=uuid.uuid4().hex,
             topic=self.config.topic,
@@ -162,42 +169,20 @@ class Bridge:
         else:
             self.tracker.complete(batch.batch_id)
 
-    def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> None:
-        """Store refused records in the table (the durable record) and on the DLQ topic.
-
-        Retried until PostgreSQL takes them: their offsets must not be committed before.
-        """
-        while True:
+    def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> bool:
+        """Keep refused records in the table and on the DLQ topic, retrying until both take
+        them: their offsets must not be committed before. False if asked to stop first."""
+        while not self.shutdown:
             try:
-                dead_letters_store(dead_letters=dead_letters)
-                break
-            except DatabaseError as error:
-                logger.error("cannot store %d dead letters, retrying: %s", len(dead_letters), error)
+                dead_letters_keep(dead_letters=dead_letters, topic=self.config.dlq_topic, producer=self.dlq_producer)
+            except (DatabaseError, KafkaException, DeadLetterPublishError) as error:
+                logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
                 connection.close_if_unusable_or_obsolete()
                 time.sleep(1.0)
-        for record in dead_letters:
-            self.dlq_producer.produce(
-                self.config.dlq_topic,
-                value=record.raw,
-                key=record.key,
-                headers=[
-                    ("reason", record.reason.encode()),
-                    ("source_topic", record.source_topic.encode()),
-                    ("source_partition", str(record.source_partition).encode()),
-                    ("source_offset", str(record.source_offset).encode()),
-                ],
-            )
-        self.dlq_producer.poll(0)
-        self.dlq_unflushed += len(dead_letters)
-        EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
-        for record in dead_letters:
-            logger.info(
-                "dead letter %s[%d]@%d: %s",
-                record.source_topic,
-                record.source_partition,
-                record.source_offset,
-                record.reason,
-            )
+                continue
+            EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
+            return True
+        return False
 
     def dispatch(self, batch: InFlightBatch) -> None:
         batch.attempts += 1
@@ -246,10 +231,6 @@ class Bridge:
         offsets = self.tracker.committable()
         if not offsets:
             return
-        if self.dlq_unflushed:
-            # The DLQ copy of a dead letter must be on Kafka before its offset is committed.
-            self.dlq_producer.flush(30)
-            self.dlq_unflushed = 0
         partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
             if asynchronous:
@@ -315,6 +296,8 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         if self.paused:
+            # Assign first: pausing partitions not yet assigned does nothing.
+            consumer.assign(partitions)
             consumer.pause(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 
@@ -21,6 +22,12 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+@functools.cache
+def shared_producer() -> Producer:
+    """One producer per process, made on first use (after any fork); thread-safe."""
+    return Producer(producer_config())
 
 
 def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:

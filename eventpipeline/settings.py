@@ -176,6 +176,10 @@ TEMPLATES = [
 ]
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
+DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 10
+# Bounds one statement of the store task: the threads pool does not enforce Celery's
+# time limits, and a COPY waiting on a lock must not hold a worker thread for ever.
+STORE_STATEMENT_TIMEOUT_MS = env_int("STORE_STATEMENT_TIMEOUT_MS", 30_000, minimum=100)
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 AUTH_PASSWORD_VALIDATORS = [
@@ -250,9 +254,11 @@ CELERY_TASK_ROUTES = {
 }
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
-    # An unacknowledged message (its worker died) becomes visible again after this long;
-    # tasks here take well under a second, so a minute is generous.
-    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 60, minimum=5),
+    # An unacknowledged message (its worker died) becomes visible again after this long.
+    # It must exceed the longest task (CELERY_TASK_TIME_LIMIT, or two statements of
+    # STORE_STATEMENT_TIMEOUT_MS), or a slow task would be delivered twice while it runs;
+    # the bridge re-dispatches a silent batch sooner (BRIDGE_REDISPATCH_SECONDS).
+    "visibility_timeout": env_int("CELERY_VISIBILITY_TIMEOUT", 300, minimum=5),
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
 }

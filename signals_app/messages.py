@@ -7,7 +7,6 @@ field and the problem, in words an operator can act on. Nothing here raises for 
 
 from __future__ import annotations
 
-import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -25,6 +24,8 @@ EVENT_ID_NAMESPACE = uuid.UUID("6f2a7f4e-4c1b-4a49-9d0e-3c1f3b8e5a10")
 _CANONICAL_UUID = re.compile(r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}\Z")
 
 BIGINT_MAX = 2**63 - 1
+# orjson reads JSON nested up to 1024 levels but writes only up to this many.
+MAX_NESTING = 255
 # Timestamps below this are almost certainly seconds, not milliseconds (it is 1973-03-03
 # in milliseconds, and year 5138 in seconds).
 SECONDS_NOT_MS_BELOW = 100_000_000_000
@@ -94,12 +95,32 @@ def derived_event_id(topic: str, partition: int, offset: int) -> str:
     return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{topic}:{partition}:{offset}"))
 
 
+def with_original_identity(raw: bytes, *, topic: str, partition: int, offset: int) -> bytes:
+    """A dead letter to replay, carrying the identity its first delivery would have had.
+
+    A message without `event_id` is identified by its Kafka coordinates; replayed, it gets
+    new ones. Writing the original identity into it keeps a replay (or two) from storing
+    the event twice. Anything that is not a JSON object goes back as it was.
+    """
+    try:
+        message = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        return raw
+    if not isinstance(message, dict) or "event_id" in message:
+        return raw
+    message["event_id"] = derived_event_id(topic, partition, offset)
+    return orjson.dumps(message)
+
+
 def _json_type(value: Any) -> str:
     return _JSON_TYPE_NAMES.get(type(value), type(value).__name__)
 
 
 def _show(value: Any) -> str:
-    text = json.dumps(value, ensure_ascii=False)
+    try:
+        text = orjson.dumps(value).decode()
+    except TypeError:  # nested deeper than orjson writes
+        return "(nested too deeply to show)"
     return text if len(text) <= 40 else text[:37] + "..."
 
 
@@ -213,7 +234,11 @@ def decode_signal(
         except ValueError:
             return Rejection(f"field 'event_id' must be a UUID, got {_show(event_id)}")
 
-    return SignalRow(event_id, user_id, signal_type, timestamp, orjson.dumps(payload).decode(), partition, offset)
+    try:
+        payload_json = orjson.dumps(payload).decode()
+    except TypeError:
+        return Rejection(f"field 'payload' is nested too deeply (more than {MAX_NESTING} levels)")
+    return SignalRow(event_id, user_id, signal_type, timestamp, payload_json, partition, offset)
 
 
 def _not_json(value: bytes, error: orjson.JSONDecodeError) -> Rejection:

@@ -19,12 +19,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Producer
-from django.db import DataError, IntegrityError, connection, transaction
+from confluent_kafka import KafkaException, Producer
+from django.conf import settings
+from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models.functions import Now
 
-from eventpipeline.kafka import producer_config
-from signals_app.messages import SignalRow
+from eventpipeline.kafka import producer_config, shared_producer
+from signals_app.messages import SignalRow, with_original_identity
 from signals_app.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -48,6 +49,19 @@ ON CONFLICT (event_id) DO NOTHING
 """
 
 
+# Kafka's default message size is 1 MB; the DLQ copy stays well under it, headers included.
+DLQ_MAX_VALUE_BYTES = 512 * 1024
+
+
+class DeadLetterPublishError(Exception):
+    """Kafka did not confirm every dead letter put on the DLQ topic."""
+
+
+# A server that cannot be reached: nothing is wrong with the events, so they are never
+# turned into dead letters for it; the batch is tried again until it goes in.
+UNREACHABLE = (OperationalError, InterfaceError, KafkaException, DeadLetterPublishError)
+
+
 @dataclass(frozen=True)
 class StoreResult:
     stored: int
@@ -65,6 +79,10 @@ class DeadLetterRecord:
     key: bytes | None = None
 
 
+def _limit_statement_time(cursor: Any) -> None:
+    cursor.execute("SELECT set_config('statement_timeout', %s, true)", [str(settings.STORE_STATEMENT_TIMEOUT_MS)])
+
+
 def _copy(cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     with cursor.copy(sql) as copy:
         for row in rows:
@@ -76,6 +94,7 @@ def _copy_rows(rows: Sequence[Sequence[Any]]) -> int:
     # COPY goes straight to psycopg; wrap_database_errors maps its errors to Django's.
     try:
         with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
+            _limit_statement_time(cursor)
             _copy(cursor, _DIRECT_COPY, rows)
         return len(rows)
     except IntegrityError as error:
@@ -90,6 +109,7 @@ def _merge_rows(rows: Sequence[Sequence[Any]]) -> int:
     # no commit between batches, so it is emptied by hand.
     nested = connection.in_atomic_block
     with transaction.atomic(), connection.cursor() as cursor, connection.wrap_database_errors:
+        _limit_statement_time(cursor)
         cursor.execute(_STAGING_DDL)
         if nested:
             cursor.execute("TRUNCATE signals_staging")
@@ -126,7 +146,7 @@ def signals_store_batch(*, topic: str, rows: Sequence[Sequence[Any]]) -> StoreRe
     except (DataError, IntegrityError) as error:
         if len(rows) == 1:
             reason = f"PostgreSQL refused the event: {str(error).strip().splitlines()[0]}"
-            dead_letters_store(dead_letters=[_row_dead_letter(topic, rows[0], reason)])
+            _keep_worker_dead_letters([_row_dead_letter(topic, rows[0], reason)])
             return StoreResult(stored=0, duplicates=0, dead_letters=1)
         logger.warning("batch of %d refused (%s); splitting to find the bad events", len(rows), error)
     middle = len(rows) // 2
@@ -141,7 +161,11 @@ def signals_store_batch(*, topic: str, rows: Sequence[Sequence[Any]]) -> StoreRe
 
 def signals_dead_letter_batch(*, topic: str, rows: Sequence[Sequence[Any]], reason: str) -> int:
     """Give up on a batch that could not be stored: keep every event as a dead letter."""
-    return dead_letters_store(dead_letters=[_row_dead_letter(topic, row, reason) for row in rows])
+    return _keep_worker_dead_letters([_row_dead_letter(topic, row, reason) for row in rows])
+
+
+def _keep_worker_dead_letters(dead_letters: list[DeadLetterRecord]) -> int:
+    return dead_letters_keep(dead_letters=dead_letters, topic=settings.DLQ_TOPIC, producer=shared_producer())
 
 
 def dead_letters_store(*, dead_letters: Iterable[DeadLetterRecord]) -> int:
@@ -170,8 +194,63 @@ def data_cleanup_old(*, days: int) -> dict[str, int]:
     return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}
 
 
+def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> None:
+    """Put refused records on the DLQ topic, with the reason and source in headers.
+
+    Raises DeadLetterPublishError unless Kafka confirmed every one. A record too large for
+    a Kafka message goes on truncated (header `truncated_from_bytes`); the table keeps it whole.
+    """
+    failures: list[str] = []
+
+    def on_delivery(error: Any, _message: Any) -> None:
+        if error is not None:
+            failures.append(str(error))
+
+    for record in dead_letters:
+        value = record.raw
+        headers: list[tuple[str, str | bytes | None]] = [
+            ("reason", record.reason.encode()),
+            ("source_topic", record.source_topic.encode()),
+            ("source_partition", str(record.source_partition).encode()),
+            ("source_offset", str(record.source_offset).encode()),
+        ]
+        if len(value) > DLQ_MAX_VALUE_BYTES:
+            headers.append(("truncated_from_bytes", str(len(value)).encode()))
+            value = value[:DLQ_MAX_VALUE_BYTES]
+        while True:
+            try:
+                producer.produce(topic, value=value, key=record.key, headers=headers, on_delivery=on_delivery)
+                break
+            except BufferError:  # the producer's queue is full: let it send
+                producer.poll(0.1)
+    undelivered = producer.flush(30)
+    if undelivered or failures:
+        raise DeadLetterPublishError(
+            f"{undelivered + len(failures)} of {len(dead_letters)} dead letters not confirmed by {topic}"
+            + (f": {failures[0]}" if failures else "")
+        )
+
+
+def dead_letters_keep(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> int:
+    """Keep refused records where DESIGN.md says: the table (first, the durable record)
+    and the DLQ topic. Raises if either cannot take them; the caller must not commit the
+    records' offsets then, and tries again."""
+    stored = dead_letters_store(dead_letters=dead_letters)
+    dead_letters_publish(dead_letters=dead_letters, topic=topic, producer=producer)
+    for record in dead_letters:
+        logger.info(
+            "dead letter %s[%d]@%d: %s",
+            record.source_topic,
+            record.source_partition,
+            record.source_offset,
+            record.reason,
+        )
+    return stored
+
+
 def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> int:
-    """Put dead letters back on a topic, as they arrived, and mark them replayed.
+    """Put dead letters back on a topic, as they arrived but for their identity, and mark
+    them replayed.
 
     For after a fix (a producer corrected, a limit raised): the bridge judges them again,
     and one still wrong becomes a new dead letter at its new offset.
@@ -179,7 +258,13 @@ def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> in
     producer = Producer(producer_config())
     replayed = []
     for dead_letter in dead_letters:
-        producer.produce(topic, value=bytes(dead_letter.raw), key=bytes(dead_letter.key) if dead_letter.key else None)
+        value = with_original_identity(
+            bytes(dead_letter.raw),
+            topic=dead_letter.source_topic,
+            partition=dead_letter.source_partition,
+            offset=dead_letter.source_offset,
+        )
+        producer.produce(topic, value=value, key=bytes(dead_letter.key) if dead_letter.key else None)
         producer.poll(0)
         replayed.append(dead_letter.pk)
     undelivered = producer.flush(30)

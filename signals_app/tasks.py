@@ -8,10 +8,10 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, close_old_connections
+from django.db import close_old_connections
 
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
-from signals_app.services import data_cleanup_old, signals_dead_letter_batch, signals_store_batch
+from signals_app.services import UNREACHABLE, data_cleanup_old, signals_dead_letter_batch, signals_store_batch
 
 logger = logging.getLogger(__name__)
 
@@ -20,10 +20,15 @@ logger = logging.getLogger(__name__)
 def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
     """Store a batch of accepted events (SignalRows from `topic`) exactly once.
 
-    Connection trouble is retried with exponential back-off, a bounded number of times;
-    after that the batch is kept as dead letters with the reason, instead of looping.
-    If even that fails (PostgreSQL is down), the task fails and the bridge, which has not
-    committed these offsets, dispatches the batch again later.
+    What happens when it does not go in, by cause:
+    - PostgreSQL refuses an event's content: that event alone becomes a dead letter (the
+      service splits the batch to find it), the rest is stored.
+    - PostgreSQL or the DLQ topic cannot be reached: retried with back-off,
+      STORE_MAX_RETRIES times, then the task fails. The bridge has not committed these
+      offsets and hands the batch over again later: good events never become dead letters
+      because a server was away.
+    - Anything else (a bug, a schema out of date): retried likewise, then the whole batch
+      is kept as dead letters with the reason, to replay after the fix, instead of looping.
     """
     started = time.perf_counter()
     # Connections are kept between tasks (CELERY_DB_REUSE_MAX); drop one that broke,
@@ -33,12 +38,14 @@ def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, in
     BATCH_SIZE_CURRENT.set(len(rows))
     try:
         result = signals_store_batch(topic=topic, rows=rows)
-    except (OperationalError, InterfaceError) as error:
+    except Exception as error:
         if self.request.retries < settings.STORE_MAX_RETRIES:
             raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
-        reason = f"could not be stored after {self.request.retries + 1} attempts: {str(error).strip()}"
+        if isinstance(error, UNREACHABLE):
+            raise
+        reason = f"could not be stored after {self.request.retries + 1} attempts: {type(error).__name__}: {error}"
         logger.error("giving up on a batch of %d events: %s", len(rows), reason)
-        dead = signals_dead_letter_batch(topic=topic, rows=rows, reason=reason)
+        dead = signals_dead_letter_batch(topic=topic, rows=rows, reason=reason.strip())
         EVENTS_PROCESSED.labels(status="dead_letter").inc(dead)
         return {"stored": 0, "duplicates": 0, "dead_letters": dead}
     EVENTS_PROCESSED.labels(status="stored").inc(result.stored)

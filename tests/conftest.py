@@ -52,6 +52,30 @@ def database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
+def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
+    """The `reason` headers of the records on a DLQ topic, read from the beginning."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "group.id": f"dlq-check-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": 6000,
+        }
+    )
+    consumer.subscribe([topic])
+    reasons: list[str] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while len(reasons) < expected and time.monotonic() < deadline:
+            for message in consumer.consume(500, timeout=1.0):
+                if message.error() is None:
+                    reason = dict(message.headers() or [])["reason"]
+                    reasons.append(reason.decode() if isinstance(reason, bytes) else str(reason))
+    finally:
+        consumer.close()
+    return reasons
+
+
 @dataclass
 class Pipeline:
     """The real bridge and Celery worker processes on this test's own topic and queue."""

@@ -7,7 +7,14 @@ import time
 
 import pytest
 
-from signals_app.messages import Limits, Rejection, SignalRow, decode_signal, derived_event_id
+from signals_app.messages import (
+    Limits,
+    Rejection,
+    SignalRow,
+    decode_signal,
+    derived_event_id,
+    with_original_identity,
+)
 from tests.factories import PAYLOADS, encoded, signal_message
 
 NOW = int(time.time() * 1000)
@@ -145,3 +152,19 @@ def test_non_finite_numbers_are_not_json() -> None:
     raw = json.dumps(signal_message("purchase", payload={**PAYLOADS["purchase"], "amount": float("inf")})).encode()
     assert reason(raw).startswith("not JSON: unexpected character")
     assert reason(raw.replace(b"Infinity", b"1e999")).startswith("not JSON: number is infinity")
+
+
+def test_a_replayed_message_keeps_the_identity_of_its_first_delivery() -> None:
+    raw = encoded(signal_message(event_id=...))
+    replayed = with_original_identity(raw, topic="signals", partition=2, offset=7)
+    first = decode(raw, offset=7)
+    again = decode_signal(replayed, topic="signals", partition=0, offset=99, now_ms=NOW, limits=LIMITS)
+    assert isinstance(first, SignalRow) and isinstance(again, SignalRow)
+    assert again.event_id == first.event_id
+
+
+def test_replaying_keeps_messages_with_an_event_id_or_not_json_as_they_are() -> None:
+    with_id = encoded(signal_message())
+    assert with_original_identity(with_id, topic="t", partition=0, offset=1) == with_id
+    assert with_original_identity(b"\xff not json", topic="t", partition=0, offset=1) == b"\xff not json"
+    assert with_original_identity(b"[1]", topic="t", partition=0, offset=1) == b"[1]"

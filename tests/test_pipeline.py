@@ -11,16 +11,14 @@ import signal
 import subprocess
 import sys
 import time
-import uuid
 
 import pytest
 import redis
-from confluent_kafka import Consumer
 from django.conf import settings
 
 from signals_app.generator import SignalGenerator
 from signals_app.models import DeadLetter, Signal
-from tests.conftest import REPO, Pipeline, wait_for
+from tests.conftest import REPO, Pipeline, dlq_reasons, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -84,6 +82,15 @@ def _malformed_records() -> list[tuple[bytes, str]]:
         (variant(event_id="not-a-uuid"), "field 'event_id' must be a UUID"),
         (variant(payload={"page": "/", "element": "x" * 70_000}), "oversize"),
         (b"", "empty message"),
+        (
+            variant(payload={"page": "/", "element": "a", "deep": json.loads("[" * 300 + "]" * 300)}),
+            "nested too deeply",
+        ),
+        (b"[" * 2000 + b"]" * 2000, "not JSON: depth limit exceeded"),
+        (
+            b'{"user_id": ' + b"[" * 1000 + b"]" * 1000 + b', "type": "click", "timestamp": 1, "payload": {}}',
+            "field 'user_id' must be an integer, got array (nested too deeply to show)",
+        ),
     ]
 
 
@@ -91,7 +98,9 @@ def test_malformed_records_become_dead_letters_and_every_good_one_is_stored(pipe
     kinds = _malformed_records()
     generator = SignalGenerator(seed=3, users=200, start_ms=int(time.time() * 1000) - 60_000, rate=1000)
     good = [generator.next() for _ in range(5000)]
-    bad = [kinds[i % len(kinds)] for i in range(1000)]
+    # One record near Kafka's 1 MB message limit: its DLQ copy must be cut to fit.
+    huge = (json.dumps({"user_id": 1, "padding": "x" * 950_000}).encode(), "oversize")
+    bad = [kinds[i % len(kinds)] for i in range(999)] + [huge]
 
     delivered: dict[int, tuple[int, int]] = {}
     producer = pipeline.producer()
@@ -126,23 +135,7 @@ def test_malformed_records_become_dead_letters_and_every_good_one_is_stored(pipe
         assert bytes(dead_letter.raw) == raw
 
     # The same refusals are published on the DLQ topic, with the reason in a header.
-    consumer = Consumer(
-        {
-            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-            "group.id": f"dlq-check-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "session.timeout.ms": 6000,
-        }
-    )
-    consumer.subscribe([pipeline.dlq_topic])
-    reasons: list[str] = []
-    deadline = time.monotonic() + 60
-    while len(reasons) < 1000 and time.monotonic() < deadline:
-        for message in consumer.consume(500, timeout=1.0):
-            if message.error() is None:
-                reason = dict(message.headers() or [])["reason"]
-                reasons.append(reason.decode() if isinstance(reason, bytes) else str(reason))
-    consumer.close()
+    reasons = dlq_reasons(pipeline.dlq_topic, 1000)
     assert len(reasons) == 1000
     assert sorted(reasons) == sorted(d.reason for d in dead_letters.values())
 

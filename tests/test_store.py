@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import json
+import uuid
 from unittest import mock
 
 import pytest
-from django.db import OperationalError
+from django.conf import settings
+from django.db import OperationalError, ProgrammingError
+from django.test import override_settings
 
 from signals_app.models import DeadLetter, Signal
 from signals_app.services import signals_store_batch
 from signals_app.tasks import store_signals
+from tests.conftest import dlq_reasons
 from tests.factories import signal_row
 
 pytestmark = pytest.mark.django_db
@@ -45,6 +49,7 @@ def test_stored_rows_keep_every_field() -> None:
     assert stored.created_at is not None and stored.processed_at is not None
 
 
+@override_settings(DLQ_TOPIC=f"test-dlq-{uuid.uuid4().hex[:10]}")
 def test_events_postgresql_refuses_become_dead_letters_and_the_rest_is_stored() -> None:
     """A value PostgreSQL cannot take (here a user id beyond bigint, which validation would
     normally stop) costs only that event, not its batch."""
@@ -59,17 +64,34 @@ def test_events_postgresql_refuses_become_dead_letters_and_the_rest_is_stored() 
     assert all(d.reason.startswith("PostgreSQL refused the event: ") for d in refused.values())
     assert json.loads(bytes(refused[37].raw))["user_id"] == 2**70
     assert refused[37].source_topic == TOPIC
+    assert sorted(dlq_reasons(settings.DLQ_TOPIC, 2)) == sorted(d.reason for d in refused.values())
 
 
-def test_the_task_retries_connection_trouble_then_keeps_the_batch_as_dead_letters() -> None:
+def test_the_task_retries_an_unreachable_database_and_then_fails_without_dead_letters() -> None:
+    """The events are fine: after the retries the task fails, and the bridge, whose offsets
+    are not committed, hands the batch over again later."""
     rows = [signal_row(offset=i) for i in range(3)]
     failure = OperationalError("connection to server was lost")
     with mock.patch("signals_app.tasks.signals_store_batch", side_effect=failure) as store:
-        result = store_signals.apply(args=(TOPIC, rows)).get()
+        outcome = store_signals.apply(args=(TOPIC, rows))
     assert store.call_count == 6  # the first attempt and STORE_MAX_RETRIES=5 retries
+    assert outcome.failed()
+    with pytest.raises(OperationalError):
+        outcome.get()
+    assert DeadLetter.objects.count() == 0
+
+
+@override_settings(DLQ_TOPIC=f"test-dlq-{uuid.uuid4().hex[:10]}")
+def test_a_batch_that_keeps_failing_for_another_reason_becomes_dead_letters() -> None:
+    rows = [signal_row(offset=i) for i in range(3)]
+    failure = ProgrammingError('relation "signals" does not exist')
+    with mock.patch("signals_app.tasks.signals_store_batch", side_effect=failure) as store:
+        result = store_signals.apply(args=(TOPIC, rows)).get()
+    assert store.call_count == 6
     assert result == {"stored": 0, "duplicates": 0, "dead_letters": 3}
     reasons = list(DeadLetter.objects.values_list("reason", flat=True))
-    assert reasons == ["could not be stored after 6 attempts: connection to server was lost"] * 3
+    assert reasons == ['could not be stored after 6 attempts: ProgrammingError: relation "signals" does not exist'] * 3
+    assert dlq_reasons(settings.DLQ_TOPIC, 3) == reasons
 
 
 def test_the_task_reports_what_it_stored() -> None:
