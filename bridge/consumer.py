@@ -18,7 +18,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from celery.result import AsyncResult
@@ -49,7 +49,6 @@ class InFlightBatch:
     dispatched_at: float = 0.0
     task_id: str | None = None
     attempts: int = 0
-    high_offsets: dict[tuple[str, int], int] = field(default_factory=dict)
 
 
 @dataclass
@@ -159,7 +158,6 @@ class Bridge:
             topic=self.config.topic,
             rows=rows,
             received_at=received_at,
-            high_offsets=high_offsets,
         )
         self.tracker.add(batch.batch_id, high_offsets)
         EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))

@@ -140,16 +140,29 @@ def test_malformed_records_become_dead_letters_and_every_good_one_is_stored(pipe
     assert sorted(reasons) == sorted(d.reason for d in dead_letters.values())
 
 
-@pytest.mark.parametrize("victim", ["bridge", "worker"])
-def test_kill_9_mid_run_loses_and_duplicates_nothing(pipeline: Pipeline, victim: str) -> None:
+def lose_redis_state(pipeline: Pipeline) -> None:
+    """What a Redis restart without persistence does to this pipeline: its queued and
+    unacknowledged tasks and its task results are gone (only this test's keys are touched)."""
+    client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
+    client.delete(pipeline.queue, "unacked", "unacked_index", "unacked_mutex")
+    for key in client.scan_iter("celery-task-meta-*"):
+        client.delete(key)
+
+
+@pytest.mark.parametrize("victim", ["bridge", "worker", "redis"])
+def test_a_crash_mid_run_loses_and_duplicates_nothing(pipeline: Pipeline, victim: str) -> None:
+    """kill -9 of the bridge, or of the worker, or the worker killed and Redis losing every
+    task and result, in the middle of a run; then the process starts again."""
     pipeline.start_worker()
     pipeline.start_bridge()
     emitter = pipeline.start_emitter(
         "--count", "40000", "--rate", "4000", "--seed", "23", "--users", "1000", "--start-ms", str(START_MS)
     )
     wait_for(lambda: Signal.objects.count() > 8000, timeout=120, what="the run to be under way")
-    pipeline.kill(victim, signal.SIGKILL)
+    pipeline.kill("bridge" if victim == "bridge" else "worker", signal.SIGKILL)
     stored_at_kill = Signal.objects.count()
+    if victim == "redis":
+        lose_redis_state(pipeline)
     time.sleep(1)
     if victim == "bridge":
         pipeline.start_bridge()
@@ -158,9 +171,10 @@ def test_kill_9_mid_run_loses_and_duplicates_nothing(pipeline: Pipeline, victim:
     assert emitter.wait(timeout=120) == 0
 
     wait_until_stored(pipeline, 40_000, timeout=240)
-    assert stored_at_kill < 40_000, "the kill came too late to test anything"
+    assert stored_at_kill < 40_000, "the crash came too late to test anything"
     assert Signal.objects.count() == 40_000
     assert stored_event_ids() == expected_event_ids(seed=23, users=1000, count=40_000, rate=4000)
+    assert DeadLetter.objects.count() == 0
 
 
 def test_a_dead_letter_replayed_after_the_fix_is_stored(pipeline: Pipeline) -> None:
