@@ -6,9 +6,10 @@ import json
 import uuid
 from unittest import mock
 
+import psycopg
 import pytest
 from django.conf import settings
-from django.db import OperationalError, ProgrammingError
+from django.db import OperationalError, ProgrammingError, connection
 from django.test import override_settings
 
 from signals_app.models import DeadLetter, Signal
@@ -98,3 +99,18 @@ def test_the_task_reports_what_it_stored() -> None:
     rows = [signal_row(offset=i) for i in range(5)]
     assert store_signals.apply(args=(TOPIC, rows)).get() == {"stored": 5, "duplicates": 0, "dead_letters": 0}
     assert store_signals.apply(args=(TOPIC, rows)).get() == {"stored": 0, "duplicates": 5, "dead_letters": 0}
+
+
+@pytest.mark.django_db(transaction=True)
+@override_settings(STORE_STATEMENT_TIMEOUT_MS=300)
+def test_a_store_blocked_by_a_lock_gives_up_after_the_statement_timeout() -> None:
+    """The threads pool enforces no task time limit: the statement timeout bounds a COPY
+    that waits on a lock, so the thread is freed and the task retried."""
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+    ) as locker:
+        locker.execute("LOCK TABLE signals IN ACCESS EXCLUSIVE MODE")
+        with pytest.raises(OperationalError, match="statement timeout"):
+            signals_store_batch(topic=TOPIC, rows=[signal_row()])
+    assert signals_store_batch(topic=TOPIC, rows=[signal_row()]).stored == 1
