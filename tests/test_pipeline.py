@@ -231,3 +231,24 @@ def test_the_bridge_pauses_while_workers_are_behind_and_stops_cleanly_on_sigint(
     assert pipeline.stop("bridge", sig=signal.SIGINT) == 0
     assert Signal.objects.count() == 20_000
     assert pipeline.all_committed()
+
+
+def test_events_without_an_event_id_are_stored_once_across_a_replay(pipeline: Pipeline) -> None:
+    """Their identity is their Kafka record: consumed again, they are recognised."""
+    generator = SignalGenerator(seed=13, users=50, start_ms=int(time.time() * 1000) - 600_000, rate=100)
+    producer = pipeline.producer()
+    for _ in range(3000):
+        event = generator.next()
+        del event["event_id"]
+        producer.produce(pipeline.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
+    assert producer.flush(30) == 0
+
+    pipeline.start_worker()
+    pipeline.start_bridge()
+    wait_until_stored(pipeline, 3000)
+    assert pipeline.stop("bridge") == 0
+    replay_group = f"{pipeline.group_id}-replay"
+    pipeline.start_bridge("replay-bridge", BRIDGE_GROUP_ID=replay_group)
+    wait_for(lambda: pipeline.all_committed(replay_group), timeout=120, what="the replay to be committed")
+    assert Signal.objects.count() == 3000
+    assert pipeline.worker_metric("events_processed_total", status="duplicate") == 3000
