@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models.functions import Now
 
-from eventpipeline.kafka import producer_config, shared_producer
+from eventpipeline.kafka import shared_producer
 from signals_app.messages import SignalRow, with_original_identity
 from signals_app.models import DeadLetter
 
@@ -255,7 +255,7 @@ def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> in
     For after a fix (a producer corrected, a limit raised): the bridge judges them again,
     and one still wrong becomes a new dead letter at its new offset.
     """
-    producer = Producer(producer_config())
+    producer = shared_producer()
     replayed = []
     for dead_letter in dead_letters:
         value = with_original_identity(
