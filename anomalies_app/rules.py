@@ -1,0 +1,140 @@
+"""The anomaly rules of DESIGN.md: pure decisions, no I/O.
+
+Detection keeps per-user windows elsewhere (Redis, issue 3); these functions only say,
+from what a window holds, whether a rule is broken, and how to say so in one sentence.
+Every number a rule uses comes from its `RuleSettings`, so an analyst's change to a
+threshold or a window in the admin changes the decision and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from enum import Enum
+from typing import Any
+
+
+class Comparison(Enum):
+    MORE_THAN = ">"
+    AT_LEAST = ">="
+
+
+@dataclass(frozen=True)
+class RuleSettings:
+    """One rule as an analyst tunes it. `window_seconds` 0 means the rule looks at one event."""
+
+    anomaly_type: str
+    threshold: float
+    window_seconds: int
+    severity: str
+    comparison: Comparison
+    enabled: bool = True
+
+
+HIGH_FREQUENCY_LOGIN = "high_frequency_login"
+REPEATED_LOGIN_FAILURES = "repeated_login_failures"
+HIGH_VALUE_PURCHASE = "high_value_purchase"
+RAPID_SUCCESSIVE_PURCHASES = "rapid_successive_purchases"
+HIGH_API_FAILURE_RATE = "high_api_failure_rate"
+UNUSUAL_TIME_ACTIVITY = "unusual_time_activity"
+UNUSUAL_LOCATION_LOGIN = "unusual_location_login"
+
+# DESIGN.md "Anomaly rules". For unusual_time_activity the threshold is the first quiet
+# hour (UTC) and the window the length of the quiet period: 02:00 to 04:59.
+DEFAULT_RULES: dict[str, RuleSettings] = {
+    rule.anomaly_type: rule
+    for rule in [
+        RuleSettings(HIGH_FREQUENCY_LOGIN, 10, 60, "medium", Comparison.MORE_THAN),
+        RuleSettings(REPEATED_LOGIN_FAILURES, 3, 0, "high", Comparison.AT_LEAST),
+        RuleSettings(HIGH_VALUE_PURCHASE, 1000, 0, "medium", Comparison.MORE_THAN),
+        RuleSettings(RAPID_SUCCESSIVE_PURCHASES, 5, 3600, "medium", Comparison.AT_LEAST),
+        RuleSettings(HIGH_API_FAILURE_RATE, 5, 60, "high", Comparison.AT_LEAST),
+        RuleSettings(UNUSUAL_TIME_ACTIVITY, 2, 3 * 3600, "low", Comparison.AT_LEAST),
+        RuleSettings(UNUSUAL_LOCATION_LOGIN, 1, 0, "high", Comparison.AT_LEAST),
+    ]
+}
+
+# What a counting rule counts, in words, for its description.
+_COUNTED = {
+    HIGH_FREQUENCY_LOGIN: "logins",
+    RAPID_SUCCESSIVE_PURCHASES: "purchases",
+    HIGH_API_FAILURE_RATE: "failed API calls (status 500 or more)",
+}
+
+
+def breaks(rule: RuleSettings, value: float) -> bool:
+    """Whether a measured value (a count, an amount, a streak) breaks the rule's threshold."""
+    if rule.comparison is Comparison.MORE_THAN:
+        return value > rule.threshold
+    return value >= rule.threshold
+
+
+def count_in_window(timestamps_ms: list[int], at_ms: int, window_seconds: int) -> int:
+    """Events in the window that ends at `at_ms`: from `window_seconds` before, both ends
+    included (11 logins whose first and last are exactly 60 s apart are 11 within 60 s).
+    The reference for the Redis windows, which count the same with ZCOUNT."""
+    start = at_ms - window_seconds * 1000
+    return sum(1 for timestamp in timestamps_ms if start <= timestamp <= at_ms)
+
+
+def counted_by(anomaly_type: str, signal_type: str, payload: dict[str, Any]) -> bool:
+    """Whether an event goes into the window of a counting rule."""
+    if anomaly_type == HIGH_FREQUENCY_LOGIN:
+        return signal_type == "login"
+    if anomaly_type == RAPID_SUCCESSIVE_PURCHASES:
+        return signal_type == "purchase"
+    if anomaly_type == HIGH_API_FAILURE_RATE:
+        return is_api_failure(signal_type, payload)
+    return False
+
+
+def is_api_failure(signal_type: str, payload: dict[str, Any]) -> bool:
+    """A server-side failure: status 500 or more. 499 (client closed) is not one."""
+    return signal_type == "api_call" and payload["status_code"] >= 500
+
+
+def failure_streak(streak: int, signal_type: str, payload: dict[str, Any]) -> int:
+    """Consecutive failed logins after this event: a failure adds one, a success resets."""
+    if signal_type != "login":
+        return streak
+    return 0 if payload["success"] else streak + 1
+
+
+def in_quiet_hours(rule: RuleSettings, timestamp_ms: int) -> bool:
+    """Whether an event falls in the rule's quiet period, by UTC time of day."""
+    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    seconds_into_day = moment.hour * 3600 + moment.minute * 60 + moment.second
+    start = int(rule.threshold * 3600)
+    return start <= seconds_into_day < start + rule.window_seconds
+
+
+def is_new_location(signal_type: str, payload: dict[str, Any], known_locations: set[str]) -> bool:
+    """A successful login from a place this user has not logged in from before.
+
+    The first login of a user is not unusual: there is nothing to compare it with.
+    """
+    if signal_type != "login" or not payload["success"]:
+        return False
+    return bool(known_locations) and payload["location"] not in known_locations
+
+
+def describe(rule: RuleSettings, value: float, detail: str = "") -> str:
+    """One readable sentence: what was seen against what the rule allows."""
+    threshold = _number(rule.threshold)
+    if rule.anomaly_type in _COUNTED:
+        return f"{_number(value)} {_COUNTED[rule.anomaly_type]} in {rule.window_seconds} s, threshold {threshold}"
+    if rule.anomaly_type == REPEATED_LOGIN_FAILURES:
+        return f"{_number(value)} failed logins in a row, threshold {threshold}"
+    if rule.anomaly_type == HIGH_VALUE_PURCHASE:
+        return f"purchase of {value:.2f}, threshold {threshold}"
+    if rule.anomaly_type == UNUSUAL_TIME_ACTIVITY:
+        start = int(rule.threshold)
+        end_minute = int(rule.threshold * 60 + rule.window_seconds // 60) - 1
+        return f"activity at {detail} UTC, quiet hours {start:02d}:00-{end_minute // 60:02d}:{end_minute % 60:02d}"
+    if rule.anomaly_type == UNUSUAL_LOCATION_LOGIN:
+        return f"successful login from {detail}, never seen for this user"
+    raise ValueError(f"unknown anomaly type {rule.anomaly_type!r}")
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
