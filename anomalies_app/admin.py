@@ -1,8 +1,22 @@
 from __future__ import annotations
 
 from django.contrib import admin
+from django.http import HttpRequest
 
-from anomalies_app.models import Anomaly
+from anomalies_app.models import Anomaly, Rule
+
+
+@admin.register(Rule)
+class RuleAdmin(admin.ModelAdmin):
+    list_display = ["anomaly_type", "enabled", "threshold", "window_seconds", "severity", "updated_at"]
+    list_editable = ["enabled", "threshold", "window_seconds", "severity"]
+    readonly_fields = ["anomaly_type", "updated_at"]
+
+    def has_add_permission(self, request: HttpRequest) -> bool:
+        return False  # the rules are the seven of the design; they are tuned, not invented
+
+    def has_delete_permission(self, request: HttpRequest, obj: Rule | None = None) -> bool:
+        return False
 
 
 @admin.register(Anomaly)

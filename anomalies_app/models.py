@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 from django.conf import settings
+from django.core.exceptions import ValidationError
+from django.core.validators import MinValueValidator
 from django.db import models
 from django.utils import timezone
+
+from anomalies_app.rules import UNUSUAL_TIME_ACTIVITY
 
 
 class Severity(models.TextChoices):
@@ -18,6 +22,33 @@ class AnomalyStatus(models.TextChoices):
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
     FALSE_POSITIVE = "false_positive"
+
+
+class Rule(models.Model):
+    """A detection rule as analysts tune it in the admin; workers re-read rules every few
+    seconds (RULES_REFRESH_SECONDS), so a change needs no restart. How a rule compares its
+    threshold (more than, or at least) is part of the rule's definition, not editable."""
+
+    anomaly_type = models.CharField(max_length=64, unique=True, editable=False)
+    enabled = models.BooleanField(default=True)
+    threshold = models.FloatField(validators=[MinValueValidator(0)])
+    window_seconds = models.PositiveIntegerField(help_text="0: the rule looks at one event at a time.")
+    severity = models.CharField(max_length=8, choices=Severity.choices)
+    updated_at = models.DateTimeField(auto_now=True)
+
+    class Meta:
+        db_table = "anomaly_rules"
+        ordering = ["anomaly_type"]
+
+    def __str__(self) -> str:
+        return self.anomaly_type
+
+    def clean(self) -> None:
+        if self.anomaly_type == UNUSUAL_TIME_ACTIVITY:
+            if not (0 <= self.threshold < 24 and float(self.threshold).is_integer()):
+                raise ValidationError({"threshold": "the first quiet hour, a whole hour from 0 to 23 (UTC)"})
+            if not 0 < self.window_seconds <= 86_400:
+                raise ValidationError({"window_seconds": "the quiet period's length, 1 to 86400 seconds"})
 
 
 class Anomaly(models.Model):

@@ -121,6 +121,8 @@ STORE_MAX_RETRIES = env_int("STORE_MAX_RETRIES", 5, minimum=0)
 SIGNALS_PER_SECOND = env_int("SIGNALS_PER_SECOND", 1000, minimum=1)
 BURST_MODE = env_bool("BURST_MODE", False)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+# How often a worker reads the rules again: an edit in the admin applies within this time.
+RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)
 
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)

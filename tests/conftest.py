@@ -228,7 +228,11 @@ class Pipeline:
 
 
 @pytest.fixture
-def pipeline(request: pytest.FixtureRequest, tmp_path: Path, transactional_db: Any) -> Iterator[Pipeline]:
+def pipeline(
+    request: pytest.FixtureRequest, tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
+) -> Iterator[Pipeline]:
+    """(Serialized rollback puts back what migrations wrote, such as the rules, after the
+    flush that ends a transactional test.)"""
     running = Pipeline(logs=tmp_path)
     try:
         yield running
