@@ -8,6 +8,7 @@ from typing import Any
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
+from django.core.management.base import CommandError
 
 
 def producer_config(**overrides: Any) -> dict[str, Any]:
@@ -47,10 +48,22 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
     return config
 
 
+class KafkaUnreachable(CommandError):
+    """Kafka did not answer: one line for the operator instead of librdkafka's retries."""
+
+
 def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) -> list[str]:
     """Create the topics that do not exist yet; return the names created."""
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS})
-    existing = set(admin.list_topics(timeout=timeout).topics)
+    # log_level 0: an unreachable broker would print a line per reconnect attempt; the
+    # exception below says it once.
+    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
+    try:
+        existing = set(admin.list_topics(timeout=timeout).topics)
+    except KafkaException as error:
+        raise KafkaUnreachable(
+            f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.KAFKA_BOOTSTRAP_SERVERS} "
+            f"within {timeout:.0f} s ({error.args[0].str()})"
+        ) from error
     missing = [name for name in topics if name not in existing]
     if not missing:
         return []
