@@ -8,6 +8,7 @@ test database of pytest-django, which the bridge and worker subprocesses share.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -15,7 +16,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable, Generator, Iterator
+from collections.abc import Callable, Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -167,6 +168,20 @@ class Pipeline:
 
     def producer(self) -> Producer:
         return Producer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "linger.ms": 5})
+
+    def produce(self, events: Iterable[dict[str, Any]]) -> None:
+        """Put signal messages on this pipeline's topic, keyed by user id, and wait for Kafka."""
+        producer = self.producer()
+        for event in events:
+            producer.produce(self.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
+        assert producer.flush(30) == 0
+
+    def replay(self) -> None:
+        """Stop the bridge and consume the whole topic again with a new consumer group."""
+        assert self.stop("bridge") == 0
+        replay_group = f"{self.group_id}-replay"
+        self.start_bridge("replay-bridge", BRIDGE_GROUP_ID=replay_group)
+        wait_for(lambda: self.all_committed(replay_group), timeout=120, what="the replay to be committed")
 
     def end_offsets(self) -> dict[int, int]:
         """Per partition, the offset after the last record, found by reading the topic.

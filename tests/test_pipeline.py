@@ -47,12 +47,9 @@ def test_emitted_events_are_stored_exactly_once_and_a_replay_changes_nothing(pip
     wait_until_stored(pipeline, 10_000)
     assert Signal.objects.count() == 10_000
     assert stored_event_ids() == expected_event_ids(seed=11, users=500, count=10_000, rate=5000)
-    assert pipeline.stop("bridge") == 0
 
     # The same Kafka records, consumed again from the beginning by a new consumer group.
-    replay_group = f"{pipeline.group_id}-replay"
-    pipeline.start_bridge("replay-bridge", BRIDGE_GROUP_ID=replay_group)
-    wait_for(lambda: pipeline.all_committed(replay_group), timeout=120, what="the replay to be committed")
+    pipeline.replay()
     assert Signal.objects.count() == 10_000
     assert pipeline.worker_metric("events_processed_total", status="duplicate") == 10_000
     assert pipeline.worker_metric("events_processed_total", status="stored") == 10_000
@@ -182,9 +179,7 @@ def test_a_dead_letter_replayed_after_the_fix_is_stored(pipeline: Pipeline) -> N
     generator = SignalGenerator(seed=5, users=10, start_ms=int(time.time() * 1000) - 60_000, rate=10)
     big = generator.next()
     big["payload"]["note"] = "x" * 100_000
-    producer = pipeline.producer()
-    producer.produce(pipeline.topic, key=str(big["user_id"]).encode(), value=json.dumps(big).encode())
-    assert producer.flush(30) == 0
+    pipeline.produce([big])
 
     pipeline.start_worker()
     pipeline.start_bridge()
@@ -213,11 +208,7 @@ def test_the_bridge_pauses_while_workers_are_behind_and_stops_cleanly_on_sigint(
     waits, instead of filling Redis; once a worker runs everything is stored, and SIGINT
     stops the bridge with every offset committed."""
     generator = SignalGenerator(seed=8, users=100, start_ms=int(time.time() * 1000) - 600_000, rate=100)
-    producer = pipeline.producer()
-    for _ in range(20_000):
-        event = generator.next()
-        producer.produce(pipeline.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
-    assert producer.flush(30) == 0
+    pipeline.produce(generator.next() for _ in range(20_000))
 
     pipeline.start_bridge(BRIDGE_MAX_IN_FLIGHT="4", BATCH_SIZE="500")
     queued = redis.Redis.from_url(settings.CELERY_BROKER_URL)
@@ -236,19 +227,14 @@ def test_the_bridge_pauses_while_workers_are_behind_and_stops_cleanly_on_sigint(
 def test_events_without_an_event_id_are_stored_once_across_a_replay(pipeline: Pipeline) -> None:
     """Their identity is their Kafka record: consumed again, they are recognised."""
     generator = SignalGenerator(seed=13, users=50, start_ms=int(time.time() * 1000) - 600_000, rate=100)
-    producer = pipeline.producer()
-    for _ in range(3000):
-        event = generator.next()
+    events = [generator.next() for _ in range(3000)]
+    for event in events:
         del event["event_id"]
-        producer.produce(pipeline.topic, key=str(event["user_id"]), value=json.dumps(event).encode())
-    assert producer.flush(30) == 0
+    pipeline.produce(events)
 
     pipeline.start_worker()
     pipeline.start_bridge()
     wait_until_stored(pipeline, 3000)
-    assert pipeline.stop("bridge") == 0
-    replay_group = f"{pipeline.group_id}-replay"
-    pipeline.start_bridge("replay-bridge", BRIDGE_GROUP_ID=replay_group)
-    wait_for(lambda: pipeline.all_committed(replay_group), timeout=120, what="the replay to be committed")
+    pipeline.replay()
     assert Signal.objects.count() == 3000
     assert pipeline.worker_metric("events_processed_total", status="duplicate") == 3000
