@@ -231,10 +231,7 @@ class Bridge:
             return
         partitions = [TopicPartition(topic, partition, offset) for (topic, partition), offset in offsets.items()]
         try:
-            if asynchronous:
-                self.consumer.commit(offsets=partitions, asynchronous=True)
-            else:
-                self.consumer.commit(offsets=partitions, asynchronous=False)
+            self.consumer.commit(offsets=partitions, asynchronous=asynchronous)  # type: ignore[call-overload]
         except Exception as error:  # noqa: BLE001 - a failed commit only means a replay later
             logger.warning("offset commit failed, will retry: %s", error)
             return

@@ -42,7 +42,7 @@ class Weighted(Generic[T]):
         return self.values[bisect(self.cumulative, rng.random() * self.total)]
 
 
-SIGNAL_TYPES = Weighted({"click": 40, "api_call": 35, "login": 12, "file_access": 10, "purchase": 3})
+TYPE_MIX = Weighted({"click": 40, "api_call": 35, "login": 12, "file_access": 10, "purchase": 3})
 
 # Share of events that come from the most active tenth of the users.
 HEAVY_USERS_SHARE = 0.3
@@ -209,7 +209,7 @@ class SignalGenerator:
         rng = self.rng
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         user_id = rng.randint(1, self.heavy_users if rng.random() < HEAVY_USERS_SHARE else self.users)
-        signal_type = SIGNAL_TYPES(rng)
+        signal_type = TYPE_MIX(rng)
         event = {
             "event_id": event_id,
             "user_id": user_id,

@@ -15,8 +15,6 @@ from typing import Any, NamedTuple
 
 import orjson
 
-SIGNAL_TYPES = ("login", "purchase", "click", "api_call", "file_access")
-
 # A derived event identity: the same Kafka record always maps to the same UUID.
 EVENT_ID_NAMESPACE = uuid.UUID("6f2a7f4e-4c1b-4a49-9d0e-3c1f3b8e5a10")
 
@@ -36,10 +34,11 @@ _NUMBER = (int, float)
 PAYLOAD_SCHEMA: dict[str, dict[str, tuple[type, ...]]] = {
     "login": {"login_method": _STR, "success": (bool,), "location": _STR, "ip_address": _STR},
     "purchase": {"amount": _NUMBER, "currency": _STR, "product_id": (str, int), "payment_method": _STR},
-    "api_call": {"endpoint": _STR, "method": _STR, "status_code": (int,), "response_time_ms": _NUMBER},
     "click": {"page": _STR, "element": _STR},
+    "api_call": {"endpoint": _STR, "method": _STR, "status_code": (int,), "response_time_ms": _NUMBER},
     "file_access": {"path": _STR, "action": _STR},
 }
+SIGNAL_TYPES = tuple(PAYLOAD_SCHEMA)
 
 _JSON_TYPE_NAMES = {
     bool: "boolean",

@@ -17,7 +17,7 @@ from prometheus_client import start_http_server
 
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
-from signals_app.generator import SIGNAL_TYPES, SignalGenerator, encode
+from signals_app.generator import TYPE_MIX, SignalGenerator, encode
 
 # The pacing loop wakes this often; each wake-up produces the events due by then.
 TICK_SECONDS = 0.01
@@ -141,13 +141,11 @@ class Command(BaseCommand):
         self.producer = Producer(producer_config())
 
         self.sent = 0
-        self.delivered_by_type = dict.fromkeys(SIGNAL_TYPES.values, 0)
-        self.published_by_type = dict.fromkeys(SIGNAL_TYPES.values, 0)
+        self.delivered_by_type = dict.fromkeys(TYPE_MIX.values, 0)
+        self.published_by_type = dict.fromkeys(TYPE_MIX.values, 0)
         self.delivery_errors = 0
         self.last_delivery_error: KafkaError | None = None
-        self.delivery_callbacks = {
-            signal_type: self.delivery_callback(signal_type) for signal_type in SIGNAL_TYPES.values
-        }
+        self.delivery_callbacks = {signal_type: self.delivery_callback(signal_type) for signal_type in TYPE_MIX.values}
 
         start_ms = options["start_ms"] if options["start_ms"] is not None else int(time.time() * 1000)
         self.generator = SignalGenerator(
