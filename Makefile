@@ -45,7 +45,7 @@ lint: $(VENV)/.dev
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
 
-## bench: events/s from Kafka into PostgreSQL vs the raw COPY limit (median of 3 runs)
+## bench: events/s from Kafka, stored and analysed, vs the raw COPY limit (median of 3 runs)
 bench: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
 

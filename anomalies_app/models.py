@@ -66,6 +66,16 @@ class Anomaly(models.Model):
     )
     triage_notes = models.TextField(blank=True, default="")
     triaged_at = models.DateTimeField(null=True, blank=True)
+    # The episode, in event time (ms since the epoch): from the moment the condition began
+    # to the last moment it was seen to hold. Keyed episodes (one purchase, one place, one
+    # night) are recognised by `episode_key`, the others by overlapping spans.
+    episode_key = models.CharField(max_length=255, blank=True, default="")
+    episode_start_ms = models.BigIntegerField(default=0)
+    episode_end_ms = models.BigIntegerField(default=0)
+    # The rule as it was, the window at the episode's strongest moment, the count or
+    # amount there, and the ids of the events that made it.
+    evidence = models.JSONField(default=dict)
+    published_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         db_table = "anomalies"
@@ -76,7 +86,62 @@ class Anomaly(models.Model):
             models.Index(fields=["severity"], name="idx_anomalies_severity"),
             models.Index(fields=["detection_timestamp"], name="idx_anomalies_detected"),
             models.Index(fields=["user_id", "detection_timestamp"], name="idx_anomalies_user_time"),
+            models.Index(fields=["user_id", "anomaly_type", "episode_start_ms"], name="idx_anomalies_episode"),
         ]
 
     def __str__(self) -> str:
         return f"{self.anomaly_type} ({self.severity}) for user {self.user_id}"
+
+
+class UserLocation(models.Model):
+    """Where a user has logged in from (successfully), with the first such login by event
+    time: the history unusual_location_login compares against, kept here so that losing
+    Redis does not make every next login look new."""
+
+    user_id = models.BigIntegerField()
+    location = models.CharField(max_length=255)
+    first_seen_ms = models.BigIntegerField()
+    first_event_id = models.UUIDField()
+
+    class Meta:
+        db_table = "user_locations"
+        constraints = [models.UniqueConstraint(fields=["user_id", "location"], name="uniq_user_location")]
+
+    def __str__(self) -> str:
+        return f"user {self.user_id} from {self.location}"
+
+
+class InjectionRun(models.Model):
+    """One `emit_signals --inject-anomalies` run: what `verify_detection` checks against.
+    Its users (background and scenarios) are its own id range, so other traffic on the
+    same pipeline does not blur the comparison."""
+
+    seed = models.BigIntegerField(null=True, blank=True)
+    created_at = models.DateTimeField(default=timezone.now)
+    first_user_id = models.BigIntegerField()
+    last_user_id = models.BigIntegerField()
+    events = models.PositiveBigIntegerField(default=0, help_text="Events the emitter had delivered when it ended.")
+    finished = models.BooleanField(default=False)
+
+    class Meta:
+        db_table = "injection_runs"
+
+    def __str__(self) -> str:
+        return f"injection run {self.pk}"
+
+
+class InjectedScenario(models.Model):
+    run = models.ForeignKey(InjectionRun, on_delete=models.CASCADE, related_name="scenarios")
+    kind = models.CharField(max_length=64)
+    user_id = models.BigIntegerField()
+    # The rule the scenario must raise, once; empty for a near miss, which must raise nothing.
+    anomaly_type = models.CharField(max_length=64, blank=True, default="")
+    first_event_ms = models.BigIntegerField()
+    last_event_ms = models.BigIntegerField()
+    events = models.PositiveIntegerField()
+
+    class Meta:
+        db_table = "injected_scenarios"
+
+    def __str__(self) -> str:
+        return f"{self.kind} for user {self.user_id}"

@@ -1,7 +1,7 @@
 """The anomaly rules of DESIGN.md: pure decisions, no I/O.
 
-Detection keeps per-user windows elsewhere (Redis, issue 3); these functions only say,
-from what a window holds, whether a rule is broken, and how to say so in one sentence.
+The windows live in Redis (`windows.py`) and episodes are found in `detection.py`; these
+functions only say whether a value breaks a rule, and how to say so in one sentence.
 Every number a rule uses comes from its `RuleSettings`, so an analyst's change to a
 threshold or a window in the admin changes the decision and nothing else.
 """
@@ -40,12 +40,14 @@ UNUSUAL_TIME_ACTIVITY = "unusual_time_activity"
 UNUSUAL_LOCATION_LOGIN = "unusual_location_login"
 
 # DESIGN.md "Anomaly rules". For unusual_time_activity the threshold is the first quiet
-# hour (UTC) and the window the length of the quiet period: 02:00 to 04:59.
+# hour (UTC) and the window the length of the quiet period: 02:00 to 04:59. For
+# repeated_login_failures the window bounds a run: the failures in a row that count are
+# those within 15 minutes of the latest (a guess spread over a day is not a burst).
 DEFAULT_RULES: dict[str, RuleSettings] = {
     rule.anomaly_type: rule
     for rule in [
         RuleSettings(HIGH_FREQUENCY_LOGIN, 10, 60, "medium", Comparison.MORE_THAN),
-        RuleSettings(REPEATED_LOGIN_FAILURES, 3, 0, "high", Comparison.AT_LEAST),
+        RuleSettings(REPEATED_LOGIN_FAILURES, 3, 900, "high", Comparison.AT_LEAST),
         RuleSettings(HIGH_VALUE_PURCHASE, 1000, 0, "medium", Comparison.MORE_THAN),
         RuleSettings(RAPID_SUCCESSIVE_PURCHASES, 5, 3600, "medium", Comparison.AT_LEAST),
         RuleSettings(HIGH_API_FAILURE_RATE, 5, 60, "high", Comparison.AT_LEAST),
@@ -69,14 +71,6 @@ def breaks(rule: RuleSettings, value: float) -> bool:
     return value >= rule.threshold
 
 
-def count_in_window(timestamps_ms: list[int], at_ms: int, window_seconds: int) -> int:
-    """Events in the window that ends at `at_ms`: from `window_seconds` before, both ends
-    included (11 logins whose first and last are exactly 60 s apart are 11 within 60 s).
-    The reference for the Redis windows, which count the same with ZCOUNT."""
-    start = at_ms - window_seconds * 1000
-    return sum(1 for timestamp in timestamps_ms if start <= timestamp <= at_ms)
-
-
 def counted_by(anomaly_type: str, signal_type: str, payload: dict[str, Any]) -> bool:
     """Whether an event goes into the window of a counting rule."""
     if anomaly_type == HIGH_FREQUENCY_LOGIN:
@@ -93,29 +87,12 @@ def is_api_failure(signal_type: str, payload: dict[str, Any]) -> bool:
     return signal_type == "api_call" and payload["status_code"] >= 500
 
 
-def failure_streak(streak: int, signal_type: str, payload: dict[str, Any]) -> int:
-    """Consecutive failed logins after this event: a failure adds one, a success resets."""
-    if signal_type != "login":
-        return streak
-    return 0 if payload["success"] else streak + 1
-
-
 def in_quiet_hours(rule: RuleSettings, timestamp_ms: int) -> bool:
     """Whether an event falls in the rule's quiet period, by UTC time of day."""
     moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
     seconds_into_day = moment.hour * 3600 + moment.minute * 60 + moment.second
     start = int(rule.threshold * 3600)
-    return start <= seconds_into_day < start + rule.window_seconds
-
-
-def is_new_location(signal_type: str, payload: dict[str, Any], known_locations: set[str]) -> bool:
-    """A successful login from a place this user has not logged in from before.
-
-    The first login of a user is not unusual: there is nothing to compare it with.
-    """
-    if signal_type != "login" or not payload["success"]:
-        return False
-    return bool(known_locations) and payload["location"] not in known_locations
+    return (seconds_into_day - start) % 86_400 < rule.window_seconds  # may run past midnight
 
 
 def describe(rule: RuleSettings, value: float, detail: str = "") -> str:

@@ -3,11 +3,17 @@
 from __future__ import annotations
 
 import time
+from collections import defaultdict
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
-from anomalies_app.models import Rule
+from django.db import connection
+
+from anomalies_app.detection import WindowEntry
+from anomalies_app.models import Anomaly, InjectionRun, Rule, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, RuleSettings
+from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Windows
+from signals_app.models import Signal
 
 
 def rule_settings_list() -> dict[str, RuleSettings]:
@@ -48,3 +54,82 @@ class RuleBook:
             self._rules = self.load()
             self._loaded_at = now
         return self._rules
+
+
+def signal_history(user_ids: list[int], since_ms: int) -> Windows:
+    """The counted events of these users from `since_ms` on, as their windows hold them:
+    to fill windows in again after Redis lost them."""
+    history: Windows = defaultdict(list)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            SELECT user_id, type, timestamp, event_id::text, type = 'login' AND NOT (payload->>'success')::boolean
+            FROM signals
+            WHERE user_id = ANY(%s) AND timestamp >= %s
+              AND (type IN ('login', 'purchase')
+                   OR (type = 'api_call' AND (payload->>'status_code')::numeric >= 500))
+            """,
+            [user_ids, since_ms],
+        )
+        for user_id, signal_type, timestamp, event_id, failed in cursor:
+            kind = {"login": LOGIN, "purchase": PURCHASE, "api_call": API_FAILURE}[signal_type]
+            history[(user_id, kind)].append(WindowEntry(timestamp, event_id, bool(failed)))
+    return dict(history)
+
+
+def signals_exist() -> bool:
+    return Signal.objects.exists()
+
+
+def user_first_logins(user_ids: list[int]) -> dict[int, dict[str, WindowEntry]]:
+    """Every place each user has logged in from, with the first login there."""
+    places: dict[int, dict[str, WindowEntry]] = defaultdict(dict)
+    for user_id, location, first_seen_ms, first_event_id in UserLocation.objects.filter(
+        user_id__in=user_ids
+    ).values_list("user_id", "location", "first_seen_ms", "first_event_id"):
+        places[user_id][location] = WindowEntry(first_seen_ms, str(first_event_id))
+    return dict(places)
+
+
+@dataclass(frozen=True)
+class RuleVerdict:
+    anomaly_type: str
+    injected: int
+    detected: int
+    true_positives: int
+
+    @property
+    def precision(self) -> float:
+        return self.true_positives / self.detected if self.detected else 1.0  # no false positive
+
+    @property
+    def recall(self) -> float:
+        return self.true_positives / self.injected if self.injected else 0.0
+
+
+def detection_verdict(*, run: InjectionRun) -> list[RuleVerdict]:
+    """Per rule: how many anomalies the run injected, how many were detected among its
+    users, and how many of those match an injected one (the same user and rule; a second
+    anomaly for one scenario is a false positive, as is any for a near miss or for the
+    clean background)."""
+    injected: dict[str, set[int]] = defaultdict(set)
+    for anomaly_type, user_id in run.scenarios.exclude(anomaly_type="").values_list("anomaly_type", "user_id"):
+        injected[anomaly_type].add(user_id)
+    detected: dict[str, list[int]] = defaultdict(list)
+    for anomaly_type, user_id in Anomaly.objects.filter(
+        user_id__gte=run.first_user_id, user_id__lte=run.last_user_id
+    ).values_list("anomaly_type", "user_id"):
+        detected[anomaly_type].append(user_id)
+    verdicts = []
+    for anomaly_type in DEFAULT_RULES:
+        matched = set(detected[anomaly_type]) & injected[anomaly_type]
+        verdicts.append(
+            RuleVerdict(anomaly_type, len(injected[anomaly_type]), len(detected[anomaly_type]), len(matched))
+        )
+    return verdicts
+
+
+def injection_progress(*, run: InjectionRun) -> tuple[int, int]:
+    """(events of the run stored, anomalies among its users): to tell when detection is done."""
+    users = {"user_id__gte": run.first_user_id, "user_id__lte": run.last_user_id}
+    return Signal.objects.filter(**users).count(), Anomaly.objects.filter(**users).count()

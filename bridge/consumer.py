@@ -2,14 +2,17 @@
 
 One turn of the loop (`step`):
 1. `collect_results`: ask the result backend, in one round trip, which dispatched
-   batches are stored; re-dispatch those that failed or were lost.
-2. `commit`: commit, per partition, the offset below which everything is stored.
+   batches are stored and analysed; re-dispatch the tasks that failed or were lost.
+2. `commit`: commit, per partition, the offset below which everything is stored and
+   analysed.
 3. `apply_backpressure`: pause all partitions while too many batches are outstanding.
 4. `consume_batch`: read up to BATCH_SIZE records (or what arrived within
    BATCH_TIMEOUT_MS), validate each, keep the invalid ones as dead letters (table and DLQ
-   topic) and hand the valid ones to Celery as one task.
-A record's offset is committed only after its batch is stored (or dead-lettered), so a
-crash anywhere replays records, and idempotent storing turns the replay into no-ops.
+   topic) and hand the valid ones to Celery as two tasks: one stores them (queue
+   STORE_QUEUE), one runs detection on them (DETECT_QUEUE).
+A record's offset is committed only after its batch is both stored and analysed (or the
+record dead-lettered), so a crash anywhere replays records, and idempotent storing and
+detection turn the replay into no-ops.
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import logging
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from celery.result import AsyncResult
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from django.db import DatabaseError, connection
 
+from anomalies_app.tasks import detect_anomalies
 from bridge.offsets import OffsetTracker
 from eventpipeline.metrics import (
     BATCH_SIZE_CURRENT,
@@ -40,15 +44,26 @@ from signals_app.tasks import store_signals
 logger = logging.getLogger(__name__)
 
 
+# What happens to every batch: the Celery task that does it, by name.
+TASKS = {"store": store_signals, "detect": detect_anomalies}
+
+
+@dataclass
+class Handover:
+    """One task of a batch: when it was last handed to Celery, as which task id."""
+
+    dispatched_at: float = 0.0
+    task_id: str | None = None
+    attempts: int = 0
+
+
 @dataclass
 class InFlightBatch:
     batch_id: str
     topic: str
     rows: list[SignalRow]
     received_at: float
-    dispatched_at: float = 0.0
-    task_id: str | None = None
-    attempts: int = 0
+    handovers: dict[str, Handover] = field(default_factory=lambda: {name: Handover() for name in TASKS})
 
 
 @dataclass
@@ -163,7 +178,8 @@ class Bridge:
         EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))
         if rows:
             self.in_flight[batch.batch_id] = batch
-            self.dispatch(batch)
+            for name in TASKS:
+                self.dispatch(batch, name)
         else:
             self.tracker.complete(batch.batch_id)
 
@@ -182,47 +198,61 @@ class Bridge:
             return True
         return False
 
-    def dispatch(self, batch: InFlightBatch) -> None:
-        batch.attempts += 1
-        batch.dispatched_at = self.clock()
+    def dispatch(self, batch: InFlightBatch, name: str) -> None:
+        handover = batch.handovers[name]
+        handover.attempts += 1
+        handover.dispatched_at = self.clock()
         try:
             # Plain tuples (orjson writes them without a callback per row), and a short
             # argsrepr: Celery would otherwise repr the whole batch for Flower.
-            result = store_signals.apply_async(  # type: ignore[call-arg]  # argsrepr: Celery option the stubs lack
+            result = TASKS[name].apply_async(  # type: ignore[call-arg]  # argsrepr: Celery option the stubs lack
                 args=(batch.topic, list(map(tuple, batch.rows))),
                 argsrepr=f"({batch.topic!r}, <{len(batch.rows)} events>)",
             )
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
-            logger.error("cannot hand batch %s to Celery (attempt %d): %s", batch.batch_id, batch.attempts, error)
-            batch.task_id = None
+            logger.error(
+                "cannot hand batch %s to Celery for %s (attempt %d): %s", batch.batch_id, name, handover.attempts, error
+            )
+            handover.task_id = None
             return
-        batch.task_id = result.id
+        handover.task_id = result.id
         BATCH_SIZE_CURRENT.set(len(batch.rows))
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
     def collect_results(self) -> None:
+        """A batch is done when every one of its tasks reports success in the same read:
+        after a Redis restart loses results, every task not yet committed is run again,
+        so detection never misses a batch that was analysed into windows Redis then lost."""
         if not self.in_flight:
             return
         now = self.clock()
-        batches = list(self.in_flight.values())
-        states = self._task_states([b.task_id for b in batches])
-        for batch, state in zip(batches, states, strict=True):
+        handovers = [
+            (batch, name, handover) for batch in self.in_flight.values() for name, handover in batch.handovers.items()
+        ]
+        states = self._task_states([handover.task_id for _, _, handover in handovers])
+        succeeded: dict[str, int] = {}
+        for (batch, name, handover), state in zip(handovers, states, strict=True):
             if state == "SUCCESS":
-                self._finish(batch, now)
-            elif state == "FAILURE" or batch.task_id is None:
-                if now - batch.dispatched_at >= min(2 ** min(batch.attempts, 5), self.config.redispatch_after_s):
-                    logger.warning("batch %s %s; dispatching again", batch.batch_id, state or "not handed over")
-                    self.dispatch(batch)
-            elif now - batch.dispatched_at >= self.config.redispatch_after_s * 2 ** min(batch.attempts - 1, 4):
+                succeeded[batch.batch_id] = succeeded.get(batch.batch_id, 0) + 1
+            elif state == "FAILURE" or handover.task_id is None:
+                if now - handover.dispatched_at >= min(2 ** min(handover.attempts, 5), self.config.redispatch_after_s):
+                    outcome = state or "not handed over"
+                    logger.warning("batch %s: %s %s; dispatching again", batch.batch_id, name, outcome)
+                    self.dispatch(batch, name)
+            elif now - handover.dispatched_at >= self.config.redispatch_after_s * 2 ** min(handover.attempts - 1, 4):
                 # Probably lost with its broker; perhaps only queued behind stalled workers,
-                # so each further copy waits twice as long (storing twice is harmless).
+                # so each further copy waits twice as long (running twice is harmless).
                 logger.warning(
-                    "batch %s has no result after %.0f s (state %s); dispatching again",
+                    "batch %s: %s has no result after %.0f s (state %s); dispatching again",
                     batch.batch_id,
-                    now - batch.dispatched_at,
+                    name,
+                    now - handover.dispatched_at,
                     state,
                 )
-                self.dispatch(batch)
+                self.dispatch(batch, name)
+        for batch in list(self.in_flight.values()):
+            if succeeded.get(batch.batch_id) == len(batch.handovers):
+                self._finish(batch, now)
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
     def commit(self, *, asynchronous: bool = True) -> None:

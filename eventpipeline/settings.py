@@ -123,6 +123,14 @@ BURST_MODE = env_bool("BURST_MODE", False)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
 RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)
+# Detection windows live in Redis under this prefix (REDIS_URL unless DETECT_REDIS_URL).
+DETECT_REDIS_URL = env_url("DETECT_REDIS_URL", REDIS_URL, ("redis", "rediss", "unix"))
+DETECT_KEY_PREFIX = env_str("DETECT_KEY_PREFIX", "dw")
+# How late (event time, behind the user's newest event) an event may arrive and still be
+# counted exactly: windows keep this much more than the rules need.
+DETECT_LATENESS_SECONDS = env_int("DETECT_LATENESS_SECONDS", 300, minimum=0)
+# active_user_sessions counts the users with an event analysed within this many minutes.
+ACTIVE_SESSION_MINUTES = env_int("ACTIVE_SESSION_MINUTES", 5, minimum=1, maximum=60)
 
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)

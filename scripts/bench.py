@@ -1,9 +1,10 @@
-"""`make bench`: sustained events/s from Kafka into PostgreSQL, against the machine's limit.
+"""`make bench`: sustained events/s from Kafka, stored and analysed, against the machine's limit.
 
 Each run:
 1. puts N synthetic signals on a fresh topic (a backlog, so the pipeline is never idle);
-2. starts the real worker and bridge processes and times from the first row stored to
-   the last: the pipeline's sustained rate;
+2. starts the real worker (store and detect queues) and bridge processes and times from
+   the first row stored until the bridge has committed every offset, which it does only
+   for events both stored and analysed: the pipeline's sustained rate;
 3. empties the table and COPYs the same N rows straight into it, in batches of the same
    size: the raw COPY rate of this machine, table and indexes included.
 The median of the runs is printed, ending with one line scripts can read:
@@ -32,7 +33,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
 django.setup()
 
-from confluent_kafka import Producer  # noqa: E402
+from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -67,8 +68,24 @@ def stored_count() -> int:
 
 def truncate() -> None:
     with connection.cursor() as cursor:
-        cursor.execute("TRUNCATE signals")
+        cursor.execute("TRUNCATE signals, anomalies, user_locations")
         cursor.execute("VACUUM ANALYZE signals")
+
+
+def committed_total(topic: str, group_id: str) -> int:
+    """Offsets the bridge has committed on the topic, summed over its partitions."""
+    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "group.id": group_id})
+    try:
+        partitions = [TopicPartition(topic, p) for p in range(settings.TOPIC_PARTITIONS)]
+        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
+    finally:
+        consumer.close()
+
+
+def anomalies_count() -> int:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT count(*) FROM anomalies")
+        return int(cursor.fetchone()[0])
 
 
 def start(command: list[str], env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
@@ -113,17 +130,21 @@ def cpu_seconds_by_component() -> dict[str, float]:
 
 
 def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, logs: Path) -> float:
-    """Events/s from Kafka into PostgreSQL, first row to last, with the real processes."""
+    """Events/s from Kafka, stored and analysed, with the real processes: from the first
+    row stored to the last offset committed."""
     suffix = uuid.uuid4().hex[:8]
     topic = f"bench-signals-{suffix}"
-    topics_ensure([topic, f"bench-dlq-{suffix}"], partitions=settings.TOPIC_PARTITIONS)
+    topics_ensure([topic, f"bench-dlq-{suffix}", f"bench-anomalies-{suffix}"], partitions=settings.TOPIC_PARTITIONS)
     produce_backlog(topic, events)
     truncate()
     env = {
         **os.environ,
         "SIGNALS_TOPIC": topic,
         "DLQ_TOPIC": f"bench-dlq-{suffix}",
+        "ANOMALIES_TOPIC": f"bench-anomalies-{suffix}",
         "STORE_QUEUE": f"bench-store-{suffix}",
+        "DETECT_QUEUE": f"bench-detect-{suffix}",
+        "DETECT_KEY_PREFIX": f"bench-dw-{suffix}",
         "BRIDGE_GROUP_ID": f"bench-{suffix}",
         "BATCH_SIZE": str(args.batch_size),
         "KAFKA_SESSION_TIMEOUT_MS": "6000",
@@ -131,7 +152,8 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "WORKER_METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
     }
-    worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", env["STORE_QUEUE"]]
+    queues = f"{env['STORE_QUEUE']},{env['DETECT_QUEUE']}"
+    worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
     worker_command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", *args.worker_args.split()]
     worker = start(worker_command, env, logs / "worker.log")
     bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
@@ -144,7 +166,8 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
             now = time.monotonic()
             if count and first_at is None:
                 first_at, first_count = now, count
-            if count >= len(events):
+            if count >= len(events) and committed_total(topic, env["BRIDGE_GROUP_ID"]) >= len(events):
+                now = time.monotonic()
                 assert first_at is not None
                 cpu_after = cpu_seconds_by_component()
                 used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
@@ -153,9 +176,10 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
                     + ", ".join(f"{name} {1e6 * seconds / len(events):.0f}" for name, seconds in sorted(used.items())),
                     flush=True,
                 )
+                print(f"  anomalies raised: {anomalies_count():,}", flush=True)
                 return (count - first_count) / (now - first_at)
             time.sleep(0.2)
-        raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored after 600 s; see {logs}")
+        raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored and analysed after 600 s; see {logs}")
     finally:
         stop(bridge)
         stop(worker)

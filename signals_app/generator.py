@@ -18,6 +18,7 @@ import json
 import random
 import uuid
 from bisect import bisect
+from collections import deque
 from itertools import accumulate
 from typing import Any, Generic, TypeVar
 
@@ -170,9 +171,27 @@ def home_ip_address(user_id: int) -> str:
 
 
 class SignalGenerator:
-    """Deterministic stream of realistic signals, `rate` per second of virtual time."""
+    """Deterministic stream of realistic signals, `rate` per second of virtual time.
 
-    def __init__(self, *, seed: int | None, users: int, start_ms: int, rate: float) -> None:
+    `clean` traffic breaks no anomaly rule, to weave known anomalies into (see
+    anomalies_app/scenarios.py): logins always succeed from the user's usual place, no
+    purchase is above 1000, no API call fails on the server side, and no user has more
+    than `caps[type]` = (count, window ms) events of a type within a window; an event over
+    its cap becomes a click. (Keeping the event times out of the quiet hours is the
+    caller's part: it picks the start.) User ids run from `first_user_id`.
+    """
+
+    def __init__(
+        self,
+        *,
+        seed: int | None,
+        users: int,
+        start_ms: int,
+        rate: float,
+        clean: bool = False,
+        caps: dict[str, tuple[int, int]] | None = None,
+        first_user_id: int = 1,
+    ) -> None:
         if users < 1:
             raise ValueError(f"users must be at least 1, got {users}")
         if rate <= 0:
@@ -182,6 +201,10 @@ class SignalGenerator:
         self.heavy_users = max(1, users // 10)
         self.rate = rate
         self.emitted = 0
+        self.clean = clean
+        self.caps = caps or {}
+        self.recent: dict[tuple[int, str], deque[int]] = {}
+        self.first_user_id = first_user_id
         # The virtual clock restarts from (clock_index, clock_ms) when the rate changes.
         self.clock_index = 0
         self.clock_ms = start_ms
@@ -209,16 +232,38 @@ class SignalGenerator:
         rng = self.rng
         event_id = str(uuid.UUID(int=rng.getrandbits(128), version=4))
         user_id = rng.randint(1, self.heavy_users if rng.random() < HEAVY_USERS_SHARE else self.users)
+        user_id += self.first_user_id - 1
         signal_type = TYPE_MIX(rng)
+        timestamp = self.timestamp(self.emitted)
+        payload = self.payloads[signal_type](rng, user_id)
+        if self.clean:
+            signal_type, payload = self.cleaned(user_id, timestamp, signal_type, payload, rng)
         event = {
             "event_id": event_id,
             "user_id": user_id,
             "type": signal_type,
-            "timestamp": self.timestamp(self.emitted),
-            "payload": self.payloads[signal_type](rng, user_id),
+            "timestamp": timestamp,
+            "payload": payload,
         }
         self.emitted += 1
         return event
+
+    def cleaned(
+        self, user_id: int, timestamp: int, signal_type: str, payload: dict[str, Any], rng: random.Random
+    ) -> tuple[str, dict[str, Any]]:
+        if signal_type in self.caps:
+            most, window_ms = self.caps[signal_type]
+            recent = self.recent.setdefault((user_id, signal_type), deque(maxlen=most))
+            if len(recent) == most and timestamp - recent[0] <= window_ms:
+                return "click", self.click_payload(rng, user_id)
+            recent.append(timestamp)
+        if signal_type == "login":
+            payload.update(success=True, location=home_location(user_id), ip_address=home_ip_address(user_id))
+        elif signal_type == "purchase":
+            payload["amount"] = min(payload["amount"], 999.99)
+        elif signal_type == "api_call" and payload["status_code"] >= 500:
+            payload["status_code"] = SUCCESS_STATUS[payload["method"]]
+        return signal_type, payload
 
     @staticmethod
     def login_payload(rng: random.Random, user_id: int) -> dict[str, Any]:

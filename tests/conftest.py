@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from django.conf import settings
 from django.db import connection
 
@@ -53,28 +53,35 @@ def database_url() -> str:
     return f"postgres://{auth}@{db['HOST'] or '127.0.0.1'}:{db['PORT'] or 5432}/{db['NAME']}"
 
 
-def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
-    """The `reason` headers of the records on a DLQ topic, read from the beginning."""
+def topic_records(topic: str, expected: int, timeout: float = 60) -> list[Message]:
+    """The records on a topic, read from the beginning until `expected` or `timeout`."""
     consumer = Consumer(
         {
             "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
-            "group.id": f"dlq-check-{uuid.uuid4().hex}",
+            "group.id": f"topic-check-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "session.timeout.ms": 6000,
         }
     )
     consumer.subscribe([topic])
-    reasons: list[str] = []
+    records: list[Message] = []
     deadline = time.monotonic() + timeout
     try:
-        while len(reasons) < expected and time.monotonic() < deadline:
-            for message in consumer.consume(500, timeout=1.0):
-                if message.error() is None:
-                    reason = dict(message.headers() or [])["reason"]
-                    reasons.append(reason.decode() if isinstance(reason, bytes) else str(reason))
+        while len(records) < expected and time.monotonic() < deadline:
+            records += [m for m in consumer.consume(500, timeout=1.0) if m.error() is None]
     finally:
         consumer.close()
-    return reasons
+    return records
+
+
+def topic_values(topic: str, expected: int, timeout: float = 60) -> list[bytes]:
+    return [record.value() or b"" for record in topic_records(topic, expected, timeout)]
+
+
+def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
+    """The `reason` headers of the records on a DLQ topic, read from the beginning."""
+    reasons = [dict(record.headers() or [])["reason"] for record in topic_records(topic, expected, timeout)]
+    return [reason.decode() if isinstance(reason, bytes) else str(reason) for reason in reasons]
 
 
 @dataclass
@@ -91,7 +98,10 @@ class Pipeline:
     def __post_init__(self) -> None:
         suffix = self.topic.removeprefix("test-signals-")
         self.dlq_topic = f"test-dlq-{suffix}"
+        self.anomalies_topic = f"test-anomalies-{suffix}"
         self.queue = f"test-store-{suffix}"
+        self.detect_queue = f"test-detect-{suffix}"
+        self.key_prefix = f"test-dw-{suffix}"
         self.group_id = f"test-bridge-{suffix}"
         self.worker_metrics_port = free_port()
         self.env = {
@@ -99,7 +109,10 @@ class Pipeline:
             "DATABASE_URL": database_url(),
             "SIGNALS_TOPIC": self.topic,
             "DLQ_TOPIC": self.dlq_topic,
+            "ANOMALIES_TOPIC": self.anomalies_topic,
             "STORE_QUEUE": self.queue,
+            "DETECT_QUEUE": self.detect_queue,
+            "DETECT_KEY_PREFIX": self.key_prefix,
             "BRIDGE_GROUP_ID": self.group_id,
             "KAFKA_SESSION_TIMEOUT_MS": "6000",
             "CELERY_VISIBILITY_TIMEOUT": "10",
@@ -109,7 +122,7 @@ class Pipeline:
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "PYTHONUNBUFFERED": "1",
         }
-        topics_ensure([self.topic, self.dlq_topic], partitions=4)
+        topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=4)
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
         self.starts += 1
@@ -121,7 +134,8 @@ class Pipeline:
         return process
 
     def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
-        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", self.queue]
+        queues = f"{self.queue},{self.detect_queue}"
+        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
         command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
         return self.start(name, command)

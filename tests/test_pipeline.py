@@ -139,11 +139,13 @@ def test_malformed_records_become_dead_letters_and_every_good_one_is_stored(pipe
 
 def lose_redis_state(pipeline: Pipeline) -> None:
     """What a Redis restart without persistence does to this pipeline: its queued and
-    unacknowledged tasks and its task results are gone (only this test's keys are touched)."""
+    unacknowledged tasks, its task results and its detection windows are gone (only this
+    test's keys are touched)."""
     client = redis.Redis.from_url(settings.CELERY_BROKER_URL)
-    client.delete(pipeline.queue, "unacked", "unacked_index", "unacked_mutex")
-    for key in client.scan_iter("celery-task-meta-*"):
-        client.delete(key)
+    client.delete(pipeline.queue, pipeline.detect_queue, "unacked", "unacked_index", "unacked_mutex")
+    for pattern in ("celery-task-meta-*", f"{pipeline.key_prefix}:*"):
+        for key in client.scan_iter(pattern):
+            client.delete(key)
 
 
 @pytest.mark.parametrize("victim", ["bridge", "worker", "redis"])

@@ -15,6 +15,17 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
+from anomalies_app.models import InjectionRun
+from anomalies_app.rules import (
+    HIGH_FREQUENCY_LOGIN,
+    RAPID_SUCCESSIVE_PURCHASES,
+    UNUSUAL_TIME_ACTIVITY,
+    Comparison,
+    RuleSettings,
+)
+from anomalies_app.scenarios import ScenarioWeaver, clean_start_ms
+from anomalies_app.selectors import rule_settings_list
+from anomalies_app.services import injection_run_finish, injection_run_start
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
 from signals_app.generator import TYPE_MIX, SignalGenerator, encode
@@ -45,6 +56,12 @@ def positive_int(raw: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be a positive integer, got {raw}")
     return value
+
+
+def allowed(rule: RuleSettings) -> tuple[int, int]:
+    """The most events a counting rule lets through in its window, and the window in ms."""
+    most = math.floor(rule.threshold) if rule.comparison is Comparison.MORE_THAN else math.ceil(rule.threshold) - 1
+    return most, rule.window_seconds * 1000
 
 
 class Command(BaseCommand):
@@ -95,6 +112,18 @@ class Command(BaseCommand):
             help="Serve Prometheus metrics on this port, 0 to disable (default EMITTER_METRICS_PORT, %(default)s).",
         )
         parser.add_argument(
+            "--inject-anomalies",
+            action="store_true",
+            help="Clean background traffic (it breaks no rule) with known anomalies of every rule, and near "
+            "misses, woven in; recorded for `manage.py verify_detection`. Needs --count or --duration.",
+        )
+        parser.add_argument(
+            "--inject-every",
+            type=positive_int,
+            default=100,
+            help="With --inject-anomalies: one scenario per this many background events (default %(default)s).",
+        )
+        parser.add_argument(
             "--no-progress",
             action="store_true",
             help="No progress line, only the summary.",
@@ -120,6 +149,7 @@ class Command(BaseCommand):
             self.tick_wait()
         elapsed = time.monotonic() - self.started
 
+        self.injection_finish()
         undelivered = self.drain()
         self.summary_report(elapsed, undelivered)
 
@@ -148,14 +178,73 @@ class Command(BaseCommand):
         self.delivery_callbacks = {signal_type: self.delivery_callback(signal_type) for signal_type in TYPE_MIX.values}
 
         start_ms = options["start_ms"] if options["start_ms"] is not None else int(time.time() * 1000)
-        self.generator = SignalGenerator(
-            seed=options["seed"], users=options["users"], start_ms=start_ms, rate=options["rate"]
-        )
+        self.injection: InjectionRun | None = None
+        self.generator: SignalGenerator | ScenarioWeaver
+        if options["inject_anomalies"]:
+            self.generator = self.weaver_setup(options, start_ms)
+        else:
+            self.generator = SignalGenerator(
+                seed=options["seed"], users=options["users"], start_ms=start_ms, rate=options["rate"]
+            )
         self.apply_control(rate=options["rate"], burst=options["burst"], burst_multiplier=options["burst_multiplier"])
         self.started = self.schedule_origin
         self.deadline: float | None = self.started + options["duration"] if options["duration"] else None
         self.progress_at = self.started
         self.progress_sent = 0
+
+    def weaver_setup(self, options: dict[str, Any], start_ms: int) -> ScenarioWeaver:
+        """Clean traffic for the rules as they are now, starting out of the quiet hours,
+        on the users of a new injection run."""
+        rate = options["rate"] * (options["burst_multiplier"] if options["burst"] else 1)
+        if options["count"]:
+            span_ms = int(options["count"] / rate * 1000)
+        elif options["duration"]:
+            span_ms = int(options["duration"] * 1000)
+        else:
+            raise CommandError("--inject-anomalies needs --count or --duration: the run must end to be verified")
+        rules = rule_settings_list()
+        quiet = rules[UNUSUAL_TIME_ACTIVITY]
+        if options["start_ms"] is None:
+            start_ms = clean_start_ms(quiet, start_ms, span_ms)
+        self.injection = injection_run_start(seed=options["seed"])
+        background = SignalGenerator(
+            seed=options["seed"],
+            users=options["users"],
+            start_ms=start_ms,
+            rate=options["rate"],
+            clean=True,
+            caps={
+                "login": allowed(rules[HIGH_FREQUENCY_LOGIN]),
+                "purchase": allowed(rules[RAPID_SUCCESSIVE_PURCHASES]),
+            },
+            first_user_id=self.injection.first_user_id,
+        )
+        return ScenarioWeaver(
+            background=background,
+            quiet_rule=quiet,
+            first_user_id=self.injection.first_user_id + options["users"],
+            every=options["inject_every"],
+            seed=options["seed"],
+        )
+
+    def injection_finish(self) -> None:
+        """Send the scenario events still waiting, then record what was injected."""
+        if self.injection is None or not isinstance(self.generator, ScenarioWeaver):
+            return
+        for event in self.generator.leftover():
+            key, value = encode(event)
+            self.produce(key, value, event["type"])
+        undelivered = self.producer.flush(FLUSH_TIMEOUT_SECONDS)
+        if undelivered or self.delivery_errors:
+            return  # summary_report says what went wrong; the run stays unfinished
+        scenarios = self.generator.scenarios
+        injection_run_finish(run=self.injection, scenarios=scenarios, events=self.sent)
+        anomalies = sum(1 for scenario in scenarios if scenario.anomaly_type)
+        self.stdout.write(
+            f"injection run {self.injection.pk}: {anomalies} anomalies and {len(scenarios) - anomalies} near misses "
+            f"woven into clean traffic of users {self.injection.first_user_id} and up; "
+            f"check with: python manage.py verify_detection --run {self.injection.pk}"
+        )
 
     def summary_report(self, elapsed: float, undelivered: int) -> None:
         if self.show_progress:

@@ -1,0 +1,584 @@
+"""Detection: a batch of accepted events in, anomalies stored and published out.
+
+`anomalies_detect_batch` is the one door-independent entry. Per batch:
+1. Judge the per-event rules (an amount, a quiet hour) from the events themselves.
+2. Add the counted events to the users' Redis windows and read back the stretches the
+   rules need, in one atomic script (`windows.py`); find the episodes (`detection.py`).
+3. In one PostgreSQL transaction, holding a lock per user (two workers on the same user
+   take turns): add the batch's successful logins to the users' location history, find
+   the new places, and merge every finding into the anomaly of its episode, or create one.
+4. After the commit, publish each anomaly not yet published to ANOMALIES_TOPIC.
+Every step is idempotent, so a batch delivered twice, or retried after a crash anywhere,
+changes nothing the first delivery did not.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime
+from functools import reduce
+from typing import Any
+
+import orjson
+import redis
+from confluent_kafka import Producer
+from django.conf import settings
+from django.db import connection, transaction
+from django.utils import timezone
+
+from anomalies_app.detection import (
+    Finding,
+    WindowEntry,
+    count_episodes,
+    describe_detail,
+    failure_episodes,
+    finding_merge,
+    findings_merge,
+    high_value_finding,
+    new_location_findings,
+    quiet_hours_finding,
+    view_radius_ms,
+)
+from anomalies_app.models import Anomaly, AnomalyStatus, InjectedScenario, InjectionRun
+from anomalies_app.rules import (
+    HIGH_API_FAILURE_RATE,
+    HIGH_FREQUENCY_LOGIN,
+    HIGH_VALUE_PURCHASE,
+    RAPID_SUCCESSIVE_PURCHASES,
+    REPEATED_LOGIN_FAILURES,
+    UNUSUAL_LOCATION_LOGIN,
+    UNUSUAL_TIME_ACTIVITY,
+    Comparison,
+    RuleSettings,
+    describe,
+    is_api_failure,
+)
+from anomalies_app.scenarios import Scenario
+from anomalies_app.selectors import RuleBook, signal_history, signals_exist, user_first_logins
+from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Reach, Windows, WindowStore
+from eventpipeline.kafka import shared_producer
+from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOMALY_DETECTION_LATENCY
+
+logger = logging.getLogger(__name__)
+
+# Which rules read which window.
+RULES_BY_KIND = {
+    LOGIN: (HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES),
+    PURCHASE: (RAPID_SUCCESSIVE_PURCHASES,),
+    API_FAILURE: (HIGH_API_FAILURE_RATE,),
+}
+
+
+class AnomalyPublishError(Exception):
+    """Kafka did not confirm every anomaly; they stay unpublished and go out on a retry."""
+
+
+@dataclass
+class DetectResult:
+    analysed: int = 0
+    created: list[int] = field(default_factory=list)
+    updated: list[int] = field(default_factory=list)
+    published: int = 0
+
+
+@dataclass(frozen=True)
+class BatchEvent:
+    event_id: str
+    user_id: int
+    type: str
+    timestamp: int
+    payload: dict[str, Any]
+
+    def entry(self, *, failed: bool = False) -> WindowEntry:
+        return WindowEntry(self.timestamp, self.event_id, failed)
+
+    def as_signal(self) -> dict[str, Any]:
+        return {
+            "event_id": self.event_id,
+            "user_id": self.user_id,
+            "type": self.type,
+            "timestamp": self.timestamp,
+            "payload": self.payload,
+        }
+
+
+@functools.cache
+def rule_book() -> RuleBook:
+    return RuleBook(refresh_seconds=settings.RULES_REFRESH_SECONDS)
+
+
+@functools.cache
+def window_store() -> WindowStore:
+    return WindowStore(
+        redis.Redis.from_url(settings.DETECT_REDIS_URL),
+        prefix=settings.DETECT_KEY_PREFIX,
+        load_history=signal_history,
+        history_exists=signals_exist,
+    )
+
+
+def anomalies_detect_batch(
+    *,
+    rows: Sequence[Sequence[Any]],
+    rules: dict[str, RuleSettings] | None = None,
+    windows: WindowStore | None = None,
+    producer: Producer | None = None,
+) -> DetectResult:
+    """Analyse a batch of accepted events (SignalRows) and record what they show."""
+    rules = rules if rules is not None else rule_book().rules()
+    windows = windows or window_store()
+    events = [_batch_event(row) for row in rows]
+    findings = _per_event_findings(events, rules)
+    window_findings, reviews = _window_findings(events, rules, windows)
+    findings += window_findings
+    result = DetectResult(analysed=len(events))
+    anomalies = _record(events, findings, reviews, rules, result, windows)
+    ACTIVE_USER_SESSIONS.set(windows.active_users({event.user_id for event in events}))
+    result.published = anomalies_publish(
+        anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer()
+    )
+    return result
+
+
+def _batch_event(row: Sequence[Any]) -> BatchEvent:
+    event_id, user_id, signal_type, timestamp, payload_json = row[:5]
+    return BatchEvent(str(event_id), int(user_id), signal_type, int(timestamp), orjson.loads(payload_json))
+
+
+def _per_event_findings(events: list[BatchEvent], rules: dict[str, RuleSettings]) -> list[Finding]:
+    findings: list[Finding] = []
+    high_value, quiet = rules[HIGH_VALUE_PURCHASE], rules[UNUSUAL_TIME_ACTIVITY]
+    for event in events:
+        if high_value.enabled and event.type == "purchase":
+            found = high_value_finding(high_value, event.user_id, event.entry(), float(event.payload["amount"]))
+            if found:
+                findings.append(found)
+        if quiet.enabled:
+            found = quiet_hours_finding(quiet, event.user_id, event.entry())
+            if found:
+                findings.append(found)
+    return findings
+
+
+@dataclass(frozen=True)
+class FailureReview:
+    """What a view shows of a user's failed-login runs, between `lo` and `hi` (event time,
+    ms), where it shows all of them: the runs that hold now (`runs`)."""
+
+    user_id: int
+    lo: int
+    hi: int
+    runs: list[Finding]
+
+
+def _window_findings(
+    events: list[BatchEvent], rules: dict[str, RuleSettings], windows: WindowStore
+) -> tuple[list[Finding], list[FailureReview]]:
+    additions: Windows = defaultdict(list)
+    for event in events:
+        if event.type == "login":
+            additions[(event.user_id, LOGIN)].append(event.entry(failed=not event.payload["success"]))
+        elif event.type == "purchase":
+            additions[(event.user_id, PURCHASE)].append(event.entry())
+        elif is_api_failure(event.type, event.payload):
+            additions[(event.user_id, API_FAILURE)].append(event.entry())
+    if not additions:
+        return [], []
+    lateness_ms = settings.DETECT_LATENESS_SECONDS * 1000
+    reach = {}
+    for kind, anomaly_types in RULES_BY_KIND.items():
+        radius = max(view_radius_ms(rules[anomaly_type]) for anomaly_type in anomaly_types)
+        reach[kind] = Reach(radius_ms=radius, keep_ms=radius + lateness_ms)
+    views = windows.record(dict(additions), reach)
+
+    findings: list[Finding] = []
+    reviews: list[FailureReview] = []
+    failures = rules[REPEATED_LOGIN_FAILURES]
+    for (user_id, kind), view in views.items():
+        touched = sorted(entry.timestamp for entry in additions[(user_id, kind)])
+        for anomaly_type in RULES_BY_KIND[kind]:
+            rule = rules[anomaly_type]
+            if not rule.enabled:
+                continue
+            episodes = failure_episodes if anomaly_type == REPEATED_LOGIN_FAILURES else count_episodes
+            findings += episodes(rule, user_id, view, touched)
+        if kind == LOGIN and failures.enabled and any(not entry.failed for entry in additions[(user_id, kind)]):
+            # A success may have split a run of failures already raised, when events came
+            # out of order: review the runs this view shows in full.
+            everything = [entry.timestamp for entry in view]
+            runs = failure_episodes(failures, user_id, view, everything)
+            lo = touched[0] - reach[LOGIN].radius_ms + failures.window_seconds * 1000
+            reviews.append(FailureReview(user_id, lo, touched[-1] + reach[LOGIN].radius_ms, runs))
+    return findings, reviews
+
+
+def _record(
+    events: list[BatchEvent],
+    findings: list[Finding],
+    reviews: list[FailureReview],
+    rules: dict[str, RuleSettings],
+    result: DetectResult,
+    windows: WindowStore,
+) -> list[int]:
+    """Steps 3 of the module docstring, in one transaction. Returns the anomalies touched."""
+    location_rule = rules[UNUSUAL_LOCATION_LOGIN]
+    first_logins: dict[tuple[int, str], WindowEntry] = {}
+    for event in events:
+        if event.type == "login" and event.payload["success"]:
+            place = (event.user_id, str(event.payload["location"]))
+            first_logins[place] = min(first_logins.get(place, event.entry()), event.entry())
+    if not findings and not first_logins and not reviews:
+        return []
+    signals = {event.event_id: event for event in events}
+    users = sorted(
+        {finding.user_id for finding in findings}
+        | {user_id for user_id, _ in first_logins}
+        | {review.user_id for review in reviews}
+    )
+    with transaction.atomic():
+        _lock_users(users)
+        if first_logins:
+            user_locations_record(first_logins=first_logins)
+            if location_rule.enabled:
+                login_users = sorted({user_id for user_id, _ in first_logins})
+                for user_id, places in user_first_logins(login_users).items():
+                    findings += new_location_findings(location_rule, user_id, places, set(signals))
+        if reviews or any(f.anomaly_type == REPEATED_LOGIN_FAILURES for f in findings):
+            findings, reviews = _failure_runs_recheck(findings, reviews, rules[REPEATED_LOGIN_FAILURES], windows)
+        merged = findings_merge(findings)
+        touched = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
+        if reviews:
+            failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
+    for anomaly_id, finding in touched:
+        if anomaly_id in result.created:
+            ANOMALIES_DETECTED.labels(anomaly_type=finding.anomaly_type).inc()
+            ANOMALY_DETECTION_LATENCY.observe(max(0.0, time.time() - finding.window_end_ms / 1000))
+    return [anomaly_id for anomaly_id, _ in touched]
+
+
+def _failure_runs_recheck(
+    findings: list[Finding], reviews: list[FailureReview], rule: RuleSettings, windows: WindowStore
+) -> tuple[list[Finding], list[FailureReview]]:
+    """Runs of failed logins again, from the windows as they are now, under the users'
+    locks. Runs are the one thing a late event can undo (a success splits one), so a
+    view read before the lock may be out of date: a worker holding a success and one
+    holding the failures around it, each reading before the other wrote, would each see
+    a run that is not there, or miss one that is. Whatever the order, the last worker to
+    take the lock reads both."""
+    radius = view_radius_ms(rule)
+    spans: dict[int, tuple[int, int]] = {}
+    for finding in findings:
+        if finding.anomaly_type == REPEATED_LOGIN_FAILURES:
+            lo, hi = spans.get(finding.user_id, (finding.start_ms - radius, finding.end_ms + radius))
+            spans[finding.user_id] = (min(lo, finding.start_ms - radius), max(hi, finding.end_ms + radius))
+    for review in reviews:
+        lo, hi = spans.get(review.user_id, (review.lo, review.hi))
+        spans[review.user_id] = (min(lo, review.lo - rule.window_seconds * 1000), max(hi, review.hi))
+    views = windows.read({(user_id, LOGIN): span for user_id, span in spans.items()})
+    runs = {
+        user_id: failure_episodes(rule, user_id, view, [entry.timestamp for entry in view])
+        for (user_id, _), view in views.items()
+    }
+    checked = [
+        finding
+        for finding in findings
+        if finding.anomaly_type != REPEATED_LOGIN_FAILURES
+        or any(run.same_episode(finding) for run in runs[finding.user_id])
+    ]
+    checked += [
+        run
+        for finding in findings
+        if finding.anomaly_type == REPEATED_LOGIN_FAILURES
+        for run in runs[finding.user_id]
+        if run.same_episode(finding)
+    ]
+    return checked, [replace(review, runs=runs[review.user_id]) for review in reviews]
+
+
+def _lock_users(user_ids: list[int]) -> None:
+    """Transaction-scoped advisory locks, one per user, taken in one order by everyone."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            "SELECT count(pg_advisory_xact_lock(hashtextextended('eventpipeline.detect.user:' || u, 0))) "
+            "FROM (SELECT u FROM unnest(%s::bigint[]) AS u ORDER BY u) AS users",
+            [user_ids],
+        )
+
+
+def user_locations_record(*, first_logins: dict[tuple[int, str], WindowEntry]) -> None:
+    """Add places to users' location history, keeping the earliest login at each place."""
+    user_ids, locations, first_seen, event_ids = [], [], [], []
+    for (user_id, location), entry in sorted(first_logins.items()):
+        user_ids.append(user_id)
+        locations.append(location)
+        first_seen.append(entry.timestamp)
+        event_ids.append(entry.event_id)
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO user_locations (user_id, location, first_seen_ms, first_event_id)
+            SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::uuid[])
+            ON CONFLICT (user_id, location) DO UPDATE
+            SET first_seen_ms = excluded.first_seen_ms, first_event_id = excluded.first_event_id
+            WHERE (excluded.first_seen_ms, excluded.first_event_id::text)
+                < (user_locations.first_seen_ms, user_locations.first_event_id::text)
+            """,
+            [user_ids, locations, first_seen, event_ids],
+        )
+
+
+def anomaly_findings_record(
+    *,
+    findings: list[Finding],
+    rules: dict[str, RuleSettings],
+    signals: dict[str, BatchEvent],
+    result: DetectResult,
+) -> list[tuple[int, Finding]]:
+    """Merge each finding into the anomaly of its episode, or create one. Run inside a
+    transaction holding the users' locks.
+
+    Anomalies that turn out to be one episode are merged into one: the triaged one if an
+    analyst has started on one, else the oldest, with the others' notes. This happens when
+    events of one user are analysed out of order (late events, or two batches of the same
+    partition on two workers at once). A merged anomaly that had been published is
+    announced on ANOMALIES_TOPIC as `{"id": ..., "merged_into": ...}` before the
+    transaction commits, so a failure there redoes both.
+    """
+    if not findings:
+        return []
+    stored: dict[tuple[int, str], list[Anomaly]] = defaultdict(list)
+    for anomaly in Anomaly.objects.filter(
+        user_id__in={f.user_id for f in findings}, anomaly_type__in={f.anomaly_type for f in findings}
+    ).order_by("id"):
+        stored[(anomaly.user_id, anomaly.anomaly_type)].append(anomaly)
+
+    touched: list[tuple[int, Finding]] = []
+    for finding in findings:
+        candidates = stored[(finding.user_id, finding.anomaly_type)]
+        matches = [anomaly for anomaly in candidates if _finding_of(anomaly).same_episode(finding)]
+        if not matches:
+            anomaly = _anomaly_create(finding, rules[finding.anomaly_type], signals)
+            candidates.append(anomaly)
+            result.created.append(anomaly.pk)
+            touched.append((anomaly.pk, finding))
+            continue
+        survivor = min(matches, key=lambda anomaly: (anomaly.status == AnomalyStatus.NEW, anomaly.pk))
+        merged_away = [anomaly for anomaly in matches if anomaly is not survivor]
+        merged = reduce(finding_merge, [_finding_of(anomaly) for anomaly in merged_away], finding)
+        merged = finding_merge(_finding_of(survivor), merged)
+        if merged != _finding_of(survivor):
+            _anomaly_update(survivor, merged)
+            result.updated.append(survivor.pk)
+        if merged_away:
+            anomalies_merge(survivor=survivor, merged_away=merged_away)
+            for anomaly in merged_away:
+                candidates.remove(anomaly)
+        touched.append((survivor.pk, merged))
+    return touched
+
+
+def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings) -> None:
+    """Withdraw the failed-login anomalies that a success, come late, has shown to be no
+    run after all. Only untriaged ones raised under the rule as it is now: an anomaly
+    raised under other settings was right under them. A withdrawn anomaly that had been
+    published is announced as `{"id": ..., "withdrawn": reason}`."""
+    for review in reviews:
+        stale = [
+            anomaly
+            for anomaly in Anomaly.objects.filter(
+                user_id=review.user_id,
+                anomaly_type=REPEATED_LOGIN_FAILURES,
+                status=AnomalyStatus.NEW,
+                episode_start_ms__gte=review.lo,
+                episode_end_ms__lte=review.hi,
+            )
+            if anomaly.evidence["rule"]["threshold"] == rule.threshold
+            and anomaly.evidence["rule"]["window_seconds"] == rule.window_seconds
+            and not any(_finding_of(anomaly).same_episode(run) for run in review.runs)
+        ]
+        if stale:
+            reason = "a successful login, analysed late, broke the run of failures"
+            _announce([{"id": a.pk, "withdrawn": reason, "user_id": a.user_id} for a in stale if a.published_at])
+            logger.info("anomalies %s withdrawn: %s", [a.pk for a in stale], reason)
+            Anomaly.objects.filter(pk__in=[a.pk for a in stale]).delete()
+
+
+def _announce(notices: list[dict[str, Any]]) -> None:
+    """Tell ANOMALIES_TOPIC that anomalies it carried were merged or withdrawn. Called
+    inside the transaction that removes them, so a failure here undoes both."""
+    if not notices:
+        return
+    producer = shared_producer()
+    for notice in notices:
+        producer.produce(settings.ANOMALIES_TOPIC, value=orjson.dumps(notice), key=str(notice["user_id"]))
+    if producer.flush(30):
+        raise AnomalyPublishError(f"notices not confirmed by {settings.ANOMALIES_TOPIC}")
+
+
+def anomalies_merge(*, survivor: Anomaly, merged_away: list[Anomaly]) -> None:
+    logger.info("anomalies %s are one episode with %s: merged", [a.pk for a in merged_away], survivor.pk)
+    notes = [a.triage_notes for a in merged_away if a.triage_notes]
+    if notes:
+        survivor.triage_notes = "\n".join([survivor.triage_notes, *notes]).strip()
+        survivor.save(update_fields=["triage_notes"])
+    _announce([{"id": a.pk, "merged_into": survivor.pk, "user_id": a.user_id} for a in merged_away if a.published_at])
+    Anomaly.objects.filter(pk__in=[a.pk for a in merged_away]).delete()
+
+
+def _finding_of(anomaly: Anomaly) -> Finding:
+    evidence = anomaly.evidence
+    return Finding(
+        user_id=anomaly.user_id,
+        anomaly_type=anomaly.anomaly_type,
+        start_ms=anomaly.episode_start_ms,
+        end_ms=anomaly.episode_end_ms,
+        value=evidence["value"],
+        window_start_ms=evidence["window_start_ms"],
+        window_end_ms=evidence["window_end_ms"],
+        event_ids=tuple(evidence["event_ids"]),
+        key=anomaly.episode_key,
+    )
+
+
+def _evidence(finding: Finding, rule: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "rule": rule,
+        "value": finding.value,
+        "window_start_ms": finding.window_start_ms,
+        "window_end_ms": finding.window_end_ms,
+        "window_start": _iso(finding.window_start_ms),
+        "window_end": _iso(finding.window_end_ms),
+        "event_ids": list(finding.event_ids),
+    }
+
+
+def _description(finding: Finding, rule: dict[str, Any]) -> str:
+    settings_then = RuleSettings(
+        anomaly_type=finding.anomaly_type,
+        threshold=rule["threshold"],
+        window_seconds=rule["window_seconds"],
+        severity=rule["severity"],
+        comparison=Comparison(rule["comparison"]),
+    )
+    return describe(settings_then, finding.value, describe_detail(finding.anomaly_type, finding.start_ms, finding.key))
+
+
+def _anomaly_create(finding: Finding, rule: RuleSettings, signals: dict[str, BatchEvent]) -> Anomaly:
+    snapshot = {
+        "threshold": rule.threshold,
+        "window_seconds": rule.window_seconds,
+        "comparison": rule.comparison.value,
+        "severity": rule.severity,
+    }
+    trigger = next((signals[event_id] for event_id in finding.event_ids if event_id in signals), None)
+    return Anomaly.objects.create(
+        user_id=finding.user_id,
+        anomaly_type=finding.anomaly_type,
+        severity=rule.severity,
+        description=_description(finding, snapshot),
+        original_signal_data=trigger.as_signal() if trigger else {},
+        episode_key=finding.key,
+        episode_start_ms=finding.start_ms,
+        episode_end_ms=finding.end_ms,
+        evidence=_evidence(finding, snapshot),
+    )
+
+
+def _anomaly_update(anomaly: Anomaly, merged: Finding) -> None:
+    rule = anomaly.evidence["rule"]
+    anomaly.episode_start_ms = merged.start_ms
+    anomaly.episode_end_ms = merged.end_ms
+    anomaly.evidence = _evidence(merged, rule)
+    anomaly.description = _description(merged, rule)
+    anomaly.save(update_fields=["episode_start_ms", "episode_end_ms", "evidence", "description"])
+
+
+def _iso(timestamp_ms: int) -> str:
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def anomaly_message(anomaly: Anomaly) -> bytes:
+    """An anomaly as ANOMALIES_TOPIC carries it (JSON; the key is the user id)."""
+    return orjson.dumps(
+        {
+            "id": anomaly.pk,
+            "user_id": anomaly.user_id,
+            "anomaly_type": anomaly.anomaly_type,
+            "severity": anomaly.severity,
+            "description": anomaly.description,
+            "episode_start": _iso(anomaly.episode_start_ms),
+            "episode_end": _iso(anomaly.episode_end_ms),
+            "evidence": anomaly.evidence,
+            "detected_at": anomaly.detection_timestamp.isoformat(),
+        }
+    )
+
+
+def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer) -> int:
+    """Publish the anomalies among `anomaly_ids` not published yet, each once.
+
+    The rows are claimed (published_at set) in a transaction that stays open until Kafka
+    confirms: a second worker publishing the same anomaly waits for the claim and then
+    skips it; a failure rolls the claim back, for the retry to publish them."""
+    if not anomaly_ids:
+        return 0
+    with transaction.atomic():
+        pending = list(
+            Anomaly.objects.select_for_update().filter(pk__in=anomaly_ids, published_at__isnull=True).order_by("pk")
+        )
+        if not pending:
+            return 0
+        failures: list[str] = []
+
+        def on_delivery(error: Any, _message: Any) -> None:
+            if error is not None:
+                failures.append(str(error))
+
+        for anomaly in pending:
+            producer.produce(topic, value=anomaly_message(anomaly), key=str(anomaly.user_id), on_delivery=on_delivery)
+        undelivered = producer.flush(30)
+        if undelivered or failures:
+            raise AnomalyPublishError(
+                f"{undelivered + len(failures)} of {len(pending)} anomalies not confirmed by {topic}"
+                + (f": {failures[0]}" if failures else "")
+            )
+        Anomaly.objects.filter(pk__in=[a.pk for a in pending]).update(published_at=timezone.now())
+    return len(pending)
+
+
+# --- ground truth -------------------------------------------------------------------
+# An injection run's users: background and scenarios, in a range of their own.
+INJECTION_USERS_BASE = 1_000_000_000
+INJECTION_USERS_PER_RUN = 10_000_000
+
+
+def injection_run_start(*, seed: int | None) -> InjectionRun:
+    run = InjectionRun.objects.create(seed=seed, first_user_id=0, last_user_id=0)
+    run.first_user_id = INJECTION_USERS_BASE + run.pk * INJECTION_USERS_PER_RUN
+    run.last_user_id = run.first_user_id + INJECTION_USERS_PER_RUN - 1
+    run.save(update_fields=["first_user_id", "last_user_id"])
+    return run
+
+
+def injection_run_finish(*, run: InjectionRun, scenarios: Sequence[Scenario], events: int) -> None:
+    with transaction.atomic():
+        InjectedScenario.objects.bulk_create(
+            InjectedScenario(
+                run=run,
+                kind=scenario.kind,
+                user_id=scenario.user_id,
+                anomaly_type=scenario.anomaly_type or "",
+                first_event_ms=scenario.first_ms,
+                last_event_ms=scenario.last_ms,
+                events=scenario.events,
+            )
+            for scenario in scenarios
+        )
+        run.events = events
+        run.finished = True
+        run.save(update_fields=["events", "finished"])

@@ -1,0 +1,48 @@
+"""Celery door into detection: parse input, call one service, report."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import redis
+from celery import Task, shared_task
+from django.conf import settings
+from django.db import close_old_connections
+
+from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
+from anomalies_app.windows import EpochLost
+from eventpipeline.metrics import EVENTS_PROCESSED
+from signals_app.services import UNREACHABLE
+
+logger = logging.getLogger(__name__)
+
+# Servers away: the batch must be analysed later, never skipped.
+DETECT_UNREACHABLE = (*UNREACHABLE, redis.ConnectionError, redis.TimeoutError, EpochLost, AnomalyPublishError)
+
+
+@shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
+def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
+    """Analyse a batch of accepted events (SignalRows from `topic`) for anomalies.
+
+    Safe to run any number of times on the same batch. When it fails:
+    - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, then the task
+      fails, and the bridge, which has not committed the offsets, hands the batch over again.
+    - Anything else (a bug): retried likewise, then the batch is counted as
+      `events_processed{status="detect_failed"}` and logged, so that one bad batch does
+      not stop the pipeline; the events are stored and can be analysed again by replay.
+    """
+    if not self.request.is_eager:
+        close_old_connections()
+    try:
+        result = anomalies_detect_batch(rows=rows)
+    except Exception as error:
+        if self.request.retries < settings.STORE_MAX_RETRIES:
+            raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
+        if isinstance(error, DETECT_UNREACHABLE):
+            raise
+        logger.exception("giving up analysing a batch of %d events from %s", len(rows), topic)
+        EVENTS_PROCESSED.labels(status="detect_failed").inc(len(rows))
+        return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
+    EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
+    return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}

@@ -1,0 +1,259 @@
+"""Per-user sliding windows in Redis, on event time.
+
+Each user has one sorted set per kind of counted event (`login`, `purchase`,
+`api_failure`): the member is the event id (16 bytes; a login's carries a leading `f` or
+`s` for failed or successful), the score its event time in ms. One Lua script adds a
+batch's events and reads back the stretches the batch needs, atomically:
+
+- ZADD NX makes adding idempotent: an event delivered twice is one member.
+- Scores are event times, so a late or out-of-order event lands where it belongs.
+- Each set is trimmed to `keep` ms behind its newest event and expires `keep` ms after
+  its last write: memory follows the event rate times the window, not the user count.
+- The script first checks the *epoch*: a key naming this generation of windows. A Redis
+  restart or flush loses it, and the windows with it. The next batch starts a new epoch,
+  and each user whose windows must reach back before it is filled in once from
+  PostgreSQL, which holds every event whose offsets were committed; the events not yet
+  committed are delivered again by the bridge. So losing Redis loses no count.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from django.conf import settings
+
+from anomalies_app.detection import WindowEntry
+
+LOGIN = "login"
+PURCHASE = "purchase"
+API_FAILURE = "api_failure"
+KINDS = (LOGIN, PURCHASE, API_FAILURE)
+
+# Add members, trim, set expiry, then read each window's stretch; all or nothing.
+# KEYS[1] is the epoch, then one key per window, then the users' epoch markers to set.
+# ARGV: epoch, window count, then per window: lo, hi, keep, ttl, n, n pairs of (score,
+# member); then the markers' ttl.
+RECORD_SCRIPT = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+  return redis.error_reply('EPOCH windows were lost (Redis restarted or flushed)')
+end
+local windows = tonumber(ARGV[2])
+local a = 3
+local out = {}
+for i = 1, windows do
+  local key = KEYS[1 + i]
+  local lo, hi, keep, ttl, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
+  a = a + 5
+  local chunk = {}
+  for j = 0, n - 1 do
+    chunk[#chunk + 1] = ARGV[a + 2 * j]
+    chunk[#chunk + 1] = ARGV[a + 2 * j + 1]
+    if #chunk >= 1000 then
+      redis.call('ZADD', key, 'NX', unpack(chunk))
+      chunk = {}
+    end
+  end
+  if #chunk > 0 then
+    redis.call('ZADD', key, 'NX', unpack(chunk))
+  end
+  a = a + 2 * n
+  local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
+  if newest[2] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', tonumber(newest[2]) - keep))
+  end
+  redis.call('PEXPIRE', key, ttl)
+  out[i] = redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES')
+end
+local marker_ttl = ARGV[a]
+for i = 2 + windows, #KEYS do
+  redis.call('SET', KEYS[i], '1', 'PX', marker_ttl)
+end
+return out
+"""
+
+
+class EpochLost(Exception):
+    """Redis lost the windows between reading the epoch and writing to it."""
+
+
+@dataclass(frozen=True)
+class Epoch:
+    name: str
+    # Views that reach back before this time (ms) need the user's history from
+    # PostgreSQL; 0 when there was none to load when the epoch began.
+    history_before_ms: int
+
+
+@dataclass(frozen=True)
+class Reach:
+    """How much of a kind's window the rules need: `radius` ms either side of an event to
+    judge it, and `keep` ms behind the newest event so that events up to the allowed
+    lateness still find their neighbours."""
+
+    radius_ms: int
+    keep_ms: int
+
+
+def member_of(entry: WindowEntry, kind: str) -> bytes:
+    event_id = uuid.UUID(entry.event_id).bytes
+    if kind == LOGIN:
+        return (b"f" if entry.failed else b"s") + event_id
+    return event_id
+
+
+def entry_of(member: bytes, score: float, kind: str) -> WindowEntry:
+    if kind == LOGIN:
+        return WindowEntry(int(score), str(uuid.UUID(bytes=member[1:])), member[:1] == b"f")
+    return WindowEntry(int(score), str(uuid.UUID(bytes=member)))
+
+
+# (user id, kind) -> entries
+Windows = dict[tuple[int, str], list[WindowEntry]]
+
+
+class WindowStore:
+    """The windows of all users in one Redis. Thread-safe (redis-py pools connections).
+
+    `load_history(user_ids, since_ms)` returns the counted events of those users from
+    PostgreSQL, as {(user id, kind): entries}; `history_exists()` says whether any is stored.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        *,
+        prefix: str,
+        load_history: Callable[[list[int], int], Windows],
+        history_exists: Callable[[], bool],
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.client = client
+        self.prefix = prefix
+        self.load_history = load_history
+        self.history_exists = history_exists
+        self.clock = clock
+        self.record_script = client.register_script(RECORD_SCRIPT)
+        self.epoch_key = f"{prefix}:epoch"
+
+    def key(self, user_id: int, kind: str) -> str:
+        # The user id in braces: a Redis Cluster keeps all of a user's windows on one node.
+        return f"{self.prefix}:{{{user_id}}}:{kind}"
+
+    def record(self, additions: Windows, reach: dict[str, Reach]) -> Windows:
+        """Add the batch's entries and return, per (user, kind), the window from `radius`
+        before the earliest added entry to `radius` after the latest."""
+        for _attempt in range(3):
+            epoch = self.epoch()
+            try:
+                return self._record(epoch, additions, reach)
+            except EpochLost:
+                continue
+        raise EpochLost("the windows' epoch changed three times in a row")
+
+    def epoch(self) -> Epoch:
+        """The current epoch; a new one if Redis lost it. A new epoch needs history from
+        PostgreSQL only if PostgreSQL holds any events (a first start has none to load)."""
+        raw = self.client.get(self.epoch_key)
+        if raw is None:
+            history_before = int(self.clock() * 1000) if self.history_exists() else 0
+            self.client.set(self.epoch_key, f"{uuid.uuid4().hex}:{history_before}", nx=True)
+            raw = self.client.get(self.epoch_key)
+            if raw is None:
+                raise EpochLost("the epoch vanished as it was made")
+        name = raw.decode() if isinstance(raw, bytes) else str(raw)
+        return Epoch(name, int(name.rpartition(":")[2]))
+
+    def _record(self, epoch: Epoch, additions: Windows, reach: dict[str, Reach]) -> Windows:
+        bounds = {
+            window: (
+                min(entry.timestamp for entry in entries) - reach[window[1]].radius_ms,
+                max(entry.timestamp for entry in entries) + reach[window[1]].radius_ms,
+            )
+            for window, entries in additions.items()
+            if entries
+        }
+        filled, history = self._history(epoch, additions, reach)
+        entries_by_window: dict[tuple[int, str], list[WindowEntry]] = defaultdict(list)
+        for window in bounds:
+            entries_by_window[window].extend(additions[window])
+        for window, entries in history.items():
+            entries_by_window[window].extend(entries)
+        windows = sorted(entries_by_window)
+        if not windows:
+            return {}
+        keys: list[str] = [self.epoch_key]
+        args: list[Any] = [epoch.name, len(windows)]
+        for user_id, kind in windows:
+            keys.append(self.key(user_id, kind))
+            lo, hi = bounds.get((user_id, kind), (0, -1))
+            keep = reach[kind].keep_ms
+            entries = entries_by_window[(user_id, kind)]
+            args += [lo, hi, keep, keep, len(entries)]
+            for entry in entries:
+                args += [entry.timestamp, member_of(entry, kind)]
+        keys += [self._marker(epoch, user_id) for user_id in filled]
+        args.append(max(r.keep_ms for r in reach.values()))
+        try:
+            replies = self.record_script(keys=keys, args=args)
+        except redis.ResponseError as error:
+            if str(error).startswith("EPOCH"):
+                raise EpochLost(str(error)) from error
+            raise
+        result: Windows = {}
+        for (user_id, kind), reply in zip(windows, replies, strict=True):
+            if (user_id, kind) in bounds:
+                result[(user_id, kind)] = [
+                    entry_of(reply[i], float(reply[i + 1]), kind) for i in range(0, len(reply), 2)
+                ]
+        return result
+
+    def _history(self, epoch: Epoch, additions: Windows, reach: dict[str, Reach]) -> tuple[list[int], Windows]:
+        """The users to fill in from PostgreSQL (their views reach back before the epoch,
+        and they were not filled in during it), and their history, every kind at once."""
+        if not epoch.history_before_ms:
+            return [], {}
+        widest = max(r.radius_ms for r in reach.values())
+        earliest: dict[int, int] = {}
+        for (user_id, _), entries in additions.items():
+            for entry in entries:
+                earliest[user_id] = min(earliest.get(user_id, entry.timestamp), entry.timestamp)
+        reaching = sorted(user_id for user_id, first in earliest.items() if first - widest < epoch.history_before_ms)
+        if not reaching:
+            return [], {}
+        markers = self.client.mget([self._marker(epoch, user_id) for user_id in reaching])
+        missing = [user_id for user_id, marker in zip(reaching, markers, strict=True) if marker is None]
+        if not missing:
+            return [], {}
+        return missing, self.load_history(missing, min(earliest[user_id] for user_id in missing) - widest)
+
+    def _marker(self, epoch: Epoch, user_id: int) -> str:
+        return f"{self.prefix}:{{{user_id}}}:filled:{epoch.name}"
+
+    def read(self, spans: dict[tuple[int, str], tuple[int, int]]) -> Windows:
+        """The windows as they are now, each from `lo` to `hi` (event time, ms)."""
+        pipe = self.client.pipeline(transaction=False)
+        for (user_id, kind), (lo, hi) in spans.items():
+            pipe.zrangebyscore(self.key(user_id, kind), lo, hi, withscores=True)
+        return {
+            (user_id, kind): [entry_of(member, score, kind) for member, score in reply]
+            for (user_id, kind), reply in zip(spans, pipe.execute(), strict=True)
+        }
+
+    def active_users(self, user_ids: set[int], *, minutes: int | None = None) -> int:
+        """Count these users as active this minute; return about how many users were
+        active in the last `minutes` (HyperLogLog: 12 KB a minute, about 1% off)."""
+        minutes = minutes or settings.ACTIVE_SESSION_MINUTES
+        minute = int(self.clock() // 60)
+        keys = [f"{self.prefix}:active:{minute - back}" for back in range(minutes)]
+        pipe = self.client.pipeline(transaction=False)
+        if user_ids:
+            pipe.pfadd(keys[0], *user_ids)
+        pipe.expire(keys[0], (minutes + 1) * 60)
+        pipe.pfcount(*keys)
+        return int(pipe.execute()[-1])
