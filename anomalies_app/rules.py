@@ -8,8 +8,8 @@ threshold or a window in the admin changes the decision and nothing else.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from enum import Enum
 from typing import Any
 
@@ -71,6 +71,14 @@ def breaks(rule: RuleSettings, value: float) -> bool:
     return value >= rule.threshold
 
 
+def fewest_to_break(rule: RuleSettings) -> int:
+    """The fewest events a counting rule needs to see before it can break: below this, a
+    window need not be looked at."""
+    if rule.comparison is Comparison.MORE_THAN:
+        return math.floor(rule.threshold) + 1
+    return max(math.ceil(rule.threshold), 1)
+
+
 def counted_by(anomaly_type: str, signal_type: str, payload: dict[str, Any]) -> bool:
     """Whether an event goes into the window of a counting rule."""
     if anomaly_type == HIGH_FREQUENCY_LOGIN:
@@ -89,8 +97,7 @@ def is_api_failure(signal_type: str, payload: dict[str, Any]) -> bool:
 
 def in_quiet_hours(rule: RuleSettings, timestamp_ms: int) -> bool:
     """Whether an event falls in the rule's quiet period, by UTC time of day."""
-    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-    seconds_into_day = moment.hour * 3600 + moment.minute * 60 + moment.second
+    seconds_into_day = (timestamp_ms // 1000) % 86_400  # UTC has no leap seconds in epoch time
     start = int(rule.threshold * 3600)
     return (seconds_into_day - start) % 86_400 < rule.window_seconds  # may run past midnight
 

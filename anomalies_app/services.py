@@ -56,6 +56,7 @@ from anomalies_app.rules import (
     Comparison,
     RuleSettings,
     describe,
+    fewest_to_break,
     is_api_failure,
 )
 from anomalies_app.scenarios import Scenario
@@ -92,7 +93,11 @@ class BatchEvent:
     user_id: int
     type: str
     timestamp: int
-    payload: dict[str, Any]
+    payload_json: str
+
+    @functools.cached_property
+    def payload(self) -> dict[str, Any]:
+        return orjson.loads(self.payload_json)  # type: ignore[no-any-return]
 
     def entry(self, *, failed: bool = False) -> WindowEntry:
         return WindowEntry(self.timestamp, self.event_id, failed)
@@ -147,7 +152,7 @@ def anomalies_detect_batch(
 
 def _batch_event(row: Sequence[Any]) -> BatchEvent:
     event_id, user_id, signal_type, timestamp, payload_json = row[:5]
-    return BatchEvent(str(event_id), int(user_id), signal_type, int(timestamp), orjson.loads(payload_json))
+    return BatchEvent(str(event_id), int(user_id), signal_type, int(timestamp), payload_json)
 
 
 def _per_event_findings(events: list[BatchEvent], rules: dict[str, RuleSettings]) -> list[Finding]:
@@ -201,20 +206,28 @@ def _window_findings(
     failures = rules[REPEATED_LOGIN_FAILURES]
     for (user_id, kind), view in views.items():
         touched = sorted(entry.timestamp for entry in additions[(user_id, kind)])
+        failed = sum(1 for entry in view if entry.failed)
         for anomaly_type in RULES_BY_KIND[kind]:
             rule = rules[anomaly_type]
-            if not rule.enabled:
-                continue
+            counted = failed if anomaly_type == REPEATED_LOGIN_FAILURES else len(view)
+            if not rule.enabled or counted < fewest_to_break(rule):
+                continue  # too few events in the whole view to break the rule anywhere
             episodes = failure_episodes if anomaly_type == REPEATED_LOGIN_FAILURES else count_episodes
             findings += episodes(rule, user_id, view, touched)
-        if kind == LOGIN and failures.enabled and any(not entry.failed for entry in additions[(user_id, kind)]):
-            # A success may have split a run of failures already raised, when events came
-            # out of order: review the runs this view shows in full.
+        if kind == LOGIN and failures.enabled and _may_split_a_run(additions[(user_id, kind)], view):
+            # A success that came after failures later than itself may have split a run
+            # already raised: review the runs this view shows in full.
             everything = [entry.timestamp for entry in view]
             runs = failure_episodes(failures, user_id, view, everything)
             lo = touched[0] - reach[LOGIN].radius_ms + failures.window_seconds * 1000
             reviews.append(FailureReview(user_id, lo, touched[-1] + reach[LOGIN].radius_ms, runs))
     return findings, reviews
+
+
+def _may_split_a_run(added: list[WindowEntry], view: list[WindowEntry]) -> bool:
+    """Whether a success among `added` lies before a failure in the view (out of order)."""
+    successes = [entry.timestamp for entry in added if not entry.failed]
+    return bool(successes) and any(entry.failed and entry.timestamp > min(successes) for entry in view)
 
 
 def _record(
@@ -225,13 +238,15 @@ def _record(
     result: DetectResult,
     windows: WindowStore,
 ) -> list[int]:
-    """Steps 3 of the module docstring, in one transaction. Returns the anomalies touched."""
+    """Step 3 of the module docstring, in one transaction. Returns the anomalies to publish."""
     location_rule = rules[UNUSUAL_LOCATION_LOGIN]
     first_logins: dict[tuple[int, str], WindowEntry] = {}
     for event in events:
         if event.type == "login" and event.payload["success"]:
             place = (event.user_id, str(event.payload["location"]))
             first_logins[place] = min(first_logins.get(place, event.entry()), event.entry())
+    for known in windows.places_known(first_logins) if first_logins else ():
+        del first_logins[known]
     if not findings and not first_logins and not reviews:
         return []
     signals = {event.event_id: event for event in events}
@@ -240,25 +255,28 @@ def _record(
         | {user_id for user_id, _ in first_logins}
         | {review.user_id for review in reviews}
     )
+    places: dict[int, dict[str, WindowEntry]] = {}
     with transaction.atomic():
         _lock_users(users)
         if first_logins:
             user_locations_record(first_logins=first_logins)
+            places = user_first_logins(sorted({user_id for user_id, _ in first_logins}))
             if location_rule.enabled:
-                login_users = sorted({user_id for user_id, _ in first_logins})
-                for user_id, places in user_first_logins(login_users).items():
-                    findings += new_location_findings(location_rule, user_id, places, set(signals))
+                for user_id, first_places in places.items():
+                    findings += new_location_findings(location_rule, user_id, first_places, set(signals))
         if reviews or any(f.anomaly_type == REPEATED_LOGIN_FAILURES for f in findings):
             findings, reviews = _failure_runs_recheck(findings, reviews, rules[REPEATED_LOGIN_FAILURES], windows)
         merged = findings_merge(findings)
         touched = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
         if reviews:
             failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
-    for anomaly_id, finding in touched:
+    if first_logins:
+        windows.places_remember(places)
+    for anomaly_id, finding, _ in touched:
         if anomaly_id in result.created:
             ANOMALIES_DETECTED.labels(anomaly_type=finding.anomaly_type).inc()
             ANOMALY_DETECTION_LATENCY.observe(max(0.0, time.time() - finding.window_end_ms / 1000))
-    return [anomaly_id for anomaly_id, _ in touched]
+    return [anomaly_id for anomaly_id, _, unpublished in touched if unpublished]
 
 
 def _failure_runs_recheck(
@@ -338,7 +356,7 @@ def anomaly_findings_record(
     rules: dict[str, RuleSettings],
     signals: dict[str, BatchEvent],
     result: DetectResult,
-) -> list[tuple[int, Finding]]:
+) -> list[tuple[int, Finding, bool]]:
     """Merge each finding into the anomaly of its episode, or create one. Run inside a
     transaction holding the users' locks.
 
@@ -357,7 +375,7 @@ def anomaly_findings_record(
     ).order_by("id"):
         stored[(anomaly.user_id, anomaly.anomaly_type)].append(anomaly)
 
-    touched: list[tuple[int, Finding]] = []
+    touched: list[tuple[int, Finding, bool]] = []  # (anomaly id, episode, not published yet)
     for finding in findings:
         candidates = stored[(finding.user_id, finding.anomaly_type)]
         matches = [anomaly for anomaly in candidates if _finding_of(anomaly).same_episode(finding)]
@@ -365,7 +383,7 @@ def anomaly_findings_record(
             anomaly = _anomaly_create(finding, rules[finding.anomaly_type], signals)
             candidates.append(anomaly)
             result.created.append(anomaly.pk)
-            touched.append((anomaly.pk, finding))
+            touched.append((anomaly.pk, finding, True))
             continue
         survivor = min(matches, key=lambda anomaly: (anomaly.status == AnomalyStatus.NEW, anomaly.pk))
         merged_away = [anomaly for anomaly in matches if anomaly is not survivor]
@@ -378,7 +396,7 @@ def anomaly_findings_record(
             anomalies_merge(survivor=survivor, merged_away=merged_away)
             for anomaly in merged_away:
                 candidates.remove(anomaly)
-        touched.append((survivor.pk, merged))
+        touched.append((survivor.pk, merged, survivor.published_at is None))
     return touched
 
 
@@ -387,17 +405,20 @@ def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings
     run after all. Only untriaged ones raised under the rule as it is now: an anomaly
     raised under other settings was right under them. A withdrawn anomaly that had been
     published is announced as `{"id": ..., "withdrawn": reason}`."""
+    raised: dict[int, list[Anomaly]] = defaultdict(list)
+    for anomaly in Anomaly.objects.filter(
+        user_id__in={review.user_id for review in reviews},
+        anomaly_type=REPEATED_LOGIN_FAILURES,
+        status=AnomalyStatus.NEW,
+    ):
+        raised[anomaly.user_id].append(anomaly)
     for review in reviews:
         stale = [
             anomaly
-            for anomaly in Anomaly.objects.filter(
-                user_id=review.user_id,
-                anomaly_type=REPEATED_LOGIN_FAILURES,
-                status=AnomalyStatus.NEW,
-                episode_start_ms__gte=review.lo,
-                episode_end_ms__lte=review.hi,
-            )
-            if anomaly.evidence["rule"]["threshold"] == rule.threshold
+            for anomaly in raised[review.user_id]
+            if review.lo <= anomaly.episode_start_ms
+            and anomaly.episode_end_ms <= review.hi
+            and anomaly.evidence["rule"]["threshold"] == rule.threshold
             and anomaly.evidence["rule"]["window_seconds"] == rule.window_seconds
             and not any(_finding_of(anomaly).same_episode(run) for run in review.runs)
         ]

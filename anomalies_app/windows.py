@@ -34,6 +34,9 @@ LOGIN = "login"
 PURCHASE = "purchase"
 API_FAILURE = "api_failure"
 KINDS = (LOGIN, PURCHASE, API_FAILURE)
+# How long a user's known places stay cached after their last new one.
+PLACES_CACHE_MS = 86_400_000
+ACTIVE_COUNT_EVERY_S = 5.0
 
 # Add members, trim, set expiry, then read each window's stretch; all or nothing.
 # KEYS[1] is the epoch, then one key per window, then the users' epoch markers to set.
@@ -140,6 +143,8 @@ class WindowStore:
         self.clock = clock
         self.record_script = client.register_script(RECORD_SCRIPT)
         self.epoch_key = f"{prefix}:epoch"
+        self._counted_at = float("-inf")
+        self._active = 0
 
     def key(self, user_id: int, kind: str) -> str:
         # The user id in braces: a Redis Cluster keeps all of a user's windows on one node.
@@ -245,15 +250,50 @@ class WindowStore:
             for (user_id, kind), reply in zip(spans, pipe.execute(), strict=True)
         }
 
+    def places_known(self, first_logins: dict[tuple[int, str], WindowEntry]) -> set[tuple[int, str]]:
+        """The (user, place) pairs whose first login, as last read from PostgreSQL, is no
+        later than the given one: nothing to record or decide for those. A cache only:
+        the value kept is never earlier than the truth (first logins only move earlier),
+        so a miss or a stale value just sends the login to PostgreSQL."""
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, place in first_logins:
+            pipe.hget(self._places_key(user_id), place)
+        known = set()
+        for (user_id, place), cached in zip(first_logins, pipe.execute(), strict=True):
+            if cached is not None:
+                timestamp, _, event_id = cached.decode().partition(" ")
+                entry = first_logins[(user_id, place)]
+                if (int(timestamp), event_id) <= (entry.timestamp, entry.event_id):
+                    known.add((user_id, place))
+        return known
+
+    def places_remember(self, places: dict[int, dict[str, WindowEntry]]) -> None:
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, first_logins in places.items():
+            key = self._places_key(user_id)
+            pipe.hset(key, mapping={p: f"{e.timestamp} {e.event_id}" for p, e in first_logins.items()})
+            pipe.pexpire(key, PLACES_CACHE_MS)
+        pipe.execute()
+
+    def _places_key(self, user_id: int) -> str:
+        return f"{self.prefix}:{{{user_id}}}:places"
+
     def active_users(self, user_ids: set[int], *, minutes: int | None = None) -> int:
         """Count these users as active this minute; return about how many users were
         active in the last `minutes` (HyperLogLog: 12 KB a minute, about 1% off)."""
         minutes = minutes or settings.ACTIVE_SESSION_MINUTES
-        minute = int(self.clock() // 60)
+        now = self.clock()
+        minute = int(now // 60)
         keys = [f"{self.prefix}:active:{minute - back}" for back in range(minutes)]
         pipe = self.client.pipeline(transaction=False)
         if user_ids:
             pipe.pfadd(keys[0], *user_ids)
         pipe.expire(keys[0], (minutes + 1) * 60)
-        pipe.pfcount(*keys)
-        return int(pipe.execute()[-1])
+        # Counting merges the minutes' sketches, the costly part: every few seconds is enough.
+        counting = now - self._counted_at >= ACTIVE_COUNT_EVERY_S
+        if counting:
+            pipe.pfcount(*keys)
+        replies = pipe.execute()
+        if counting:
+            self._counted_at, self._active = now, int(replies[-1])
+        return self._active

@@ -27,6 +27,7 @@ from pathlib import Path
 
 import django
 import psutil
+import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
@@ -38,6 +39,8 @@ from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
 
+from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
+from anomalies_app.windows import WindowStore  # noqa: E402
 from eventpipeline.kafka import producer_config, topics_ensure  # noqa: E402
 from signals_app.generator import SignalGenerator, encode  # noqa: E402
 
@@ -156,6 +159,14 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
     worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
     worker_command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", *args.worker_args.split()]
     worker = start(worker_command, env, logs / "worker.log")
+    # The windows begin as on a fresh deployment: before any event is stored, so none
+    # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
+    WindowStore(
+        redis.Redis.from_url(settings.DETECT_REDIS_URL),
+        prefix=env["DETECT_KEY_PREFIX"],
+        load_history=signal_history,
+        history_exists=signals_exist,
+    ).epoch()
     bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
     try:
         cpu_before = cpu_seconds_by_component()

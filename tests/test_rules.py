@@ -19,6 +19,7 @@ from anomalies_app.rules import (
     breaks,
     counted_by,
     describe,
+    fewest_to_break,
     in_quiet_hours,
     is_api_failure,
 )
@@ -96,3 +97,9 @@ def test_every_rule_of_the_design_has_defaults() -> None:
         UNUSUAL_TIME_ACTIVITY,
         UNUSUAL_LOCATION_LOGIN,
     }
+
+
+def test_the_fewest_events_that_can_break_a_counting_rule() -> None:
+    assert fewest_to_break(DEFAULT_RULES[HIGH_FREQUENCY_LOGIN]) == 11
+    assert fewest_to_break(DEFAULT_RULES[RAPID_SUCCESSIVE_PURCHASES]) == 5
+    assert fewest_to_break(replace(DEFAULT_RULES[HIGH_FREQUENCY_LOGIN], threshold=10.5)) == 11
