@@ -1,9 +1,13 @@
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from typing import Any
+
 from django.contrib import admin
 from django.http import HttpRequest
 
 from anomalies_app.models import Anomaly, Rule
+from anomalies_app.services import anomaly_triage
 
 
 @admin.register(Rule)
@@ -21,7 +25,33 @@ class RuleAdmin(admin.ModelAdmin):
 
 @admin.register(Anomaly)
 class AnomalyAdmin(admin.ModelAdmin):
-    list_display = ["id", "user_id", "anomaly_type", "severity", "status", "detection_timestamp"]
+    list_display = ["id", "user_id", "anomaly_type", "severity", "description", "status", "detection_timestamp"]
     list_filter = ["status", "severity", "anomaly_type"]
     search_fields = ["=user_id", "description"]
-    readonly_fields = ["user_id", "anomaly_type", "severity", "description", "original_signal_data"]
+    readonly_fields = [
+        "user_id",
+        "anomaly_type",
+        "severity",
+        "description",
+        "episode",
+        "evidence",
+        "original_signal_data",
+        "detection_timestamp",
+        "published_at",
+        "triaged_at",
+    ]
+    fields = [*readonly_fields, "status", "assigned_to", "triage_notes"]
+
+    def save_model(self, request: HttpRequest, obj: Anomaly, form: Any, change: bool) -> None:
+        if change and "status" in form.changed_data:
+            anomaly_triage(anomaly=obj, status=obj.status, user=request.user)  # type: ignore[arg-type]
+        else:
+            super().save_model(request, obj, form, change)
+
+    @admin.display(description="episode (event time, UTC)")
+    def episode(self, anomaly: Anomaly) -> str:
+        start, end = (
+            datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(sep=" ", timespec="seconds")
+            for ms in (anomaly.episode_start_ms, anomaly.episode_end_ms)
+        )
+        return start if start == end else f"{start} to {end}"

@@ -28,6 +28,7 @@ import orjson
 import redis
 from confluent_kafka import Producer
 from django.conf import settings
+from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -67,6 +68,8 @@ from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOM
 
 logger = logging.getLogger(__name__)
 
+PAYLOAD_READ_BY_RULES = frozenset({"login", "purchase", "api_call"})
+
 # Which rules read which window.
 RULES_BY_KIND = {
     LOGIN: (HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES),
@@ -94,10 +97,12 @@ class BatchEvent:
     type: str
     timestamp: int
     payload_json: str
+    # Parsed for the types the rules read; the others only if an anomaly quotes them.
+    parsed: dict[str, Any] | None
 
-    @functools.cached_property
+    @property
     def payload(self) -> dict[str, Any]:
-        return orjson.loads(self.payload_json)  # type: ignore[no-any-return]
+        return self.parsed if self.parsed is not None else orjson.loads(self.payload_json)  # type: ignore[no-any-return]
 
     def entry(self, *, failed: bool = False) -> WindowEntry:
         return WindowEntry(self.timestamp, self.event_id, failed)
@@ -152,7 +157,8 @@ def anomalies_detect_batch(
 
 def _batch_event(row: Sequence[Any]) -> BatchEvent:
     event_id, user_id, signal_type, timestamp, payload_json = row[:5]
-    return BatchEvent(str(event_id), int(user_id), signal_type, int(timestamp), payload_json)
+    parsed = orjson.loads(payload_json) if signal_type in PAYLOAD_READ_BY_RULES else None
+    return BatchEvent(str(event_id), int(user_id), signal_type, int(timestamp), payload_json, parsed)
 
 
 def _per_event_findings(events: list[BatchEvent], rules: dict[str, RuleSettings]) -> list[Finding]:
@@ -570,6 +576,17 @@ def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer)
             )
         Anomaly.objects.filter(pk__in=[a.pk for a in pending]).update(published_at=timezone.now())
     return len(pending)
+
+
+def anomaly_triage(*, anomaly: Anomaly, status: str, user: AbstractBaseUser) -> Anomaly:
+    """An analyst moves an anomaly on (acknowledged, resolved, false positive): who and
+    when are kept; an anomaly nobody was assigned to becomes theirs."""
+    anomaly.status = status
+    anomaly.triaged_at = timezone.now()
+    if anomaly.assigned_to_id is None:
+        anomaly.assigned_to = user  # type: ignore[assignment]
+    anomaly.save()
+    return anomaly
 
 
 # --- ground truth -------------------------------------------------------------------

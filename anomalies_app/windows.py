@@ -1,8 +1,8 @@
 """Per-user sliding windows in Redis, on event time.
 
 Each user has one sorted set per kind of counted event (`login`, `purchase`,
-`api_failure`): the member is the event id (16 bytes; a login's carries a leading `f` or
-`s` for failed or successful), the score its event time in ms. One Lua script adds a
+`api_failure`): the member is the event id (a login's with a leading `f` or `s`, failed
+or successful), the score its event time in ms. One Lua script adds a
 batch's events and reads back the stretches the batch needs, atomically:
 
 - ZADD NX makes adding idempotent: an event delivered twice is one member.
@@ -40,8 +40,11 @@ ACTIVE_COUNT_EVERY_S = 5.0
 
 # Add members, trim, set expiry, then read each window's stretch; all or nothing.
 # KEYS[1] is the epoch, then one key per window, then the users' epoch markers to set.
-# ARGV: epoch, window count, then per window: lo, hi, keep, ttl, n, n pairs of (score,
-# member); then the markers' ttl.
+# ARGV: epoch, window count, then per window: lo, hi, keep, ttl, and its new entries as
+# one string "score member score member ..."; then the markers' ttl. Each window's
+# stretch comes back as one string "member score member score ...". (One argument and one
+# reply per window, not two per entry: packing and parsing them in redis-py cost more
+# than the script.)
 RECORD_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('EPOCH windows were lost (Redis restarted or flushed)')
@@ -51,12 +54,11 @@ local a = 3
 local out = {}
 for i = 1, windows do
   local key = KEYS[1 + i]
-  local lo, hi, keep, ttl, n = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3], tonumber(ARGV[a + 4])
-  a = a + 5
+  local lo, hi, keep, ttl = ARGV[a], ARGV[a + 1], tonumber(ARGV[a + 2]), ARGV[a + 3]
   local chunk = {}
-  for j = 0, n - 1 do
-    chunk[#chunk + 1] = ARGV[a + 2 * j]
-    chunk[#chunk + 1] = ARGV[a + 2 * j + 1]
+  for score, member in string.gmatch(ARGV[a + 4], '(%S+) (%S+)') do
+    chunk[#chunk + 1] = score
+    chunk[#chunk + 1] = member
     if #chunk >= 1000 then
       redis.call('ZADD', key, 'NX', unpack(chunk))
       chunk = {}
@@ -65,13 +67,13 @@ for i = 1, windows do
   if #chunk > 0 then
     redis.call('ZADD', key, 'NX', unpack(chunk))
   end
-  a = a + 2 * n
+  a = a + 5
   local newest = redis.call('ZRANGE', key, -1, -1, 'WITHSCORES')
   if newest[2] then
     redis.call('ZREMRANGEBYSCORE', key, '-inf', string.format('(%d', tonumber(newest[2]) - keep))
   end
   redis.call('PEXPIRE', key, ttl)
-  out[i] = redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES')
+  out[i] = table.concat(redis.call('ZRANGEBYSCORE', key, lo, hi, 'WITHSCORES'), ' ')
 end
 local marker_ttl = ARGV[a]
 for i = 2 + windows, #KEYS do
@@ -103,17 +105,24 @@ class Reach:
     keep_ms: int
 
 
-def member_of(entry: WindowEntry, kind: str) -> bytes:
-    event_id = uuid.UUID(entry.event_id).bytes
+def member_of(entry: WindowEntry, kind: str) -> str:
     if kind == LOGIN:
-        return (b"f" if entry.failed else b"s") + event_id
-    return event_id
+        return ("f" if entry.failed else "s") + entry.event_id
+    return entry.event_id
 
 
-def entry_of(member: bytes, score: float, kind: str) -> WindowEntry:
+def _entry_of(member: str, score: float, kind: str) -> WindowEntry:
     if kind == LOGIN:
-        return WindowEntry(int(score), str(uuid.UUID(bytes=member[1:])), member[:1] == b"f")
-    return WindowEntry(int(score), str(uuid.UUID(bytes=member)))
+        return WindowEntry(int(score), member[1:], member[0] == "f")
+    return WindowEntry(int(score), member)
+
+
+def entries_of(reply: bytes, kind: str) -> list[WindowEntry]:
+    """A window's stretch as the script returns it: "member score member score ..."."""
+    if not reply:
+        return []
+    parts = reply.decode().split(" ")
+    return [_entry_of(parts[i], float(parts[i + 1]), kind) for i in range(0, len(parts), 2)]
 
 
 # (user id, kind) -> entries
@@ -143,6 +152,7 @@ class WindowStore:
         self.clock = clock
         self.record_script = client.register_script(RECORD_SCRIPT)
         self.epoch_key = f"{prefix}:epoch"
+        self._epoch: Epoch | None = None
         self._counted_at = float("-inf")
         self._active = 0
 
@@ -154,11 +164,13 @@ class WindowStore:
         """Add the batch's entries and return, per (user, kind), the window from `radius`
         before the earliest added entry to `radius` after the latest."""
         for _attempt in range(3):
-            epoch = self.epoch()
+            # The epoch read last time, if any: the script checks it, so a stale one
+            # costs a retry, not a wrong count.
+            epoch = self._epoch or self.epoch()
             try:
                 return self._record(epoch, additions, reach)
             except EpochLost:
-                continue
+                self._epoch = None
         raise EpochLost("the windows' epoch changed three times in a row")
 
     def epoch(self) -> Epoch:
@@ -172,7 +184,8 @@ class WindowStore:
             if raw is None:
                 raise EpochLost("the epoch vanished as it was made")
         name = raw.decode() if isinstance(raw, bytes) else str(raw)
-        return Epoch(name, int(name.rpartition(":")[2]))
+        self._epoch = Epoch(name, int(name.rpartition(":")[2]))
+        return self._epoch
 
     def _record(self, epoch: Epoch, additions: Windows, reach: dict[str, Reach]) -> Windows:
         bounds = {
@@ -199,9 +212,7 @@ class WindowStore:
             lo, hi = bounds.get((user_id, kind), (0, -1))
             keep = reach[kind].keep_ms
             entries = entries_by_window[(user_id, kind)]
-            args += [lo, hi, keep, keep, len(entries)]
-            for entry in entries:
-                args += [entry.timestamp, member_of(entry, kind)]
+            args += [lo, hi, keep, keep, " ".join(f"{e.timestamp} {member_of(e, kind)}" for e in entries)]
         keys += [self._marker(epoch, user_id) for user_id in filled]
         args.append(max(r.keep_ms for r in reach.values()))
         try:
@@ -213,9 +224,7 @@ class WindowStore:
         result: Windows = {}
         for (user_id, kind), reply in zip(windows, replies, strict=True):
             if (user_id, kind) in bounds:
-                result[(user_id, kind)] = [
-                    entry_of(reply[i], float(reply[i + 1]), kind) for i in range(0, len(reply), 2)
-                ]
+                result[(user_id, kind)] = entries_of(reply, kind)
         return result
 
     def _history(self, epoch: Epoch, additions: Windows, reach: dict[str, Reach]) -> tuple[list[int], Windows]:
@@ -246,7 +255,7 @@ class WindowStore:
         for (user_id, kind), (lo, hi) in spans.items():
             pipe.zrangebyscore(self.key(user_id, kind), lo, hi, withscores=True)
         return {
-            (user_id, kind): [entry_of(member, score, kind) for member, score in reply]
+            (user_id, kind): [_entry_of(member.decode(), score, kind) for member, score in reply]
             for (user_id, kind), reply in zip(spans, pipe.execute(), strict=True)
         }
 
@@ -255,16 +264,20 @@ class WindowStore:
         later than the given one: nothing to record or decide for those. A cache only:
         the value kept is never earlier than the truth (first logins only move earlier),
         so a miss or a stale value just sends the login to PostgreSQL."""
-        pipe = self.client.pipeline(transaction=False)
+        by_user: dict[int, list[str]] = {}
         for user_id, place in first_logins:
-            pipe.hget(self._places_key(user_id), place)
+            by_user.setdefault(user_id, []).append(place)
+        pipe = self.client.pipeline(transaction=False)
+        for user_id, places in by_user.items():
+            pipe.hmget(self._places_key(user_id), places)
         known = set()
-        for (user_id, place), cached in zip(first_logins, pipe.execute(), strict=True):
-            if cached is not None:
-                timestamp, _, event_id = cached.decode().partition(" ")
-                entry = first_logins[(user_id, place)]
-                if (int(timestamp), event_id) <= (entry.timestamp, entry.event_id):
-                    known.add((user_id, place))
+        for (user_id, places), cached_values in zip(by_user.items(), pipe.execute(), strict=True):
+            for place, cached in zip(places, cached_values, strict=True):
+                if cached is not None:
+                    timestamp, _, event_id = cached.decode().partition(" ")
+                    entry = first_logins[(user_id, place)]
+                    if (int(timestamp), event_id) <= (entry.timestamp, entry.event_id):
+                        known.add((user_id, place))
         return known
 
     def places_remember(self, places: dict[int, dict[str, WindowEntry]]) -> None:

@@ -155,10 +155,22 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "WORKER_METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
     }
-    queues = f"{env['STORE_QUEUE']},{env['DETECT_QUEUE']}"
-    worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
-    worker_command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", *args.worker_args.split()]
-    worker = start(worker_command, env, logs / "worker.log")
+    # One worker process per queue, as docker-compose.yml runs them: each has a GIL of its
+    # own, and storing and detecting scale separately (--one-worker: both in one process).
+    queue_sets = (
+        [f"{env['STORE_QUEUE']},{env['DETECT_QUEUE']}"]
+        if args.one_worker
+        else [
+            env["STORE_QUEUE"],
+            env["DETECT_QUEUE"],
+        ]
+    )
+    workers = []
+    for queues in queue_sets:
+        worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
+        worker_command += ["-n", f"{queues.split('-')[1]}-{suffix}@%h", "--without-gossip", "--without-mingle"]
+        worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
+        workers.append(start(worker_command, env, logs / "worker.log"))
     # The windows begin as on a fresh deployment: before any event is stored, so none
     # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
     WindowStore(
@@ -193,7 +205,8 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored and analysed after 600 s; see {logs}")
     finally:
         stop(bridge)
-        stop(worker)
+        for worker in workers:
+            stop(worker)
 
 
 def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
@@ -213,7 +226,8 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=300_000)
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
-    parser.add_argument("--worker-args", default="", help="extra arguments of the Celery worker")
+    parser.add_argument("--worker-args", default="", help="extra arguments of the Celery workers")
+    parser.add_argument("--one-worker", action="store_true", help="one worker process for both queues")
     args = parser.parse_args()
 
     call_command("migrate", interactive=False, verbosity=0)
@@ -236,7 +250,8 @@ def main() -> None:
     events_per_s = statistics.median(pipeline_rates)
     copy_limit = statistics.median(copy_rates)
     print(
-        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, worker {args.worker_args}"
+        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
+        f"{'one worker' if args.one_worker else 'a store and a detect worker'} {args.worker_args}"
     )
     print(f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}")
 
