@@ -18,11 +18,13 @@ order, or on two workers at once:
   an event can change lie within two windows of it.
 
 The exception is a late *success* between failed logins, which splits a run of failures
-after the fact; the anomaly already raised for the run stays (an analyst may be on it).
+after the fact: services.py re-reads the runs under the user's lock and withdraws an
+anomaly raised for a run that is no longer there (unless an analyst is on it).
 """
 
 from __future__ import annotations
 
+import hashlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -161,6 +163,7 @@ def failure_episodes(
     the failures of the run within `window_seconds` reach the threshold."""
     window_ms = rule.window_seconds * 1000
     ordered = sorted(logins)
+    times = [login.timestamp for login in ordered]
     findings = []
     run_start = 0  # index of the first failure since the last success
     episode: list[int] = []  # indices of the breaking failures of the current episode
@@ -169,11 +172,11 @@ def failure_episodes(
     def close() -> None:
         nonlocal episode, peak
         if episode:
-            first_failure = _first_within(ordered, run_start, episode[0], window_ms)
+            first_failure = _first_within(times, run_start, episode[0], window_ms)
             span = ordered[first_failure : episode[-1] + 1]
             if _touches(touched, span[0].timestamp - window_ms, span[-1].timestamp + window_ms):
                 peak_index = peak[1]
-                peak_first = _first_within(ordered, run_start, peak_index, window_ms)
+                peak_first = _first_within(times, run_start, peak_index, window_ms)
                 findings.append(
                     Finding(
                         user_id=user_id,
@@ -194,7 +197,7 @@ def failure_episodes(
             close()
             run_start = index + 1
             continue
-        failures = index - _first_within(ordered, run_start, index, window_ms) + 1
+        failures = index - _first_within(times, run_start, index, window_ms) + 1
         if breaks(rule, failures):
             episode.append(index)
             if failures > peak[0]:
@@ -253,6 +256,19 @@ def new_location_findings(
     ]
 
 
+# Places longer than this are keyed by a prefix and a digest (the columns are 255 long).
+PLACE_KEY_MAX = 200
+
+
+def place_key(location: str) -> str:
+    """A place as history and anomalies key it: itself, or if very long a prefix and a
+    digest of the whole, so two long places never collide and no column overflows."""
+    if len(location) <= PLACE_KEY_MAX:
+        return location
+    digest = hashlib.sha256(location.encode()).hexdigest()[:16]
+    return f"{location[: PLACE_KEY_MAX - 20]}... #{digest}"
+
+
 def describe_detail(finding_type: str, start_ms: int, key: str) -> str:
     """The detail a description names: the time of the first quiet-hours event, the place."""
     if finding_type == UNUSUAL_TIME_ACTIVITY:
@@ -276,12 +292,11 @@ def _single(rule: RuleSettings, user_id: int, event: WindowEntry, *, value: floa
     )
 
 
-def _first_within(ordered: Sequence[WindowEntry], run_start: int, index: int, window_ms: int) -> int:
-    """Index of the earliest failure of the run that is within the window before `index`."""
-    first = index
-    while first > run_start and ordered[first - 1].timestamp >= ordered[index].timestamp - window_ms:
-        first -= 1
-    return first
+def _first_within(times: Sequence[int], run_start: int, index: int, window_ms: int) -> int:
+    """Index of the earliest failure of the run that is within the window before `index`
+    (`times` are the sorted logins' event times; a bisection, so a flood of failures costs
+    log n per failure, not n)."""
+    return bisect_left(times, times[index] - window_ms, run_start, index)
 
 
 def _touches(touched: Sequence[int], start: int, end: int) -> bool:

@@ -30,6 +30,7 @@ from confluent_kafka import Producer
 from django.conf import settings
 from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
+from django.db.models import Q
 from django.utils import timezone
 
 from anomalies_app.detection import (
@@ -42,6 +43,7 @@ from anomalies_app.detection import (
     findings_merge,
     high_value_finding,
     new_location_findings,
+    place_key,
     quiet_hours_finding,
     view_radius_ms,
 )
@@ -249,7 +251,7 @@ def _record(
     first_logins: dict[tuple[int, str], WindowEntry] = {}
     for event in events:
         if event.type == "login" and event.payload["success"]:
-            place = (event.user_id, str(event.payload["location"]))
+            place = (event.user_id, place_key(str(event.payload["location"])))
             first_logins[place] = min(first_logins.get(place, event.entry()), event.entry())
     for known in windows.places_known(first_logins) if first_logins else ():
         del first_logins[known]
@@ -272,10 +274,12 @@ def _record(
                     findings += new_location_findings(location_rule, user_id, first_places, set(signals))
         if reviews or any(f.anomaly_type == REPEATED_LOGIN_FAILURES for f in findings):
             findings, reviews = _failure_runs_recheck(findings, reviews, rules[REPEATED_LOGIN_FAILURES], windows)
+        if reviews:
+            # First withdraw what a late success undid, then record the runs as they are.
+            failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
+            findings += [run for review in reviews for run in review.runs]
         merged = findings_merge(findings)
         touched = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
-        if reviews:
-            failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
     if first_logins:
         windows.places_remember(places)
     for anomaly_id, finding, _ in touched:
@@ -375,10 +379,15 @@ def anomaly_findings_record(
     """
     if not findings:
         return []
+    # Only the anomalies these findings can belong to; locked, so that a worker publishing
+    # one of them finishes first and this one sees whether it went out.
+    episodes = Q()
+    for f in findings:
+        episodes |= Q(user_id=f.user_id, anomaly_type=f.anomaly_type, episode_key=f.key) & (
+            Q() if f.key else Q(episode_start_ms__lte=f.end_ms, episode_end_ms__gte=f.start_ms)
+        )
     stored: dict[tuple[int, str], list[Anomaly]] = defaultdict(list)
-    for anomaly in Anomaly.objects.filter(
-        user_id__in={f.user_id for f in findings}, anomaly_type__in={f.anomaly_type for f in findings}
-    ).order_by("id"):
+    for anomaly in Anomaly.objects.select_for_update().filter(episodes).order_by("id"):
         stored[(anomaly.user_id, anomaly.anomaly_type)].append(anomaly)
 
     touched: list[tuple[int, Finding, bool]] = []  # (anomaly id, episode, not published yet)
@@ -408,11 +417,12 @@ def anomaly_findings_record(
 
 def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings) -> None:
     """Withdraw the failed-login anomalies that a success, come late, has shown to be no
-    run after all. Only untriaged ones raised under the rule as it is now: an anomaly
-    raised under other settings was right under them. A withdrawn anomaly that had been
-    published is announced as `{"id": ..., "withdrawn": reason}`."""
+    single run: none left, or one split in two (the caller then records the runs as they
+    are). Only untriaged ones raised under the rule as it is now: an anomaly raised under
+    other settings was right under them. A withdrawn anomaly that had been published is
+    announced as `{"id": ..., "withdrawn": reason}`."""
     raised: dict[int, list[Anomaly]] = defaultdict(list)
-    for anomaly in Anomaly.objects.filter(
+    for anomaly in Anomaly.objects.select_for_update().filter(
         user_id__in={review.user_id for review in reviews},
         anomaly_type=REPEATED_LOGIN_FAILURES,
         status=AnomalyStatus.NEW,
@@ -426,13 +436,17 @@ def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings
             and anomaly.episode_end_ms <= review.hi
             and anomaly.evidence["rule"]["threshold"] == rule.threshold
             and anomaly.evidence["rule"]["window_seconds"] == rule.window_seconds
-            and not any(_finding_of(anomaly).same_episode(run) for run in review.runs)
+            and not any(_within(anomaly, run) for run in review.runs)
         ]
         if stale:
             reason = "a successful login, analysed late, broke the run of failures"
             _announce([{"id": a.pk, "withdrawn": reason, "user_id": a.user_id} for a in stale if a.published_at])
             logger.info("anomalies %s withdrawn: %s", [a.pk for a in stale], reason)
             Anomaly.objects.filter(pk__in=[a.pk for a in stale]).delete()
+
+
+def _within(anomaly: Anomaly, run: Finding) -> bool:
+    return run.start_ms <= anomaly.episode_start_ms and anomaly.episode_end_ms <= run.end_ms
 
 
 def _announce(notices: list[dict[str, Any]]) -> None:

@@ -18,7 +18,14 @@ from signals_app.services import UNREACHABLE
 logger = logging.getLogger(__name__)
 
 # Servers away: the batch must be analysed later, never skipped.
-DETECT_UNREACHABLE = (*UNREACHABLE, redis.ConnectionError, redis.TimeoutError, EpochLost, AnomalyPublishError)
+DETECT_UNREACHABLE = (
+    *UNREACHABLE,
+    redis.ConnectionError,
+    redis.TimeoutError,
+    redis.exceptions.OutOfMemoryError,  # full, not wrong: retry, do not skip
+    EpochLost,
+    AnomalyPublishError,
+)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)

@@ -37,6 +37,9 @@ KINDS = (LOGIN, PURCHASE, API_FAILURE)
 # How long a user's known places stay cached after their last new one.
 PLACES_CACHE_MS = 86_400_000
 ACTIVE_COUNT_EVERY_S = 5.0
+# Windows trim on event time but expire on the clock: an hour more than they keep, so a
+# pipeline stopped for up to that long still finds them when it starts again.
+IDLE_GRACE_MS = 3_600_000
 
 # Add members, trim, set expiry, then read each window's stretch; all or nothing.
 # KEYS[1] is the epoch, then one key per window, then the users' epoch markers to set.
@@ -157,7 +160,6 @@ class WindowStore:
         self._active = 0
 
     def key(self, user_id: int, kind: str) -> str:
-        # The user id in braces: a Redis Cluster keeps all of a user's windows on one node.
         return f"{self.prefix}:{{{user_id}}}:{kind}"
 
     def record(self, additions: Windows, reach: dict[str, Reach]) -> Windows:
@@ -212,7 +214,8 @@ class WindowStore:
             lo, hi = bounds.get((user_id, kind), (0, -1))
             keep = reach[kind].keep_ms
             entries = entries_by_window[(user_id, kind)]
-            args += [lo, hi, keep, keep, " ".join(f"{e.timestamp} {member_of(e, kind)}" for e in entries)]
+            added = " ".join(f"{entry.timestamp} {member_of(entry, kind)}" for entry in entries)
+            args += [lo, hi, keep, keep + IDLE_GRACE_MS, added]
         keys += [self._marker(epoch, user_id) for user_id in filled]
         args.append(max(r.keep_ms for r in reach.values()))
         try:
@@ -260,8 +263,10 @@ class WindowStore:
         }
 
     def places_known(self, first_logins: dict[tuple[int, str], WindowEntry]) -> set[tuple[int, str]]:
-        """The (user, place) pairs whose first login, as last read from PostgreSQL, is no
-        later than the given one: nothing to record or decide for those. A cache only:
+        """The (user, place) pairs whose first login, as last read from PostgreSQL, is
+        earlier than the given one: nothing to record or decide for those. (The first
+        login itself always goes to PostgreSQL, so a retry after a failed publish finds
+        its anomaly again.) A cache only:
         the value kept is never earlier than the truth (first logins only move earlier),
         so a miss or a stale value just sends the login to PostgreSQL."""
         by_user: dict[int, list[str]] = {}
@@ -276,7 +281,7 @@ class WindowStore:
                 if cached is not None:
                     timestamp, _, event_id = cached.decode().partition(" ")
                     entry = first_logins[(user_id, place)]
-                    if (int(timestamp), event_id) <= (entry.timestamp, entry.event_id):
+                    if (int(timestamp), event_id) < (entry.timestamp, entry.event_id):
                         known.add((user_id, place))
         return known
 

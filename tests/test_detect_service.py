@@ -17,14 +17,15 @@ from typing import Any
 
 import pytest
 import redis
+from confluent_kafka import Producer
 from django.conf import settings
 from django.db import connection
 
 from anomalies_app.models import Anomaly, UserLocation
 from anomalies_app.rules import DEFAULT_RULES
 from anomalies_app.selectors import signal_history, signals_exist
-from anomalies_app.services import anomalies_detect_batch
-from anomalies_app.windows import WindowStore
+from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
+from anomalies_app.windows import IDLE_GRACE_MS, WindowStore
 from eventpipeline.kafka import shared_producer, topics_ensure
 from signals_app.services import signals_store_batch
 from tests.conftest import topic_values
@@ -265,6 +266,34 @@ def test_a_late_success_that_splits_a_run_of_failures_withdraws_its_anomaly(dete
     assert [("anomaly_type" in m, "withdrawn" in m) for m in messages] == [(True, False), (False, True)]
 
 
+def test_a_late_success_that_splits_a_run_in_two_leaves_two_anomalies(detect: Detector) -> None:
+    logins = [row(17, BASE + i * 10_000, "login", success=i == 3) for i in range(7)]  # F F F S F F F
+    detect([r for i, r in enumerate(logins) if i != 3])
+    assert Anomaly.objects.filter(user_id=17).count() == 1, "without the success: one run of six"
+    detect([logins[3]])
+    runs = sorted(Anomaly.objects.filter(user_id=17).values_list("episode_start_ms", "episode_end_ms"))
+    assert runs == [(BASE, BASE + 20_000), (BASE + 40_000, BASE + 60_000)]
+
+
+def test_a_location_anomaly_unpublished_by_a_failed_publish_goes_out_on_the_retry(detect: Detector) -> None:
+    home, away = row(18, BASE, "login", location="Berlin, DE"), row(18, BASE + 5_000, "login", location="Lagos, NG")
+    unreachable = Producer({"bootstrap.servers": "127.0.0.1:1", "message.timeout.ms": 1000, "log_level": 0})
+    signals_store_batch(topic="test", rows=[home, away])
+    with pytest.raises(AnomalyPublishError):
+        anomalies_detect_batch(rows=[home, away], rules=DEFAULT_RULES, windows=detect.store, producer=unreachable)
+    assert Anomaly.objects.get(user_id=18).published_at is None
+    detect([home, away], store=False)  # the task's retry
+    assert Anomaly.objects.get(user_id=18).published_at is not None
+    assert len(topic_values(detect.topic, expected=1)) == 1
+
+
+def test_a_very_long_location_is_a_place_like_any_other(detect: Detector) -> None:
+    far = "Somewhere, " + "very " * 200 + "far"
+    detect([row(19, BASE, "login", location="Berlin, DE"), row(19, BASE + 5_000, "login", location=far)])
+    (anomaly,) = Anomaly.objects.filter(user_id=19)
+    assert anomaly.episode_key.startswith("Somewhere, very") and len(anomaly.episode_key) <= 255
+
+
 def test_a_rule_turned_off_raises_nothing(detect: Detector) -> None:
     rules = {**DEFAULT_RULES}
     rules["high_frequency_login"] = replace(rules["high_frequency_login"], enabled=False)
@@ -282,4 +311,4 @@ def test_windows_expire_and_stay_trimmed(detect: Detector) -> None:
     keep = 2 * 900_000 + 1 + settings.DETECT_LATENESS_SECONDS * 1000
     assert BASE + 99 * 30_000 - keep <= oldest < BASE + 99 * 30_000 - keep + 30_000
     ttl = detect.client.pttl(key)
-    assert 0 < ttl <= keep
+    assert keep < ttl <= keep + IDLE_GRACE_MS, "expiry leaves an hour's grace for a stopped pipeline"

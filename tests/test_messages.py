@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 
 import pytest
 
@@ -15,10 +16,17 @@ from signals_app.messages import (
     derived_event_id,
     with_original_identity,
 )
-from tests.factories import PAYLOADS, encoded, signal_message
+from tests import factories
+from tests.factories import PAYLOADS, encoded
 
 NOW = int(time.time() * 1000)
 LIMITS = Limits(max_bytes=65_536, max_age_ms=365 * 86_400_000, max_skew_ms=300_000)
+
+
+def signal_message(signal_type: str = "click", **changes: Any) -> dict[str, Any]:
+    """A valid message stamped at NOW, the moment every decode here takes as now (however
+    long the suite has been running)."""
+    return factories.signal_message(signal_type, **{"timestamp": NOW, **changes})
 
 
 def decode(value: bytes | None, offset: int = 7) -> SignalRow | Rejection:

@@ -29,8 +29,9 @@ class Command(BaseCommand):
         parser.add_argument(
             "--settle",
             type=float,
-            default=5.0,
-            help="Then wait until no anomaly has been added for this long (default %(default)s).",
+            default=10.0,
+            help="Then wait until no anomaly has been added for this long (default %(default)s; "
+            "detection runs beside storing and may retry).",
         )
 
     def handle(self, *args: Any, **options: Any) -> None:
