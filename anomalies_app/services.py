@@ -391,14 +391,12 @@ def anomaly_findings_record(
         stored[(anomaly.user_id, anomaly.anomaly_type)].append(anomaly)
 
     touched: list[tuple[int, Finding, bool]] = []  # (anomaly id, episode, not published yet)
-    for finding in findings:
+    new: list[tuple[Anomaly, Finding]] = []
+    for finding in findings:  # merged already: no two of them are one episode
         candidates = stored[(finding.user_id, finding.anomaly_type)]
         matches = [anomaly for anomaly in candidates if _finding_of(anomaly).same_episode(finding)]
         if not matches:
-            anomaly = _anomaly_create(finding, rules[finding.anomaly_type], signals)
-            candidates.append(anomaly)
-            result.created.append(anomaly.pk)
-            touched.append((anomaly.pk, finding, True))
+            new.append((_anomaly_new(finding, rules[finding.anomaly_type], signals), finding))
             continue
         survivor = min(matches, key=lambda anomaly: (anomaly.status == AnomalyStatus.NEW, anomaly.pk))
         merged_away = [anomaly for anomaly in matches if anomaly is not survivor]
@@ -412,6 +410,10 @@ def anomaly_findings_record(
             for anomaly in merged_away:
                 candidates.remove(anomaly)
         touched.append((survivor.pk, merged, survivor.published_at is None))
+    Anomaly.objects.bulk_create([anomaly for anomaly, _ in new])
+    for anomaly, finding in new:
+        result.created.append(anomaly.pk)
+        touched.append((anomaly.pk, finding, True))
     return touched
 
 
@@ -509,7 +511,7 @@ def _description(finding: Finding, rule: dict[str, Any]) -> str:
     return describe(settings_then, finding.value, describe_detail(finding.anomaly_type, finding.start_ms, finding.key))
 
 
-def _anomaly_create(finding: Finding, rule: RuleSettings, signals: dict[str, BatchEvent]) -> Anomaly:
+def _anomaly_new(finding: Finding, rule: RuleSettings, signals: dict[str, BatchEvent]) -> Anomaly:
     snapshot = {
         "threshold": rule.threshold,
         "window_seconds": rule.window_seconds,
@@ -517,7 +519,7 @@ def _anomaly_create(finding: Finding, rule: RuleSettings, signals: dict[str, Bat
         "severity": rule.severity,
     }
     trigger = next((signals[event_id] for event_id in finding.event_ids if event_id in signals), None)
-    return Anomaly.objects.create(
+    return Anomaly(
         user_id=finding.user_id,
         anomaly_type=finding.anomaly_type,
         severity=rule.severity,
