@@ -33,7 +33,6 @@ from anomalies_app.detection import WindowEntry
 LOGIN = "login"
 PURCHASE = "purchase"
 API_FAILURE = "api_failure"
-KINDS = (LOGIN, PURCHASE, API_FAILURE)
 # How long a user's known places stay cached after their last new one.
 PLACES_CACHE_MS = 86_400_000
 ACTIVE_COUNT_EVERY_S = 5.0

@@ -453,7 +453,8 @@ def test_promtool_check_rules(promtool: str) -> None:
 
 def test_expected_alerts_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
-    for name in ("BridgeDown", "WorkerDown", "NoEventsStored", "DeadLetterRateHigh", "BridgePaused"):
+    expected = ("BridgeDown", "WorkerDown", "NoEventsStored", "DeadLetterRateHigh", "BridgePaused", "DetectionFailing")
+    for name in expected:
         assert name in names, f"alerts.yml has no {name} alert"
     for rule in alert_rules():
         assert rule.get("labels", {}).get("severity"), f"alert {rule['alert']} has no severity label"
@@ -542,6 +543,20 @@ tests:
     promql_expr_test:
       - expr: ALERTS{{alertname="DeadLetterRateHigh", alertstate="firing"}}
         eval_time: 12m
+        exp_samples: []
+  # A batch of 500 is given up on at minute 3: the alert fires, and clears 10 minutes on.
+  - interval: 1m
+    input_series:
+      - series: 'events_processed_total{{job="worker", status="detect_failed"}}'
+        values: '0 0 0 500 500 500 500 500 500 500 500 500 500 500 500 500 500'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="DetectionFailing", alertstate="firing"}}
+        eval_time: 5m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="DetectionFailing", alertstate="firing", severity="critical"}}'
+            value: 1
+      - expr: ALERTS{{alertname="DetectionFailing", alertstate="firing"}}
+        eval_time: 16m
         exp_samples: []
 """
 
