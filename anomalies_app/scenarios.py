@@ -119,10 +119,6 @@ class ScenarioWeaver:
             "second_login_from_home": self._second_login_from_home,
         }
 
-    @property
-    def rate(self) -> float:
-        return self.background.rate
-
     def rate_change(self, rate: float) -> None:
         self.background.rate_change(rate)
 

@@ -89,7 +89,6 @@ class DetectResult:
     analysed: int = 0
     created: list[int] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
-    published: int = 0
 
 
 @dataclass(frozen=True)
@@ -151,9 +150,7 @@ def anomalies_detect_batch(
     result = DetectResult(analysed=len(events))
     anomalies = _record(events, findings, reviews, rules, result, windows)
     ACTIVE_USER_SESSIONS.set(windows.active_users({event.user_id for event in events}))
-    result.published = anomalies_publish(
-        anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer()
-    )
+    anomalies_publish(anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer())
     return result
 
 
