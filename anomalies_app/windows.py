@@ -25,6 +25,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 import redis
 from django.conf import settings
 
@@ -82,6 +83,43 @@ for i = 2 + windows, #KEYS do
   redis.call('SET', KEYS[i], '1', 'PX', marker_ttl)
 end
 return out
+"""
+
+# The places cache and the active-user sketch, one call each per batch. Arguments and
+# replies go as one JSON document (cjson in Redis): a command per user, or an argument
+# per place, cost more to pack in redis-py than the work they asked for.
+# KEYS: the users' places hashes. ARGV[1]: per key, the places to look up. Reply: per
+# key, the cached values (false where none).
+PLACES_GET_SCRIPT = """
+local asked = cjson.decode(ARGV[1])
+local out = {}
+for i, places in ipairs(asked) do
+  out[i] = redis.call('HMGET', KEYS[i], unpack(places))
+end
+return cjson.encode(out)
+"""
+# KEYS: the users' places hashes. ARGV[1]: per key, "place value place value ..." as a
+# list; ARGV[2]: how long the hash lives after its last new place (ms).
+PLACES_SET_SCRIPT = """
+local sets = cjson.decode(ARGV[1])
+for i, fields in ipairs(sets) do
+  redis.call('HSET', KEYS[i], unpack(fields))
+  redis.call('PEXPIRE', KEYS[i], ARGV[2])
+end
+return #sets
+"""
+# KEYS: this minute's sketch, then the earlier minutes'. ARGV: the user ids (JSON list),
+# the sketch's expiry (s), and 1 to count the users of all the minutes.
+ACTIVE_SCRIPT = """
+local users = cjson.decode(ARGV[1])
+for i = 1, #users, 1000 do
+  redis.call('PFADD', KEYS[1], unpack(users, i, math.min(i + 999, #users)))
+end
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[3] == '1' then
+  return redis.call('PFCOUNT', unpack(KEYS))
+end
+return 0
 """
 
 
@@ -153,6 +191,9 @@ class WindowStore:
         self.history_exists = history_exists
         self.clock = clock
         self.record_script = client.register_script(RECORD_SCRIPT)
+        self.places_get_script = client.register_script(PLACES_GET_SCRIPT)
+        self.places_set_script = client.register_script(PLACES_SET_SCRIPT)
+        self.active_script = client.register_script(ACTIVE_SCRIPT)
         self.epoch_key = f"{prefix}:epoch"
         self._epoch: Epoch | None = None
         self._counted_at = float("-inf")
@@ -271,26 +312,27 @@ class WindowStore:
         by_user: dict[int, list[str]] = {}
         for user_id, place in first_logins:
             by_user.setdefault(user_id, []).append(place)
-        pipe = self.client.pipeline(transaction=False)
-        for user_id, places in by_user.items():
-            pipe.hmget(self._places_key(user_id), places)
+        keys = [self._places_key(user_id) for user_id in by_user]
+        replies = orjson.loads(self.places_get_script(keys=keys, args=[orjson.dumps(list(by_user.values()))]))
         known = set()
-        for (user_id, places), cached_values in zip(by_user.items(), pipe.execute(), strict=True):
+        for (user_id, places), cached_values in zip(by_user.items(), replies, strict=True):
             for place, cached in zip(places, cached_values, strict=True):
-                if cached is not None:
-                    timestamp, _, event_id = cached.decode().partition(" ")
+                if cached:
+                    timestamp, _, event_id = cached.partition(" ")
                     entry = first_logins[(user_id, place)]
                     if (int(timestamp), event_id) < (entry.timestamp, entry.event_id):
                         known.add((user_id, place))
         return known
 
     def places_remember(self, places: dict[int, dict[str, WindowEntry]]) -> None:
-        pipe = self.client.pipeline(transaction=False)
-        for user_id, first_logins in places.items():
-            key = self._places_key(user_id)
-            pipe.hset(key, mapping={p: f"{e.timestamp} {e.event_id}" for p, e in first_logins.items()})
-            pipe.pexpire(key, PLACES_CACHE_MS)
-        pipe.execute()
+        if not places:
+            return
+        keys = [self._places_key(user_id) for user_id in places]
+        fields = [
+            [part for place, entry in first_logins.items() for part in (place, f"{entry.timestamp} {entry.event_id}")]
+            for first_logins in places.values()
+        ]
+        self.places_set_script(keys=keys, args=[orjson.dumps(fields), PLACES_CACHE_MS])
 
     def _places_key(self, user_id: int) -> str:
         return f"{self.prefix}:{{{user_id}}}:places"
@@ -302,15 +344,12 @@ class WindowStore:
         now = self.clock()
         minute = int(now // 60)
         keys = [f"{self.prefix}:active:{minute - back}" for back in range(minutes)]
-        pipe = self.client.pipeline(transaction=False)
-        if user_ids:
-            pipe.pfadd(keys[0], *user_ids)
-        pipe.expire(keys[0], (minutes + 1) * 60)
         # Counting merges the minutes' sketches, the costly part: every few seconds is enough.
         counting = now - self._counted_at >= ACTIVE_COUNT_EVERY_S
+        reply = self.active_script(
+            keys=keys,
+            args=[orjson.dumps([str(user_id) for user_id in user_ids]), (minutes + 1) * 60, 1 if counting else 0],
+        )
         if counting:
-            pipe.pfcount(*keys)
-        replies = pipe.execute()
-        if counting:
-            self._counted_at, self._active = now, int(replies[-1])
+            self._counted_at, self._active = now, int(reply)
         return self._active

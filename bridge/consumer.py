@@ -24,7 +24,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from celery.result import AsyncResult
+from celery.result import AsyncResult, denied_join_result
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 from django.db import DatabaseError, connection
 
@@ -205,10 +205,14 @@ class Bridge:
         try:
             # Plain tuples (orjson writes them without a callback per row), and a short
             # argsrepr: Celery would otherwise repr the whole batch for Flower.
-            result = TASKS[name].apply_async(  # type: ignore[call-arg]  # argsrepr: Celery option the stubs lack
-                args=(batch.topic, list(map(tuple, batch.rows))),
-                argsrepr=f"({batch.topic!r}, <{len(batch.rows)} events>)",
-            )
+            # denied_join_result: the bridge reads results with one MGET per turn
+            # (_task_states), so Celery need not subscribe to each task's result channel
+            # and unsubscribe again (a sixth of the bridge's CPU, profiled).
+            with denied_join_result():
+                result = TASKS[name].apply_async(  # type: ignore[call-arg]  # argsrepr: not in the stubs
+                    args=(batch.topic, list(map(tuple, batch.rows))),
+                    argsrepr=f"({batch.topic!r}, <{len(batch.rows)} events>)",
+                )
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
             logger.error(
                 "cannot hand batch %s to Celery for %s (attempt %d): %s", batch.batch_id, name, handover.attempts, error

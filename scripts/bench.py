@@ -117,7 +117,10 @@ def cpu_seconds_by_component() -> dict[str, float]:
         if "run_bridge" in cmdline:
             component = "bridge"
         elif "celery" in cmdline and "worker" in cmdline:
-            component = "worker"
+            # The bench names its queues bench-store-* and bench-detect-*.
+            component = "store worker" if "-Q bench-store" in cmdline else "detect worker"
+            if "," in cmdline.partition(" -Q ")[2].split(" ")[0]:
+                component = "worker"
         elif name.startswith("postgres") or "postgres:" in cmdline:
             component = "postgresql"
         elif "redis-server" in name or "redis-server" in cmdline:
@@ -154,6 +157,9 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "BRIDGE_METRICS_PORT": "0",
         "WORKER_METRICS_PORT": "0",
         "LOG_LEVEL": "WARNING",
+        # As deployed: with DEBUG on, Django also logs every query in each process.
+        "DEBUG": "false",
+        "SECRET_KEY": os.environ.get("SECRET_KEY") or f"bench-only-{uuid.uuid4().hex}{uuid.uuid4().hex}",
     }
     # One worker process per queue, as docker-compose.yml runs them: each has a GIL of its
     # own, and storing and detecting scale separately (--one-worker: both in one process).
@@ -207,6 +213,21 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         stop(bridge)
         for worker in workers:
             stop(worker)
+        windows_forget(env["DETECT_KEY_PREFIX"])
+
+
+def windows_forget(prefix: str) -> None:
+    """Remove the run's windows, places caches and sketches (keys per user and kind, which
+    would otherwise stay in Redis for hours and slow every later SCAN of it)."""
+    client = redis.Redis.from_url(settings.DETECT_REDIS_URL)
+    batch = []
+    for key in client.scan_iter(f"{prefix}:*", count=10_000):
+        batch.append(key)
+        if len(batch) >= 10_000:
+            client.unlink(*batch)
+            batch = []
+    if batch:
+        client.unlink(*batch)
 
 
 def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
