@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
 import sys
 import time
@@ -91,3 +92,32 @@ def test_emits_exactly_the_seeded_events_to_kafka() -> None:
     assert {event["event_id"] for event in received} == set(expected)
     for event in received:
         assert event == expected[event["event_id"]]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("length", [["--count=10"], []], ids=["a run of set length", "an endless run"])
+def test_a_metrics_port_in_use_stops_only_an_endless_emitter(length: list[str]) -> None:
+    """Next to a running pipeline, whose emitter holds EMITTER_METRICS_PORT, a one-off run
+    (the README's `--inject-anomalies --count ...`) still emits; an endless one refuses."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        completed = subprocess.run(
+            [
+                *(sys.executable, "manage.py", "emit_signals", *length),
+                *(f"--topic=test-emit-port-{uuid.uuid4()}", f"--metrics-port={port}", "--no-progress"),
+            ],
+            cwd=PROJECT_DIR,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    assert f"cannot serve metrics on port {port}" in completed.stderr
+    if length:
+        assert completed.returncode == 0, completed.stderr
+        assert "emitting without metrics" in completed.stderr
+        assert "emitted 10 events" in completed.stdout
+    else:
+        assert completed.returncode == 1
+        assert "emitted" not in completed.stdout

@@ -167,7 +167,12 @@ class Command(BaseCommand):
             try:
                 start_http_server(options["metrics_port"])
             except OSError as error:
-                raise CommandError(f"cannot serve metrics on port {options['metrics_port']}: {error}") from error
+                problem = f"cannot serve metrics on port {options['metrics_port']}: {error}"
+                if options["count"] is None and options["duration"] is None:
+                    raise CommandError(problem) from error  # an endless emitter must be watched
+                # A run of a set length next to a running pipeline (whose emitter has the
+                # port) is a one-off: its summary says what it sent.
+                self.stderr.write(f"{problem}; emitting without metrics (--metrics-port picks another)")
         self.producer = Producer(producer_config())
 
         self.sent = 0
