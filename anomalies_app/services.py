@@ -573,6 +573,15 @@ def anomaly_message(anomaly: Anomaly) -> bytes:
     )
 
 
+# Locks in id order (two workers claiming overlapping sets must not deadlock); a row
+# another worker claimed first is skipped once its claim commits (FOR UPDATE re-reads it).
+CLAIM_FOR_PUBLISHING_SQL = """
+UPDATE anomalies SET published_at = %s
+WHERE id IN (SELECT id FROM anomalies WHERE id = ANY(%s) AND published_at IS NULL ORDER BY id FOR UPDATE)
+RETURNING *
+"""
+
+
 def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer) -> int:
     """Publish the anomalies among `anomaly_ids` not published yet, each once.
 
@@ -582,10 +591,7 @@ def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer)
     if not anomaly_ids:
         return 0
     with transaction.atomic():
-        claimed = Anomaly.objects.raw(
-            "UPDATE anomalies SET published_at = %s WHERE id = ANY(%s) AND published_at IS NULL RETURNING *",
-            [timezone.now(), sorted(anomaly_ids)],
-        )
+        claimed = Anomaly.objects.raw(CLAIM_FOR_PUBLISHING_SQL, [timezone.now(), anomaly_ids])
         pending = sorted(claimed, key=lambda anomaly: anomaly.pk)
         if not pending:
             return 0

@@ -90,11 +90,18 @@ return out
 # per place, cost more to pack in redis-py than the work they asked for.
 # KEYS: the users' places hashes. ARGV[1]: per key, the places to look up. Reply: per
 # key, the cached values (false where none).
+# (Lists go to commands in chunks: Lua's unpack stops at a few thousand values.)
 PLACES_GET_SCRIPT = """
 local asked = cjson.decode(ARGV[1])
 local out = {}
 for i, places in ipairs(asked) do
-  out[i] = redis.call('HMGET', KEYS[i], unpack(places))
+  local values = {}
+  for j = 1, #places, 1000 do
+    for _, value in ipairs(redis.call('HMGET', KEYS[i], unpack(places, j, math.min(j + 999, #places)))) do
+      values[#values + 1] = value
+    end
+  end
+  out[i] = values
 end
 return cjson.encode(out)
 """
@@ -103,7 +110,9 @@ return cjson.encode(out)
 PLACES_SET_SCRIPT = """
 local sets = cjson.decode(ARGV[1])
 for i, fields in ipairs(sets) do
-  redis.call('HSET', KEYS[i], unpack(fields))
+  for j = 1, #fields, 1000 do
+    redis.call('HSET', KEYS[i], unpack(fields, j, math.min(j + 999, #fields)))
+  end
   redis.call('PEXPIRE', KEYS[i], ARGV[2])
 end
 return #sets

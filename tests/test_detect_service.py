@@ -21,6 +21,7 @@ from confluent_kafka import Producer
 from django.conf import settings
 from django.db import connection
 
+from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, UserLocation
 from anomalies_app.rules import DEFAULT_RULES
 from anomalies_app.selectors import signal_history, signals_exist
@@ -312,3 +313,14 @@ def test_windows_expire_and_stay_trimmed(detect: Detector) -> None:
     assert BASE + 99 * 30_000 - keep <= oldest < BASE + 99 * 30_000 - keep + 30_000
     ttl = detect.client.pttl(key)
     assert keep < ttl <= keep + IDLE_GRACE_MS, "expiry leaves an hour's grace for a stopped pipeline"
+
+
+def test_the_places_cache_takes_more_places_than_lua_can_unpack(detect: Detector) -> None:
+    """A batch may carry thousands of new places for one user (BATCH_SIZE goes to 100,000):
+    the scripts hand them to Redis in chunks."""
+    places = {f"Town {i}, XX": WindowEntry(BASE + i, f"e{i}") for i in range(9_000)}
+    detect.store.places_remember({21: places})
+    later = {(21, place): WindowEntry(entry.timestamp + 1, entry.event_id) for place, entry in places.items()}
+    assert detect.store.places_known(later) == set(later)
+    earlier = {(21, place): WindowEntry(entry.timestamp - 1, entry.event_id) for place, entry in places.items()}
+    assert detect.store.places_known(earlier) == set(), "an earlier login than the cached one is news"
