@@ -122,6 +122,10 @@ MAX_CLOCK_SKEW_S = env_int("MAX_CLOCK_SKEW_S", 300, minimum=0)
 STORE_MAX_RETRIES = env_int("STORE_MAX_RETRIES", 5, minimum=0)
 SIGNALS_PER_SECOND = env_int("SIGNALS_PER_SECOND", 1000, minimum=1)
 BURST_MODE = env_bool("BURST_MODE", False)
+# POST /emitter/configure and /emitter/burst write here (on REDIS_URL); running emitters
+# read it every EMITTER_CONTROL_POLL_SECONDS.
+EMITTER_CONTROL_KEY = env_str("EMITTER_CONTROL_KEY", "eventpipeline:emitter:control")
+EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, minimum=0.05)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
 RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+import redis
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
@@ -29,6 +30,7 @@ from anomalies_app.services import injection_run_finish, injection_run_start
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
 from signals_app.generator import TYPE_MIX, SignalGenerator, encode
+from signals_app.selectors import EmitterControl, emitter_control_get
 
 # The pacing loop wakes this often; each wake-up produces the events due by then.
 TICK_SECONDS = 0.01
@@ -93,6 +95,13 @@ class Command(BaseCommand):
             help="Burst mode: emit --burst-multiplier times the rate (default BURST_MODE).",
         )
         parser.add_argument("--burst-multiplier", type=positive_float, default=5.0, help="Default 5.")
+        parser.add_argument(
+            "--follow-control",
+            action=argparse.BooleanOptionalAction,
+            default=None,
+            help="Follow POST /emitter/configure and /emitter/burst while running (default: yes, "
+            "except with --inject-anomalies, whose run must stay as recorded).",
+        )
         parser.add_argument("--seed", type=int, help="Random seed; the same seed gives the same events.")
         parser.add_argument(
             "--start-ms",
@@ -140,6 +149,7 @@ class Command(BaseCommand):
 
         while not self.shutdown:
             now = time.monotonic()
+            self.control_follow(now)
             self.produce_due(now)
             self.producer.poll(0)
             self.metrics_publish()
@@ -191,7 +201,15 @@ class Command(BaseCommand):
             self.generator = SignalGenerator(
                 seed=options["seed"], users=options["users"], start_ms=start_ms, rate=options["rate"]
             )
+        self.timed_burst: tuple[float, float] | None = None  # (multiplier, until), from /emitter/burst
         self.apply_control(rate=options["rate"], burst=options["burst"], burst_multiplier=options["burst_multiplier"])
+        follow = options["follow_control"]
+        self.follow_control = not options["inject_anomalies"] if follow is None else follow
+        self.control_version = 0
+        self.control_unreachable = False
+        if self.follow_control:
+            self.control_version = self.control_read().version
+        self.control_due = 0.0
         self.started = self.schedule_origin
         self.deadline: float | None = self.started + options["duration"] if options["duration"] else None
         self.progress_at = self.started
@@ -266,7 +284,46 @@ class Command(BaseCommand):
             )
 
     def effective_rate(self) -> float:
+        if self.timed_burst is not None:
+            return self.rate * self.timed_burst[0]
         return self.rate * self.burst_multiplier if self.burst else self.rate
+
+    def control_read(self) -> EmitterControl:
+        """The control as stored; as last seen if Redis cannot be reached (the emitter
+        goes on at its rate: its job is Kafka, not Redis)."""
+        try:
+            control = emitter_control_get()
+        except redis.RedisError as error:
+            if not self.control_unreachable:
+                self.stderr.write(f"cannot read the emitter control from Redis, going on as before: {error}")
+            self.control_unreachable = True
+            return EmitterControl(self.control_version, None, None, None, None)
+        self.control_unreachable = False
+        return control
+
+    def control_follow(self, now: float) -> None:
+        """Every EMITTER_CONTROL_POLL_SECONDS: apply a new request, or end a timed burst."""
+        if not self.follow_control or now < self.control_due:
+            return
+        self.control_due = now + settings.EMITTER_CONTROL_POLL_SECONDS
+        control = self.control_read()
+        changed = control.version != self.control_version
+        if changed:
+            self.control_version = control.version
+            until = control.burst_until
+            multiplier = control.burst_multiplier or self.burst_multiplier
+            self.timed_burst = (multiplier, until) if until is not None and until > time.time() else None
+        elif self.timed_burst is not None and time.time() >= self.timed_burst[1]:
+            self.timed_burst = None
+        else:
+            return
+        self.apply_control(rate=control.signals_per_second, burst=control.burst_mode)
+        burst = (
+            f", burst x{self.timed_burst[0]:g} for {self.timed_burst[1] - time.time():.0f} s"
+            if self.timed_burst
+            else ""
+        )
+        self.stdout.write(f"following the control: {self.effective_rate():g} events/s{burst}")
 
     def apply_control(
         self,

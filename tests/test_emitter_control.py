@@ -1,0 +1,124 @@
+"""Runtime control of the emitter (POST /emitter/configure and /emitter/burst): the
+services against the real Redis, and a real emitter process following them on a real topic."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from signals_app.selectors import control_redis, emitter_control_get
+from signals_app.services import emitter_burst, emitter_configure
+from tests.conftest import database_url, topic_records
+
+PROJECT_DIR = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def control_key(settings: Any) -> Iterator[str]:
+    settings.EMITTER_CONTROL_KEY = f"test-emitter-control-{uuid.uuid4().hex[:8]}"
+    yield settings.EMITTER_CONTROL_KEY
+    control_redis().delete(settings.EMITTER_CONTROL_KEY)
+
+
+def test_nothing_asked_is_version_zero_with_nothing_set(control_key: str) -> None:
+    control = emitter_control_get()
+    assert (control.version, control.signals_per_second, control.burst_mode, control.burst_until) == (
+        0,
+        None,
+        None,
+        None,
+    )
+
+
+def test_each_request_sets_what_it_names_and_keeps_the_rest(control_key: str) -> None:
+    first = emitter_configure(signals_per_second=2000, burst_mode=True)
+    assert (first.version, first.signals_per_second, first.burst_mode) == (1, 2000.0, True)
+    second = emitter_configure(burst_mode=False)
+    assert (second.version, second.signals_per_second, second.burst_mode) == (2, 2000.0, False)
+    before = time.time()
+    third = emitter_burst(duration_seconds=60, multiplier=5)
+    assert (third.version, third.signals_per_second, third.burst_multiplier) == (3, 2000.0, 5.0)
+    assert third.burst_until is not None and before + 60 <= third.burst_until <= time.time() + 60
+
+
+def emitter_run(control_key: str, *args: str) -> tuple[subprocess.Popen[str], str]:
+    topic = f"test-emitter-control-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "manage.py", "emit_signals", f"--topic={topic}", "--metrics-port=0", "--no-progress"]
+    process = subprocess.Popen(
+        [*command, *args],
+        cwd=PROJECT_DIR,
+        env={**os.environ, "EMITTER_CONTROL_KEY": control_key, "DATABASE_URL": database_url()},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    return process, topic
+
+
+def produced_per_second(topic: str, output: str) -> list[tuple[float, int]]:
+    """(second since the epoch, records the emitter produced in it), from the records'
+    CreateTime: when the emitter handed each to Kafka."""
+    sent = int(re.search(r"emitted (\d+) events", output).group(1))  # type: ignore[union-attr]
+    records = topic_records(topic, expected=sent)
+    assert len(records) == sent
+    counts: dict[int, int] = {}
+    for record in records:
+        second = record.timestamp()[1] // 1000
+        counts[second] = counts.get(second, 0) + 1
+    return sorted((float(second), count) for second, count in counts.items())
+
+
+def rate_between(per_second: list[tuple[float, int]], start: float, end: float) -> float:
+    """Mean records per second over the whole seconds from `start` to `end`."""
+    seconds = [count for second, count in per_second if start <= second and second + 1 <= end]
+    assert seconds, f"no whole second between {start} and {end}"
+    return sum(seconds) / len(seconds)
+
+
+@pytest.mark.integration
+def test_a_running_emitter_follows_a_new_rate_within_a_second(control_key: str) -> None:
+    emitter, topic = emitter_run(control_key, "--rate=50", "--duration=7")
+    time.sleep(3)  # started, and emitting at its own rate
+    asked_at = time.time()
+    emitter_configure(signals_per_second=500)
+    output, errors = emitter.communicate(timeout=60)
+    assert emitter.returncode == 0, errors
+    assert "following the control: 500 events/s" in output
+    per_second = produced_per_second(topic, output)
+    assert rate_between(per_second, asked_at - 2, asked_at) <= 60, "before: its own 50/s"
+    assert rate_between(per_second, asked_at + 1, asked_at + 4) >= 400, "from a second after on: 500/s"
+
+
+@pytest.mark.integration
+def test_a_timed_burst_multiplies_the_rate_and_then_ends(control_key: str) -> None:
+    emitter, topic = emitter_run(control_key, "--rate=50", "--duration=9")
+    time.sleep(3)
+    asked_at = time.time()
+    emitter_burst(duration_seconds=2.5, multiplier=6)
+    output, errors = emitter.communicate(timeout=60)
+    assert emitter.returncode == 0, errors
+    per_second = produced_per_second(topic, output)
+    assert rate_between(per_second, asked_at + 0.8, asked_at + 2.5) >= 240, "in the burst: 300/s"
+    assert rate_between(per_second, asked_at + 4, asked_at + 6) <= 60, "after it: 50/s again"
+
+
+@pytest.mark.integration
+def test_an_injection_run_does_not_follow_the_control(control_key: str, transactional_db: Any) -> None:
+    """Its events and their times are the ground truth verify_detection checks against."""
+    emitter, _ = emitter_run(control_key, "--rate=200", "--count=1000", "--inject-anomalies", "--seed=3")
+    time.sleep(2)
+    emitter_configure(signals_per_second=5000)
+    output, errors = emitter.communicate(timeout=60)
+    assert emitter.returncode == 0, errors
+    assert "following the control" not in output
+    elapsed = float(re.search(r"emitted \d+ events in ([\d.]+) s", output).group(1))  # type: ignore[union-attr]
+    assert elapsed >= 4.5, "1,000 events at its own 200/s, not 5000/s"
