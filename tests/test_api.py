@@ -16,6 +16,7 @@ import pytest
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
@@ -361,6 +362,20 @@ def test_a_cursor_walk_gives_each_row_once_both_ways(api: APIClient, many_signal
     assert walk(api, last["previous"], key="previous") == list(reversed(forward[:-1]))
 
 
+def test_lists_never_count_and_cursor_pages_never_offset(api: APIClient, many_signals: list[Signal]) -> None:
+    with CaptureQueriesContext(connection) as pages:
+        body = get(api, "/signals", size=5, page=3)
+        get(api, "/anomalies", size=5)
+    with CaptureQueriesContext(connection) as cursors:
+        assert len(walk(api, "/signals?cursor=&size=5")) == 5
+    page_reads = [query["sql"].upper() for query in pages.captured_queries]
+    cursor_reads = [query["sql"].upper() for query in cursors.captured_queries]
+    assert not [sql for sql in page_reads + cursor_reads if "COUNT(" in sql]
+    assert any("OFFSET 10" in sql for sql in page_reads), "page 3 of 5 skips 10 rows"
+    assert not [sql for sql in cursor_reads if "OFFSET" in sql]
+    assert len(body["results"]) == 5
+
+
 def test_cursor_pages_follow_the_filters(api: APIClient, signals: list[Signal]) -> None:
     pages = walk(api, "/signals?cursor=&size=2&user_id=42&signal_type=click")
     assert [row for page in pages for row in page] == [
@@ -529,6 +544,8 @@ def test_the_browsable_api_renders_every_endpoint(api: APIClient, signals: list[
     assert response.status_code in {200, 400, 503}
     assert response["Content-Type"].startswith("text/html")
     assert b"Django REST framework" in response.content
+    if response.status_code == 200 and url.split("?")[0].endswith(("/signals", "/anomalies")):
+        assert b"Filters" in response.content, "a list offers its filters and orderings as a form"
 
 
 def test_the_browsable_api_offers_a_login(signals: list[Signal]) -> None:
