@@ -18,6 +18,10 @@ RUN pip install -r requirements.txt
 # The code belongs to root and is only readable by the process user.
 COPY . .
 
+# Static files (the admin's, Swagger UI's at /docs) hashed and compressed for whitenoise,
+# which the production settings (DEBUG=false) require; this needs no server.
+RUN DEBUG=false SECRET_KEY=collectstatic-only python manage.py collectstatic --noinput --verbosity 0
+
 RUN groupadd --system --gid 10001 app \
     && useradd --system --uid 10001 --gid app --home-dir /home/app --create-home app
 

@@ -6,14 +6,18 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from typing import Any
 
 from django.db import connection
+from django.db.models import Count, QuerySet
+from django.db.models.functions import TruncHour
 
 from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, InjectionRun, Rule, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, RuleSettings
 from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Windows
 from signals_app.models import Signal
+from signals_app.selectors import hour_of, ms_datetime
 
 
 def rule_settings_list() -> dict[str, RuleSettings]:
@@ -133,3 +137,53 @@ def injection_progress(*, run: InjectionRun) -> tuple[int, int]:
     """(events of the run stored, anomalies among its users): to tell when detection is done."""
     users = {"user_id__gte": run.first_user_id, "user_id__lte": run.last_user_id}
     return Signal.objects.filter(**users).count(), Anomaly.objects.filter(**users).count()
+
+
+def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
+    """Anomalies, latest detected first; one user's if `user_id` is given."""
+    anomalies = Anomaly.objects.select_related("assigned_to").order_by("-detection_timestamp", "-id")
+    return anomalies if user_id is None else anomalies.filter(user_id=user_id)
+
+
+def user_risk_score(*, user_id: int) -> dict[str, Any]:
+    """The row of the SQL function users also call directly (DESIGN.md "Database extras")."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM get_user_risk_score(%s)", [user_id])
+        columns = [column.name for column in cursor.description]
+        return dict(zip(columns, cursor.fetchone(), strict=True))
+
+
+@dataclass(frozen=True)
+class AnomalyCount:
+    hour: int
+    anomaly_type: str
+    severity: str
+    status: str
+    anomalies: int
+
+
+def anomaly_counts(*, since_ms: int, until_ms: int) -> list[AnomalyCount]:
+    """Anomalies detected in [since_ms, until_ms), per hour since the epoch, type, severity and status."""
+    rows = (
+        Anomaly.objects.filter(
+            detection_timestamp__gte=ms_datetime(since_ms), detection_timestamp__lt=ms_datetime(until_ms)
+        )
+        .annotate(hour=TruncHour("detection_timestamp"))
+        .values_list("hour", "anomaly_type", "severity", "status")
+        .annotate(anomalies=Count("*"))
+        .order_by()
+    )
+    return [AnomalyCount(hour_of(hour), *rest) for hour, *rest in rows]
+
+
+def anomaly_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple[int, int]]:
+    """(user_id, anomalies) of the users with the most anomalies detected in [since_ms, until_ms)."""
+    rows = (
+        Anomaly.objects.filter(
+            detection_timestamp__gte=ms_datetime(since_ms), detection_timestamp__lt=ms_datetime(until_ms)
+        )
+        .values_list("user_id")
+        .annotate(anomalies=Count("*"))
+        .order_by("-anomalies", "user_id")[:limit]
+    )
+    return [(user_id, anomalies) for user_id, anomalies in rows]

@@ -72,6 +72,21 @@ def env_list(name: str, default: list[str]) -> list[str]:
     return _env(name, default, lambda raw: [item.strip() for item in raw.split(",") if item.strip()], "a list")
 
 
+# The periods DRF's throttles understand (they read the first letter).
+_RATE_PERIODS = {"s", "sec", "second", "m", "min", "minute", "h", "hour", "d", "day"}
+
+
+def _parse_rate(raw: str) -> str:
+    count, _, period = raw.strip().partition("/")
+    if not (count.isdigit() and int(count) > 0 and period in _RATE_PERIODS):
+        raise ValueError(raw)
+    return f"{int(count)}/{period}"
+
+
+def env_rate(name: str, default: str) -> str:
+    return _env(name, default, _parse_rate, "a rate such as 6000/min (a count, then s, min, hour or day)")
+
+
 def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     value = env_str(name, default)
     scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -155,6 +170,8 @@ INSTALLED_APPS = [
     "rest_framework",
     "rest_framework.authtoken",
     "django_filters",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "signals_app",
     "anomalies_app",
     "bridge",
@@ -222,14 +239,51 @@ STORAGES = {
     },
 }
 
+# --- Query API ------------------------------------------------------------------------
+# Requests per user. The default is far above what a person or a paging script asks
+# (100 a second, sustained) and stops only a runaway client; a load test sets its own.
+API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
+# /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
+HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+
+# The throttle's counts, shared by every gunicorn worker (a per-process cache would
+# multiply the rate by the number of workers). Short timeouts: a Redis that does not
+# answer must not hold requests; the throttle then lets them through (throttling.py).
+CACHES = {
+    "default": {
+        "BACKEND": "django.core.cache.backends.redis.RedisCache",
+        "LOCATION": REDIS_URL,
+        "KEY_PREFIX": "api",
+        "OPTIONS": {"socket_connect_timeout": 1, "socket_timeout": 1},
+    }
+}
+
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
+    "DEFAULT_THROTTLE_CLASSES": ["eventpipeline.throttling.UserThrottle"],
     "DEFAULT_FILTER_BACKENDS": ["django_filters.rest_framework.DjangoFilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "eventpipeline.pagination.PageSizePagination",
+    "DEFAULT_PAGINATION_CLASS": "eventpipeline.pagination.PageOrCursorPagination",
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+
+SPECTACULAR_SETTINGS = {
+    "TITLE": "eventpipeline query API",
+    "DESCRIPTION": (
+        "Signals and anomalies as stored by the pipeline. Every endpoint but /health and the "
+        "documentation needs a token (`Authorization: Token <key>`) or a session (log in at /api-auth/login/). "
+        "A bad parameter gets 400 with a JSON object naming each bad parameter and the reasons."
+    ),
+    "VERSION": "1",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
+    # Swagger UI's files are served from this server: the UI must work with no CDN in reach.
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 if not DEBUG:

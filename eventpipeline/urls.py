@@ -2,11 +2,24 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
+from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from signals_app.views import SignalListView
+from anomalies_app.views import AnomalyListView, UserAnomalyListView, UserRiskView
+from eventpipeline.views import HealthView, MetricsView
+from signals_app.views import SignalListView, UserSignalListView
 
+# `<str:user_id>`: a user id that is not a number is a 400 naming it, not a 404.
 urlpatterns = [
     path("signals", SignalListView.as_view(), name="signal-list"),
+    path("anomalies", AnomalyListView.as_view(), name="anomaly-list"),
+    path("users/<str:user_id>/signals", UserSignalListView.as_view(), name="user-signal-list"),
+    path("users/<str:user_id>/anomalies", UserAnomalyListView.as_view(), name="user-anomaly-list"),
+    path("users/<str:user_id>/risk", UserRiskView.as_view(), name="user-risk"),
+    path("metrics", MetricsView.as_view(), name="metrics"),
+    path("health", HealthView.as_view(), name="health"),
+    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
+    path("api-auth/", include("rest_framework.urls")),
     path("admin/", admin.site.urls),
     path("prometheus/", include("django_prometheus.urls")),
 ]

@@ -1,20 +1,69 @@
-"""Read-only queries on signals."""
+"""Read-only queries on signals and dead letters."""
 
 from __future__ import annotations
 
 import functools
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 import redis
 from django.conf import settings
-from django.db.models import QuerySet
+from django.db.models import Count, F, QuerySet
+from django.db.models.functions import TruncHour
 
-from signals_app.models import Signal
+from signals_app.models import DeadLetter, Signal
+
+HOUR_MS = 3_600_000
 
 
-def signal_list() -> QuerySet[Signal]:
-    """Signals, newest event first."""
-    return Signal.objects.order_by("-timestamp", "-id")
+def signal_list(*, user_id: int | None = None) -> QuerySet[Signal]:
+    """Signals, newest event first; one user's if `user_id` is given."""
+    signals = Signal.objects.order_by("-timestamp", "-id")
+    return signals if user_id is None else signals.filter(user_id=user_id)
+
+
+def signal_counts(*, since_ms: int, until_ms: int) -> dict[tuple[int, str], int]:
+    """Signals with event time in [since_ms, until_ms), per (hour since the epoch, type)."""
+    rows = (
+        Signal.objects.filter(timestamp__gte=since_ms, timestamp__lt=until_ms)
+        .annotate(hour=F("timestamp") / HOUR_MS)
+        .values_list("hour", "type")
+        .annotate(signals=Count("*"))
+        .order_by()
+    )
+    return {(hour, signal_type): signals for hour, signal_type, signals in rows}
+
+
+def signal_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple[int, int]]:
+    """(user_id, signals) of the users with the most signals in [since_ms, until_ms)."""
+    rows = (
+        Signal.objects.filter(timestamp__gte=since_ms, timestamp__lt=until_ms)
+        .values_list("user_id")
+        .annotate(signals=Count("*"))
+        .order_by("-signals", "user_id")[:limit]
+    )
+    return [(user_id, signals) for user_id, signals in rows]
+
+
+def ms_datetime(timestamp_ms: int) -> datetime:
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+
+
+def hour_of(moment: datetime) -> int:
+    """Hours since the epoch: the key of the per-hour counts."""
+    return int(moment.timestamp()) // 3600
+
+
+def dead_letter_counts(*, since_ms: int, until_ms: int) -> dict[int, int]:
+    """Dead letters received in [since_ms, until_ms), per hour since the epoch."""
+    rows = (
+        DeadLetter.objects.filter(received_at__gte=ms_datetime(since_ms), received_at__lt=ms_datetime(until_ms))
+        .annotate(hour=TruncHour("received_at"))
+        .values_list("hour")
+        .annotate(dead_letters=Count("*"))
+        .order_by()
+    )
+    return {hour_of(hour): dead_letters for hour, dead_letters in rows}
 
 
 @dataclass(frozen=True)

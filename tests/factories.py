@@ -1,13 +1,18 @@
-"""Test data: signal messages and stored events."""
+"""Test data: signal messages, stored signals, anomalies and dead letters."""
 
 from __future__ import annotations
 
 import json
 import time
 import uuid
+from datetime import datetime
 from typing import Any
 
+from django.utils import timezone
+
+from anomalies_app.models import Anomaly
 from signals_app.messages import SignalRow
+from signals_app.models import DeadLetter, Signal
 
 PAYLOADS: dict[str, dict[str, Any]] = {
     "login": {"login_method": "password", "success": True, "location": "Berlin, DE", "ip_address": "10.1.2.3"},
@@ -48,3 +53,49 @@ def signal_row(*, offset: int = 0, partition: int = 0, signal_type: str = "click
         offset,
     )
     return list(row)
+
+
+def signal_create(
+    *, user_id: int = 42, signal_type: str = "click", timestamp: int | None = None, **fields: Any
+) -> Signal:
+    """A stored signal (as the pipeline would have stored it)."""
+    return Signal.objects.create(
+        event_id=uuid.uuid4(),
+        user_id=user_id,
+        type=signal_type,
+        timestamp=int(time.time() * 1000) if timestamp is None else timestamp,
+        payload=dict(PAYLOADS[signal_type]),
+        **fields,
+    )
+
+
+def anomaly_create(
+    *,
+    user_id: int = 42,
+    anomaly_type: str = "high_value_purchase",
+    severity: str = "medium",
+    status: str = "new",
+    detection_timestamp: datetime | None = None,
+    **fields: Any,
+) -> Anomaly:
+    """A stored anomaly (as detection would have raised it)."""
+    return Anomaly.objects.create(
+        user_id=user_id,
+        anomaly_type=anomaly_type,
+        severity=severity,
+        status=status,
+        description=f"{anomaly_type} for user {user_id}",
+        detection_timestamp=timezone.now() if detection_timestamp is None else detection_timestamp,
+        **fields,
+    )
+
+
+def dead_letter_create(*, offset: int, reason: str = "not JSON", received_at: datetime | None = None) -> DeadLetter:
+    return DeadLetter.objects.create(
+        raw=b"{oops",
+        source_topic="signal-events",
+        source_partition=0,
+        source_offset=offset,
+        reason=reason,
+        received_at=timezone.now() if received_at is None else received_at,
+    )

@@ -31,6 +31,8 @@ def start(**env: str) -> subprocess.CompletedProcess[str]:
         ({"DATABASE_URL": "mysql://x/y"}, "DATABASE_URL must be a URL starting with postgres://"),
         ({"REDIS_URL": "localhost:6379"}, "REDIS_URL must be a URL starting with redis://"),
         ({"DEBUG": "false", "SECRET_KEY": ""}, "SECRET_KEY is required when DEBUG is false"),
+        ({"API_THROTTLE_RATE": "fast"}, "API_THROTTLE_RATE must be a rate such as 6000/min"),
+        ({"API_THROTTLE_RATE": "0/min"}, "API_THROTTLE_RATE must be a rate such as 6000/min"),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:

@@ -36,7 +36,8 @@ class Command(BaseCommand):
                 [
                     "",
                     "eventpipeline is starting:",
-                    f"  API       http://{host}:8000/signals",
+                    f"  API       http://{host}:8000/signals (browsable when logged in to the admin)",
+                    f"  Docs      http://{host}:8000/docs   health http://{host}:8000/health",
                     f"  Admin     http://{host}:8000/admin/   user demo, password {password}",
                     f"  Flower    http://{host}:5555/",
                     f"  Metrics   http://{host}:8000/prometheus/metrics; emitter :8011, bridge :8012, worker :8013",

@@ -1,0 +1,29 @@
+"""OpenAPI pieces shared by the API's views: the error bodies and the user id in a path."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from drf_spectacular.types import OpenApiTypes
+from drf_spectacular.utils import OpenApiParameter, OpenApiResponse
+
+_DETAIL = {"type": "object", "properties": {"detail": {"type": "string"}}, "required": ["detail"]}
+
+BAD_PARAMETERS = OpenApiResponse(
+    response={
+        "type": "object",
+        "description": "Each bad parameter, with the reasons.",
+        "additionalProperties": {"type": "array", "items": {"type": "string"}},
+    },
+    description='A bad parameter, e.g. `{"size": ["is capped at 1000: ask for 1000 or fewer rows per page"]}`.',
+)
+
+# Every endpoint that needs a user answers these besides its own 200 and 400.
+AUTHENTICATED_ERRORS: dict[int, Any] = {
+    401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),
+    429: OpenApiResponse(response=_DETAIL, description="Too many requests from this user (API_THROTTLE_RATE)."),
+}
+
+USER_ID_PATH_PARAMETER = OpenApiParameter(
+    "user_id", OpenApiTypes.INT64, OpenApiParameter.PATH, description="The user's id; a user with no rows is no error."
+)

@@ -1,0 +1,619 @@
+"""The query API through HTTP, as a client uses it (DESIGN.md "Query API"), on real PostgreSQL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.contrib.auth.models import User
+from django.core.cache import cache
+from django.db import connection
+from django.test.utils import CaptureQueriesContext
+from django.utils import timezone
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
+
+from anomalies_app.models import Anomaly
+from eventpipeline.throttling import UserThrottle
+from signals_app.models import Signal
+from tests.conftest import REPO, free_port, wait_for
+from tests.factories import anomaly_create, dead_letter_create, signal_create
+
+pytestmark = pytest.mark.django_db
+
+T0 = 1_700_000_000_000  # a fixed event time (ms) for the list tests
+
+PROTECTED = [
+    "/signals",
+    "/anomalies",
+    "/users/42/signals",
+    "/users/42/anomalies",
+    "/users/42/risk",
+    "/metrics",
+    "/metrics?hours=1",
+]
+
+
+@pytest.fixture
+def user() -> User:
+    return User.objects.create_user("analyst", password="a-long-enough-password")
+
+
+@pytest.fixture
+def token(user: User) -> str:
+    return Token.objects.create(user=user).key
+
+
+@pytest.fixture
+def api(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client
+
+
+def get(api: APIClient, url: str, **params: Any) -> Any:
+    response = api.get(url, params)
+    assert response.status_code == 200, response.content
+    return response.json()
+
+
+def ids(body: dict[str, Any]) -> list[int]:
+    return [row["id"] for row in body["results"]]
+
+
+def walk(api: APIClient, url: str, key: str = "next") -> list[list[int]]:
+    """Follow `key` links from `url` to the end; the ids of each page."""
+    pages = []
+    next_url: str | None = url
+    while next_url:
+        body = get(api, next_url)
+        pages.append(ids(body))
+        next_url = body[key]
+        assert len(pages) < 1000, "the links never end"
+    return pages
+
+
+# --- authentication --------------------------------------------------------------------
+@pytest.mark.parametrize("url", PROTECTED)
+def test_every_endpoint_but_health_and_docs_needs_credentials(url: str) -> None:
+    response = APIClient().get(url)
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Authentication credentials were not provided."}
+    assert response["WWW-Authenticate"] == "Token"
+
+
+@pytest.mark.parametrize("url", PROTECTED)
+def test_a_token_opens_every_endpoint(api: APIClient, url: str) -> None:
+    assert api.get(url).status_code == 200
+
+
+def test_a_wrong_token_is_401() -> None:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION="Token 0123456789abcdef0123456789abcdef01234567")
+    response = client.get("/signals")
+    assert response.status_code == 401
+    assert response.json() == {"detail": "Invalid token."}
+
+
+def test_a_session_opens_the_api_too(user: User) -> None:
+    client = APIClient()
+    assert client.login(username="analyst", password="a-long-enough-password")
+    assert client.get("/signals").status_code == 200
+
+
+def test_the_drf_token_command_makes_a_working_token(user: User) -> None:
+    from django.core.management import call_command
+
+    call_command("drf_create_token", "analyst")
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.get(user=user).key}")
+    assert client.get("/signals").status_code == 200
+
+
+@pytest.mark.parametrize("url", ["/health", "/docs", "/schema"])
+def test_health_and_docs_need_no_credentials(url: str) -> None:
+    assert APIClient().get(url).status_code in {200, 503}  # /health says 503 when a server is away
+
+
+def forget_throttle_history(user: User) -> None:
+    """The test database gives out the same user ids on every run; the cache (Redis) outlives it."""
+    cache.delete(UserThrottle.cache_format % {"scope": UserThrottle.scope, "ident": user.pk})
+
+
+def test_requests_beyond_the_rate_are_throttled(api: APIClient, user: User, settings: Any) -> None:
+    settings.API_THROTTLE_RATE = "3/min"
+    other_user = User.objects.create_user("someone-else")
+    forget_throttle_history(user)
+    forget_throttle_history(other_user)
+    assert [api.get("/signals").status_code for _ in range(4)] == [200, 200, 200, 429]
+    assert api.get("/health").status_code in {200, 503}, "monitors are never throttled"
+    other = APIClient()
+    other.force_authenticate(other_user)
+    assert other.get("/signals").status_code == 200, "the throttle is per user"
+
+
+def test_the_api_answers_when_the_throttles_redis_does_not(
+    api: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings.CACHES = {
+        "default": {
+            "BACKEND": "django.core.cache.backends.redis.RedisCache",
+            "LOCATION": f"redis://127.0.0.1:{free_port()}/0",
+            "OPTIONS": {"socket_connect_timeout": 0.2, "socket_timeout": 0.2},
+        }
+    }
+    assert api.get("/signals").status_code == 200
+    assert "throttle not applied, its cache did not answer" in caplog.text
+
+
+# --- /signals --------------------------------------------------------------------------
+@pytest.fixture
+def signals() -> list[Signal]:
+    """Two users, every type, event times a second apart, newest last."""
+    types = ["login", "purchase", "click", "api_call", "file_access"]
+    return [
+        signal_create(user_id=42 if n % 3 else 7, signal_type=types[n % 5], timestamp=T0 + 1000 * n) for n in range(12)
+    ]
+
+
+def test_signals_newest_event_first_with_every_field(api: APIClient, signals: list[Signal]) -> None:
+    body = get(api, "/signals")
+    assert ids(body) == [s.id for s in reversed(signals)]
+    newest = body["results"][0]
+    assert newest["event_id"] == str(signals[-1].event_id)
+    assert (newest["user_id"], newest["type"], newest["timestamp"]) == (42, "purchase", T0 + 11_000)
+    assert newest["payload"] == signals[-1].payload
+    assert set(newest) == {"id", "event_id", "user_id", "type", "timestamp", "payload", "processed_at", "created_at"}
+    assert "count" not in body
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"user_id": "7"}, lambda s: s.user_id == 7),
+        ({"signal_type": "login"}, lambda s: s.type == "login"),
+        ({"start_timestamp": T0 + 3000}, lambda s: s.timestamp >= T0 + 3000),
+        ({"end_timestamp": T0 + 3000}, lambda s: s.timestamp <= T0 + 3000),
+        ({"start_timestamp": T0 + 2000, "end_timestamp": T0 + 2000}, lambda s: s.timestamp == T0 + 2000),
+        (
+            {"user_id": "42", "signal_type": "purchase", "start_timestamp": T0 + 5000, "end_timestamp": T0 + 11_000},
+            lambda s: s.user_id == 42 and s.type == "purchase" and T0 + 5000 <= s.timestamp <= T0 + 11_000,
+        ),
+        ({"user_id": "999"}, lambda s: False),
+        ({"signal_type": ""}, lambda s: True),
+    ],
+)
+def test_signal_filters(api: APIClient, signals: list[Signal], params: dict[str, Any], expected: Any) -> None:
+    assert ids(get(api, "/signals", **params)) == [s.id for s in reversed(signals) if expected(s)]
+
+
+def test_signal_ordering_on_whitelisted_fields(api: APIClient, signals: list[Signal]) -> None:
+    assert ids(get(api, "/signals", ordering="timestamp")) == [s.id for s in signals]
+    assert ids(get(api, "/signals", ordering="-id")) == [s.id for s in reversed(signals)]
+    assert ids(get(api, "/signals", ordering="id")) == [s.id for s in signals]
+
+
+def test_user_signals(api: APIClient, signals: list[Signal]) -> None:
+    assert ids(get(api, "/users/7/signals")) == [s.id for s in reversed(signals) if s.user_id == 7]
+    assert ids(get(api, "/users/42/signals", signal_type="click")) == [
+        s.id for s in reversed(signals) if s.user_id == 42 and s.type == "click"
+    ]
+    # The path names the user: a user_id in the query cannot widen it.
+    assert ids(get(api, "/users/7/signals", user_id="42")) == ids(get(api, "/users/7/signals"))
+
+
+def test_a_user_with_nothing_is_an_empty_list(api: APIClient, signals: list[Signal]) -> None:
+    for url in ["/users/123456/signals", "/users/123456/anomalies", "/users/-1/signals"]:
+        assert get(api, url) == {"next": None, "previous": None, "results": []}
+
+
+# --- /anomalies and risk ---------------------------------------------------------------
+@pytest.fixture
+def anomalies() -> list[Anomaly]:
+    now = timezone.now()
+    specs = [
+        (42, "high_value_purchase", "medium", "new"),
+        (42, "repeated_login_failures", "high", "acknowledged"),
+        (7, "unusual_time_activity", "low", "resolved"),
+        (42, "unusual_location_login", "high", "false_positive"),
+        (7, "high_frequency_login", "medium", "new"),
+    ]
+    return [
+        anomaly_create(
+            user_id=user_id,
+            anomaly_type=anomaly_type,
+            severity=severity,
+            status=status,
+            detection_timestamp=now - timedelta(minutes=10 * (len(specs) - n)),
+        )
+        for n, (user_id, anomaly_type, severity, status) in enumerate(specs)
+    ]
+
+
+def test_anomalies_latest_first(api: APIClient, anomalies: list[Anomaly]) -> None:
+    body = get(api, "/anomalies")
+    assert ids(body) == [a.id for a in reversed(anomalies)]
+    assert body["results"][0]["anomaly_type"] == "high_frequency_login"
+    assert {"severity", "status", "description", "evidence", "detection_timestamp"} <= set(body["results"][0])
+
+
+@pytest.mark.parametrize(
+    ("params", "expected"),
+    [
+        ({"severity": "high"}, lambda a: a.severity == "high"),
+        ({"anomaly_type": "unusual_time_activity"}, lambda a: a.anomaly_type == "unusual_time_activity"),
+        ({"status": "new"}, lambda a: a.status == "new"),
+        ({"user_id": "7"}, lambda a: a.user_id == 7),
+        ({"user_id": "42", "severity": "high", "status": "acknowledged"}, lambda a: a.status == "acknowledged"),
+    ],
+)
+def test_anomaly_filters(api: APIClient, anomalies: list[Anomaly], params: dict[str, Any], expected: Any) -> None:
+    assert ids(get(api, "/anomalies", **params)) == [a.id for a in reversed(anomalies) if expected(a)]
+
+
+def test_anomaly_ordering(api: APIClient, anomalies: list[Anomaly]) -> None:
+    assert ids(get(api, "/anomalies", ordering="detection_timestamp")) == [a.id for a in anomalies]
+
+
+def test_user_anomalies(api: APIClient, anomalies: list[Anomaly]) -> None:
+    assert ids(get(api, "/users/42/anomalies")) == [a.id for a in reversed(anomalies) if a.user_id == 42]
+    assert ids(get(api, "/users/42/anomalies", severity="high")) == [
+        a.id for a in reversed(anomalies) if a.user_id == 42 and a.severity == "high"
+    ]
+
+
+def test_risk_is_the_sql_functions_row(api: APIClient, anomalies: list[Anomaly], signals: list[Signal]) -> None:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM get_user_risk_score(42)")
+        columns = [column.name for column in cursor.description]
+        expected = dict(zip(columns, cursor.fetchone(), strict=True))
+    body = get(api, "/users/42/risk")
+    assert body == expected
+    # high + medium (the false positive does not count): 10 + 5
+    assert (body["total_anomalies"], body["risk_score"], body["risk_level"]) == (2, 15, "low")
+
+
+def test_risk_of_a_user_with_nothing(api: APIClient) -> None:
+    assert get(api, "/users/5/risk") == {
+        "user_id": 5,
+        "total_signals": 0,
+        "total_anomalies": 0,
+        "high_severity": 0,
+        "medium_severity": 0,
+        "low_severity": 0,
+        "risk_score": 0,
+        "risk_level": "low",
+    }
+
+
+# --- pagination ------------------------------------------------------------------------
+@pytest.fixture
+def many_signals() -> list[Signal]:
+    """23 signals, several sharing an event time: the id must break the ties."""
+    return [signal_create(user_id=1, timestamp=T0 + 1000 * (n // 3)) for n in range(23)]
+
+
+def newest_first(rows: list[Signal]) -> list[int]:
+    return [s.id for s in sorted(rows, key=lambda s: (s.timestamp, s.id), reverse=True)]
+
+
+def test_page_and_size(api: APIClient, many_signals: list[Signal]) -> None:
+    expected = newest_first(many_signals)
+    first = get(api, "/signals", size=10)
+    assert ids(first) == expected[:10]
+    assert first["previous"] is None
+    assert first["next"] == "http://testserver/signals?page=2&size=10"
+    second = get(api, first["next"])
+    assert ids(second) == expected[10:20]
+    assert second["previous"] == "http://testserver/signals?size=10"
+    last = get(api, second["next"])
+    assert ids(last) == expected[20:]
+    assert last["next"] is None
+    assert last["previous"] == "http://testserver/signals?page=2&size=10"
+
+
+def test_a_last_page_that_is_exactly_full_has_no_next(api: APIClient, many_signals: list[Signal]) -> None:
+    body = get(api, "/signals", size=23)
+    assert len(body["results"]) == 23
+    assert body["next"] is None
+
+
+def test_a_page_past_the_end_is_empty(api: APIClient, many_signals: list[Signal]) -> None:
+    body = get(api, "/signals", size=10, page=9)
+    assert body["results"] == []
+    assert body["next"] is None
+
+
+def test_the_default_size_is_50_and_the_cap_1000(api: APIClient) -> None:
+    Signal.objects.bulk_create(
+        Signal(event_id=f"00000000-0000-0000-0000-{n:012d}", user_id=1, type="click", timestamp=T0 + n, payload={})
+        for n in range(1001)
+    )
+    assert len(get(api, "/signals")["results"]) == 50
+    capped = get(api, "/signals", size=1000)
+    assert len(capped["results"]) == 1000
+    assert capped["next"] is not None
+    assert api.get("/signals", {"size": 1001}).json() == {
+        "size": ["is capped at 1000: ask for 1000 or fewer rows per page"]
+    }
+
+
+@pytest.mark.parametrize("ordering", ["-timestamp", "timestamp", "id", "-id"])
+def test_a_cursor_walk_gives_each_row_once_both_ways(api: APIClient, many_signals: list[Signal], ordering: str) -> None:
+    forward = walk(api, f"/signals?cursor=&size=5&ordering={ordering}")
+    assert [len(page) for page in forward] == [5, 5, 5, 5, 3]
+    walked = [row for page in forward for row in page]
+    expected = newest_first(many_signals)
+    if ordering in {"timestamp", "id"}:
+        expected.reverse()
+    assert walked == expected
+    # From the last page back to the first, by the `previous` links.
+    last = get(api, f"/signals?cursor=&size=5&ordering={ordering}")
+    while last["next"]:
+        last = get(api, last["next"])
+    assert walk(api, last["previous"], key="previous") == list(reversed(forward[:-1]))
+
+
+def test_lists_never_count_and_cursor_pages_never_offset(api: APIClient, many_signals: list[Signal]) -> None:
+    with CaptureQueriesContext(connection) as pages:
+        body = get(api, "/signals", size=5, page=3)
+        get(api, "/anomalies", size=5)
+    with CaptureQueriesContext(connection) as cursors:
+        assert len(walk(api, "/signals?cursor=&size=5")) == 5
+    page_reads = [query["sql"].upper() for query in pages.captured_queries]
+    cursor_reads = [query["sql"].upper() for query in cursors.captured_queries]
+    assert not [sql for sql in page_reads + cursor_reads if "COUNT(" in sql]
+    assert any("OFFSET 10" in sql for sql in page_reads), "page 3 of 5 skips 10 rows"
+    assert not [sql for sql in cursor_reads if "OFFSET" in sql]
+    assert len(body["results"]) == 5
+
+
+def test_cursor_pages_follow_the_filters(api: APIClient, signals: list[Signal]) -> None:
+    pages = walk(api, "/signals?cursor=&size=2&user_id=42&signal_type=click")
+    assert [row for page in pages for row in page] == [
+        s.id for s in reversed(signals) if s.user_id == 42 and s.type == "click"
+    ]
+
+
+def test_cursor_walk_of_anomalies_and_of_a_user(api: APIClient, anomalies: list[Anomaly]) -> None:
+    pages = walk(api, "/anomalies?cursor=&size=2")
+    assert [row for page in pages for row in page] == [a.id for a in reversed(anomalies)]
+    pages = walk(api, "/users/7/anomalies?cursor=&size=1")
+    assert [row for page in pages for row in page] == [a.id for a in reversed(anomalies) if a.user_id == 7]
+
+
+def test_rows_added_while_walking_do_not_shift_a_cursor_walk(api: APIClient, many_signals: list[Signal]) -> None:
+    first = get(api, "/signals", cursor="", size=10)
+    signal_create(user_id=1, timestamp=T0 + 100_000)  # newer than everything: before the cursor
+    rest = walk(api, first["next"])
+    assert ids(first) + [row for page in rest for row in page] == newest_first(many_signals)
+
+
+# --- errors ----------------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("url", "field", "reason"),
+    [
+        ("/signals?user_id=abc", "user_id", "must be a whole number"),
+        ("/signals?user_id=1.5", "user_id", "must be a whole number"),
+        ("/signals?user_id=9223372036854775808", "user_id", "must be at most 9223372036854775807"),
+        ("/signals?size=0", "size", "must be at least 1"),
+        ("/signals?size=100000", "size", "is capped at 1000: ask for 1000 or fewer rows per page"),
+        ("/signals?size=ten", "size", "must be a whole number"),
+        ("/signals?page=0", "page", "must be at least 1 (the first page is 1)"),
+        ("/signals?page=x", "page", "must be a whole number"),
+        (
+            "/signals?signal_type=logon",
+            "signal_type",
+            "Select a valid choice. logon is not one of the available choices.",
+        ),
+        ("/signals?start_timestamp=yesterday", "start_timestamp", "must be a whole number"),
+        ("/signals?start_timestamp=2000&end_timestamp=1000", "end_timestamp", "must not be before start_timestamp"),
+        ("/signals?ordering=payload", "ordering", "must be one of timestamp, -timestamp, id, -id; got 'payload'"),
+        ("/signals?ordering=timestamp,id", "ordering", "must be one of"),
+        ("/signals?cursor=abc", "cursor", "is not a cursor this API gave out; start again with `cursor=`"),
+        ("/signals?cursor=&page=2", "cursor", "use either `page` or `cursor`, not both"),
+        ("/anomalies?severity=critical", "severity", "Select a valid choice. critical is not one of"),
+        ("/anomalies?anomaly_type=fraud", "anomaly_type", "Select a valid choice. fraud is not one of"),
+        ("/anomalies?status=closed", "status", "Select a valid choice. closed is not one of"),
+        ("/anomalies?user_id=x", "user_id", "must be a whole number"),
+        ("/anomalies?ordering=severity", "ordering", "must be one of detection_timestamp, -detection_timestamp"),
+        ("/users/abc/signals", "user_id", "must be a whole number"),
+        ("/users/abc/anomalies", "user_id", "must be a whole number"),
+        ("/users/abc/risk", "user_id", "must be a whole number"),
+        ("/users/99999999999999999999/risk", "user_id", "must be at most 9223372036854775807"),
+        ("/users/7/signals?signal_type=nope", "signal_type", "Select a valid choice."),
+        ("/metrics?hours=0", "hours", "must be from 1 to 720"),
+        ("/metrics?hours=721", "hours", "must be from 1 to 720"),
+        ("/metrics?hours=day", "hours", "must be a whole number of hours"),
+    ],
+)
+def test_a_bad_parameter_is_a_400_naming_it(api: APIClient, url: str, field: str, reason: str) -> None:
+    response = api.get(url)
+    assert response.status_code == 400, response.content
+    body = response.json()
+    assert field in body, body
+    assert any(message.startswith(reason) for message in body[field]), body
+
+
+def test_a_cursor_made_for_another_ordering_is_a_400(api: APIClient, many_signals: list[Signal]) -> None:
+    next_url = get(api, "/signals", cursor="", size=5)["next"]
+    response = api.get(next_url + "&ordering=timestamp")
+    assert response.status_code == 400
+    assert response.json() == {
+        "cursor": ["was made for ordering '-timestamp', not 'timestamp'; keep the ordering while paging"]
+    }
+
+
+def test_a_tampered_cursor_is_a_400(api: APIClient, many_signals: list[Signal]) -> None:
+    next_url = get(api, "/signals", cursor="", size=5)["next"]
+    assert api.get(next_url.replace("cursor=", "cursor=x")).status_code == 400
+
+
+# --- /metrics --------------------------------------------------------------------------
+def test_metrics_counts_rates_and_breakdowns(api: APIClient) -> None:
+    now_ms = int(timezone.now().timestamp() * 1000)
+    for n, signal_type in enumerate(["login", "login", "purchase", "click"]):
+        signal_create(user_id=10 + (n % 2), signal_type=signal_type, timestamp=now_ms - 60_000 * (n + 1))
+    signal_create(user_id=11, signal_type="click", timestamp=now_ms - 3 * 3_600_000 - 60_000)  # 3 h ago
+    signal_create(user_id=12, signal_type="click", timestamp=now_ms - 30 * 3_600_000)  # outside 24 h
+    anomaly_create(user_id=11, severity="high", anomaly_type="repeated_login_failures")
+    anomaly_create(user_id=11, severity="low", anomaly_type="unusual_time_activity", status="resolved")
+    anomaly_create(user_id=10, detection_timestamp=timezone.now() - timedelta(hours=2, minutes=30))
+    anomaly_create(user_id=13, detection_timestamp=timezone.now() - timedelta(days=2))  # outside 24 h
+    dead_letter_create(offset=1)
+    dead_letter_create(offset=2, received_at=timezone.now() - timedelta(days=3))
+
+    body = get(api, "/metrics")
+    assert body["hours"] == 24
+    assert body["signals"]["total"] == 5
+    assert body["signals"]["by_type"] == {"login": 2, "purchase": 1, "click": 2, "api_call": 0, "file_access": 0}
+    assert body["signals"]["per_second"] == round(5 / 86_400, 3)
+    anomalies = body["anomalies"]
+    assert anomalies["total"] == 3
+    assert anomalies["by_severity"] == {"low": 1, "medium": 1, "high": 1}
+    assert anomalies["by_status"] == {"new": 2, "acknowledged": 0, "resolved": 1, "false_positive": 0}
+    assert anomalies["by_type"]["repeated_login_failures"] == 1
+    assert anomalies["by_type"]["high_frequency_login"] == 0
+    assert anomalies["per_hour"] == round(3 / 24, 3)
+    assert anomalies["per_1000_signals"] == 600.0
+    assert body["dead_letters"] == {"total": 1, "per_hour": round(1 / 24, 3)}
+    assert len(body["by_hour"]) in {24, 25}  # every clock hour the period touches
+    assert sum(hour["signals"] for hour in body["by_hour"]) == 5
+    assert sum(hour["anomalies"] for hour in body["by_hour"]) == 3
+    assert body["by_hour"][-1]["dead_letters"] == 1
+    assert body["by_hour"][0]["hour"] < body["by_hour"][-1]["hour"]
+    assert body["top_users"]["by_signals"] == [{"user_id": 11, "signals": 3}, {"user_id": 10, "signals": 2}]
+    assert body["top_users"]["by_anomalies"] == [{"user_id": 11, "anomalies": 2}, {"user_id": 10, "anomalies": 1}]
+
+    two_hours = get(api, "/metrics", hours=2)
+    assert (two_hours["signals"]["total"], two_hours["anomalies"]["total"]) == (4, 2)
+    assert get(api, "/metrics", hours=720)["signals"]["total"] == 6
+
+
+def test_metrics_of_an_empty_period(api: APIClient) -> None:
+    body = get(api, "/metrics", hours=1)
+    assert body["signals"]["total"] == 0
+    assert body["anomalies"]["per_1000_signals"] is None
+    assert body["top_users"] == {"by_signals": [], "by_anomalies": []}
+
+
+# --- docs and the browsable API ---------------------------------------------------------
+def test_the_schema_describes_every_endpoint() -> None:
+    response = APIClient().get("/schema", HTTP_ACCEPT="application/vnd.oai.openapi+json")
+    assert response.status_code == 200
+    paths = response.json()["paths"]
+    assert set(paths) == {
+        "/signals",
+        "/anomalies",
+        "/users/{user_id}/signals",
+        "/users/{user_id}/anomalies",
+        "/users/{user_id}/risk",
+        "/metrics",
+        "/health",
+    }
+    parameters = {p["name"] for p in paths["/signals"]["get"]["parameters"]}
+    assert parameters == {
+        "user_id",
+        "signal_type",
+        "start_timestamp",
+        "end_timestamp",
+        "page",
+        "size",
+        "cursor",
+        "ordering",
+    }
+
+
+def test_swagger_ui_is_served_from_this_server() -> None:
+    page = APIClient().get("/docs").content.decode()
+    assert "/static/drf_spectacular_sidecar/swagger-ui-dist/swagger-ui-bundle.js" in page
+    assert "/schema" in page
+
+
+@pytest.mark.parametrize("url", [*PROTECTED, "/health", "/signals?user_id=abc"])
+def test_the_browsable_api_renders_every_endpoint(api: APIClient, signals: list[Signal], url: str) -> None:
+    response = api.get(url, HTTP_ACCEPT="text/html")
+    assert response.status_code in {200, 400, 503}
+    assert response["Content-Type"].startswith("text/html")
+    assert b"Django REST framework" in response.content
+    if response.status_code == 200 and url.split("?")[0].endswith(("/signals", "/anomalies")):
+        assert b"Filters" in response.content, "a list offers its filters and orderings as a form"
+
+
+def test_the_browsable_api_offers_a_login(signals: list[Signal]) -> None:
+    response = APIClient().get("/signals", HTTP_ACCEPT="text/html")
+    assert response.status_code == 401
+    assert b"/api-auth/login/" in response.content
+
+
+# --- /health ---------------------------------------------------------------------------
+def health(settings: Any, timeout: float = 1.0) -> tuple[int, dict[str, Any]]:
+    settings.HEALTH_TIMEOUT_SECONDS = timeout
+    response = APIClient().get("/health")
+    return response.status_code, response.json()
+
+
+@pytest.fixture
+def celery_worker(tmp_path: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """A real Celery worker on a queue of its own (it answers pings whatever its queues)."""
+    name = f"health-{uuid.uuid4().hex[:8]}"
+    command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", name, "--pool", "solo"]
+    command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", "-n", f"{name}@%h"]
+    with open(tmp_path / "worker.log", "wb") as log:
+        process = subprocess.Popen(
+            command,
+            cwd=REPO,
+            env={**os.environ, "WORKER_METRICS_PORT": "0"},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        yield process
+    finally:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=60)
+
+
+def test_health_names_what_fails_when_no_worker_answers(settings: Any) -> None:
+    status, body = health(settings)
+    assert status == 503
+    assert body["status"] == "unavailable"
+    assert body["failed"] == ["celery"]
+    assert body["checks"]["celery"] == {"ok": False, "detail": "no worker answered a ping within 1 s"}
+    for server in ["postgresql", "redis", "kafka"]:
+        assert body["checks"][server]["ok"], body
+
+
+def test_health_is_200_when_every_server_and_a_worker_answer(
+    settings: Any, celery_worker: subprocess.Popen[bytes]
+) -> None:
+    wait_for(lambda: health(settings)[0] == 200, timeout=90, what="the worker to answer pings")
+    status, body = health(settings)
+    assert (status, body["status"], body["failed"]) == (200, "ok", [])
+    assert set(body["checks"]) == {"postgresql", "redis", "kafka", "celery"}
+    assert "answered" in body["checks"]["celery"]["detail"]
+
+
+def test_health_names_a_kafka_that_does_not_answer(settings: Any) -> None:
+    settings.KAFKA_BOOTSTRAP_SERVERS = f"127.0.0.1:{free_port()}"
+    status, body = health(settings, timeout=0.5)
+    assert status == 503
+    assert "kafka" in body["failed"]
+    assert body["checks"]["kafka"]["ok"] is False
+
+
+def test_health_names_a_redis_that_does_not_answer(settings: Any) -> None:
+    settings.REDIS_URL = settings.DETECT_REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
+    status, body = health(settings, timeout=0.5)
+    assert status == 503
+    assert "redis" in body["failed"]
+    assert body["checks"]["redis"] == {"ok": False, "detail": "results and detection: ConnectionError"}
