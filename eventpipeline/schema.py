@@ -18,6 +18,13 @@ BAD_PARAMETERS = OpenApiResponse(
     description='A bad parameter, e.g. `{"size": ["is capped at 1000: ask for 1000 or fewer rows per page"]}`.',
 )
 
+# A request body: bad fields as above, or a body that is not JSON at all.
+BAD_BODY = OpenApiResponse(
+    response={"anyOf": [BAD_PARAMETERS.response, _DETAIL]},
+    description='A bad field, e.g. `{"signals_per_second": ["must be more than 0"]}`, or a body that is not '
+    'JSON: `{"detail": "JSON parse error - ..."}`.',
+)
+
 # Every endpoint that needs a user answers these besides its own 200 and 400.
 AUTHENTICATED_ERRORS: dict[int, Any] = {
     401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),

@@ -6,7 +6,7 @@ from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from anomalies_app.views import AnomalyListView, UserAnomalyListView, UserRiskView
 from eventpipeline.views import HealthView, MetricsView
-from signals_app.views import SignalListView, UserSignalListView
+from signals_app.views import EmitterBurstView, EmitterConfigureView, SignalListView, UserSignalListView
 
 # `<str:user_id>`: a user id that is not a number is a 400 naming it, not a 404.
 urlpatterns = [
@@ -17,6 +17,8 @@ urlpatterns = [
     path("users/<str:user_id>/risk", UserRiskView.as_view(), name="user-risk"),
     path("metrics", MetricsView.as_view(), name="metrics"),
     path("health", HealthView.as_view(), name="health"),
+    path("emitter/configure", EmitterConfigureView.as_view(), name="emitter-configure"),
+    path("emitter/burst", EmitterBurstView.as_view(), name="emitter-burst"),
     path("schema", SpectacularAPIView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api-auth/", include("rest_framework.urls")),

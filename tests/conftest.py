@@ -24,7 +24,10 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db import connection
+from rest_framework.authtoken.models import Token
+from rest_framework.test import APIClient
 
 from eventpipeline.kafka import topics_ensure
 
@@ -277,3 +280,21 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# --- the query API, as a client with a token uses it -----------------------------------
+@pytest.fixture
+def user(db: None) -> User:
+    return User.objects.create_user("analyst", password="a-long-enough-password")
+
+
+@pytest.fixture
+def token(user: User) -> str:
+    return Token.objects.create(user=user).key
+
+
+@pytest.fixture
+def api(token: str) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
+    return client

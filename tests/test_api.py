@@ -42,23 +42,6 @@ PROTECTED = [
 ]
 
 
-@pytest.fixture
-def user() -> User:
-    return User.objects.create_user("analyst", password="a-long-enough-password")
-
-
-@pytest.fixture
-def token(user: User) -> str:
-    return Token.objects.create(user=user).key
-
-
-@pytest.fixture
-def api(token: str) -> APIClient:
-    client = APIClient()
-    client.credentials(HTTP_AUTHORIZATION=f"Token {token}")
-    return client
-
-
 def get(api: APIClient, url: str, **params: Any) -> Any:
     response = api.get(url, params)
     assert response.status_code == 200, response.content

@@ -3,6 +3,7 @@ deliberately invalid ones) never get a 500, and every response matches what the 
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Iterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
+from signals_app.selectors import control_redis
 from tests.factories import anomaly_create, dead_letter_create, signal_create
 
 pytestmark = pytest.mark.django_db
@@ -37,6 +39,8 @@ def requests_keep_the_test_transaction(settings: Any) -> Iterator[None]:
     the test's transaction; Django's own test client stops that the same way."""
     # /health waits this long for a worker that this test does not start: keep it short.
     settings.HEALTH_TIMEOUT_SECONDS = 0.2
+    # The emitter endpoints write the control: a key of this test's own, gone after it.
+    settings.EMITTER_CONTROL_KEY = f"test-schemathesis-control-{uuid.uuid4().hex[:8]}"
     request_started.disconnect(close_old_connections)
     request_finished.disconnect(close_old_connections)
     try:
@@ -44,6 +48,7 @@ def requests_keep_the_test_transaction(settings: Any) -> Iterator[None]:
     finally:
         request_started.connect(close_old_connections)
         request_finished.connect(close_old_connections)
+        control_redis().delete(settings.EMITTER_CONTROL_KEY)
 
 
 @pytest.fixture
@@ -59,7 +64,8 @@ def token() -> str:
 
 
 @schema.parametrize()
-# The fixtures' rows are shared by every generated request on purpose: the API only reads.
+# The fixtures' rows are shared by every generated request on purpose: the API only reads
+# them (the emitter endpoints write to Redis only).
 @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_500_and_every_response_as_documented(case: Any, token: str) -> None:
     # /health answers a documented 503 here (no worker runs): any other 5xx is a failure.

@@ -1,5 +1,6 @@
 """Runtime control of the emitter (POST /emitter/configure and /emitter/burst): the
-services against the real Redis, and a real emitter process following them on a real topic."""
+services against the real Redis, a real emitter process following them on a real topic,
+and the endpoints through HTTP."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from rest_framework.test import APIClient
 
 from signals_app.selectors import control_redis, emitter_control_get
 from signals_app.services import emitter_burst, emitter_configure
@@ -122,3 +125,59 @@ def test_an_injection_run_does_not_follow_the_control(control_key: str, transact
     assert "following the control" not in output
     elapsed = float(re.search(r"emitted \d+ events in ([\d.]+) s", output).group(1))  # type: ignore[union-attr]
     assert elapsed >= 4.5, "1,000 events at its own 200/s, not 5000/s"
+
+
+# --- through HTTP, as DESIGN.md's curl lines do -----------------------------------------
+@pytest.mark.django_db
+def test_post_configure_sets_the_control_and_says_what_it_is(api: APIClient, control_key: str) -> None:
+    response = api.post("/emitter/configure", {"signals_per_second": 2000, "burst_mode": True}, format="json")
+    assert response.status_code == 200, response.json()
+    assert response.json() == {
+        "version": 1,
+        "signals_per_second": 2000.0,
+        "burst_mode": True,
+        "burst": None,
+        "follows_within_seconds": 0.5,
+    }
+    assert emitter_control_get().signals_per_second == 2000.0
+
+
+@pytest.mark.django_db
+def test_post_burst_starts_a_timed_burst(api: APIClient, control_key: str) -> None:
+    response = api.post("/emitter/burst", {"duration_seconds": 60, "multiplier": 5}, format="json")
+    assert response.status_code == 200, response.json()
+    body = response.json()
+    assert body["burst"]["multiplier"] == 5.0
+    until = datetime.fromisoformat(body["burst"]["until"]).timestamp()
+    assert time.time() + 55 < until <= time.time() + 60
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("url", "body", "field", "reason"),
+    [
+        ("/emitter/configure", {"signals_per_second": 0}, "signals_per_second", "must be more than 0"),
+        ("/emitter/configure", {"signals_per_second": "fast"}, "signals_per_second", "must be a number"),
+        ("/emitter/configure", {"signals_per_second": 10**9}, "signals_per_second", "must be at most 1,000,000"),
+        ("/emitter/configure", {"burst_mode": "sometimes"}, "burst_mode", "Must be a valid boolean."),
+        ("/emitter/configure", {"signals_per_sec": 2000}, "signals_per_sec", "is not a field of this request"),
+        ("/emitter/configure", {}, "non_field_errors", "give signals_per_second, burst_mode or both"),
+        ("/emitter/burst", {"multiplier": 5}, "duration_seconds", "This field is required."),
+        ("/emitter/burst", {"duration_seconds": 0, "multiplier": 5}, "duration_seconds", "must be at least 1"),
+        ("/emitter/burst", {"duration_seconds": 60, "multiplier": 1000}, "multiplier", "must be at most 100"),
+    ],
+)
+def test_a_bad_request_is_a_400_naming_the_field_and_changes_nothing(
+    api: APIClient, control_key: str, url: str, body: dict[str, Any], field: str, reason: str
+) -> None:
+    response = api.post(url, body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {field: [reason]}
+    assert emitter_control_get().version == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("url", ["/emitter/configure", "/emitter/burst"])
+def test_controlling_the_emitter_needs_credentials(url: str, control_key: str) -> None:
+    assert APIClient().post(url, {"signals_per_second": 1}, format="json").status_code == 401
+    assert emitter_control_get().version == 0
