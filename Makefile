@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-indexes venv clean promtool
+.PHONY: run test test-here lint bench bench-api bench-indexes venv clean promtool hey
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -49,6 +49,10 @@ lint: $(VENV)/.dev
 bench: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
 
+## bench-api: p50/p95 of every query endpoint on 10M signals, at concurrency 1 and 16
+bench-api: $(VENV)/.dev hey
+	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_api.py
+
 ## bench-indexes: the insert rate each choice of indexes on signals allows
 bench-indexes: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_indexes.py
@@ -59,6 +63,13 @@ promtool:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 		else echo "promtool is missing: install the 'prometheus' package (it carries promtool)"; exit 1; fi; }
+
+# bench-api's HTTP load generator (Debian package "hey").
+hey:
+	@command -v hey >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends hey >/dev/null; \
+		else echo "hey is missing: install the 'hey' package (an HTTP load generator)"; exit 1; fi; }
 
 clean:
 	rm -rf .data/test .data/bench

@@ -2,15 +2,19 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.models import Model
 from rest_framework import serializers
 
 from anomalies_app.models import Anomaly
+from eventpipeline.serializers import ListRowSerializer
 
 
-class AnomalySerializer(serializers.ModelSerializer):
+class AnomalySerializer(ListRowSerializer):
     assigned_to: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
         slug_field="username", read_only=True, allow_null=True
     )
+
+    computed = ("assigned_to",)
 
     class Meta:
         model = Anomaly
@@ -31,6 +35,11 @@ class AnomalySerializer(serializers.ModelSerializer):
             "triage_notes",
             "triaged_at",
         ]
+
+    def computed_value(self, instance: Model, name: str) -> Any:
+        """The analyst's username (the list selects the users with the anomalies)."""
+        assert isinstance(instance, Anomaly)
+        return instance.assigned_to.username if instance.assigned_to else None
 
 
 class RiskScoreSerializer(serializers.Serializer):

@@ -141,8 +141,7 @@ class PageOrCursorPagination(BasePagination):
 
     def _cursor_link(self, ordering: tuple[str, ...], row: Model, *, backwards: bool) -> str:
         # Datetimes in full (DjangoJSONEncoder would cut them to milliseconds and skip rows).
-        key = [_json_value(getattr(row, term.removeprefix("-"))) for term in ordering]
-        token = signing.dumps([list(ordering), key, backwards], salt=_CURSOR_SALT)
+        token = cursor_token(ordering, [getattr(row, term.removeprefix("-")) for term in ordering], backwards=backwards)
         url = remove_query_param(self.request.build_absolute_uri(), self.page_query_param)
         return replace_query_param(url, self.cursor_query_param, token)
 
@@ -203,6 +202,13 @@ class PageOrCursorPagination(BasePagination):
                 "allowEmptyValue": True,
             },
         ]
+
+
+def cursor_token(ordering: Sequence[str], key: Sequence[Any], *, backwards: bool = False) -> str:
+    """The signed cursor for the page after (or before) the row with ordering key `key`.
+    (`make bench-api` makes one to start deep in the table.)"""
+    values = [_json_value(value) for value in key]
+    return signing.dumps([list(ordering), values, backwards], salt=_CURSOR_SALT)
 
 
 def _json_value(value: Any) -> Any:

@@ -243,6 +243,8 @@ STORAGES = {
 # Requests per user. The default is far above what a person or a paging script asks
 # (100 a second, sustained) and stops only a runaway client; a load test sets its own.
 API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
+# /metrics computes each period's report at most this often (0: on every request).
+METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 from django.conf import settings
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework.permissions import AllowAny
@@ -12,12 +10,13 @@ from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventpipeline.schema import AUTHENTICATED_ERRORS, BAD_PARAMETERS
-from eventpipeline.selectors import health_check, pipeline_metrics
+from eventpipeline.selectors import health_check, pipeline_metrics_recent
 from eventpipeline.serializers import HealthSerializer, MetricsQuerySerializer, MetricsSerializer
 
 
 class MetricsView(APIView):
-    """Counts, rates and breakdowns of the last `hours` (JSON; Prometheus scrapes /prometheus/metrics)."""
+    """Counts, rates and breakdowns of the last `hours` (JSON; Prometheus scrapes /prometheus/metrics),
+    as of `until`: at most METRICS_CACHE_SECONDS old."""
 
     @extend_schema(
         parameters=[MetricsQuerySerializer],
@@ -26,7 +25,7 @@ class MetricsView(APIView):
     def get(self, request: Request) -> Response:
         query = MetricsQuerySerializer(data=request.query_params)
         query.is_valid(raise_exception=True)
-        report = pipeline_metrics(hours=query.validated_data["hours"], until_ms=int(time.time() * 1000))
+        report = pipeline_metrics_recent(hours=query.validated_data["hours"])
         return Response(MetricsSerializer(report).data)
 
 

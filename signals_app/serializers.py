@@ -4,6 +4,7 @@ from typing import Any
 
 from rest_framework import serializers
 
+from eventpipeline.serializers import ListRowSerializer
 from signals_app.models import Signal
 
 # Far above what one emitter process reaches on the machines this runs on (tens of
@@ -13,7 +14,7 @@ MAX_BURST_SECONDS = 86_400
 MAX_BURST_MULTIPLIER = 100
 
 
-class SignalSerializer(serializers.ModelSerializer):
+class SignalSerializer(ListRowSerializer):
     class Meta:
         model = Signal
         fields = ["id", "event_id", "user_id", "type", "timestamp", "payload", "processed_at", "created_at"]

@@ -441,6 +441,12 @@ def test_a_tampered_cursor_is_a_400(api: APIClient, many_signals: list[Signal]) 
 
 
 # --- /metrics --------------------------------------------------------------------------
+@pytest.fixture(autouse=True)
+def metrics_computed_each_time(settings: Any) -> None:
+    """The report is cached for METRICS_CACHE_SECONDS; these tests count what they just made."""
+    settings.METRICS_CACHE_SECONDS = 0
+
+
 def test_metrics_counts_rates_and_breakdowns(api: APIClient) -> None:
     now_ms = int(timezone.now().timestamp() * 1000)
     for n, signal_type in enumerate(["login", "login", "purchase", "click"]):
@@ -479,6 +485,22 @@ def test_metrics_counts_rates_and_breakdowns(api: APIClient) -> None:
     two_hours = get(api, "/metrics", hours=2)
     assert (two_hours["signals"]["total"], two_hours["anomalies"]["total"]) == (4, 2)
     assert get(api, "/metrics", hours=720)["signals"]["total"] == 6
+
+
+def test_a_report_is_computed_once_per_cache_period_for_every_process(api: APIClient, settings: Any) -> None:
+    settings.METRICS_CACHE_SECONDS = 30
+    cache.delete("metrics-report:3")
+    now_ms = int(timezone.now().timestamp() * 1000)
+    signal_create(user_id=1, signal_type="click", timestamp=now_ms - 60_000)
+    first = get(api, "/metrics", hours=3)
+    signal_create(user_id=1, signal_type="click", timestamp=now_ms - 30_000)
+    again = get(api, "/metrics", hours=3)
+    assert again == first, "the same report, `until` included, within the cache period"
+    assert first["signals"]["total"] == 1
+    assert get(api, "/metrics", hours=2)["signals"]["total"] == 2, "each period its own report"
+    cache.delete("metrics-report:3")
+    assert get(api, "/metrics", hours=3)["signals"]["total"] == 2, "recomputed once the period is over"
+    cache.delete("metrics-report:2")
 
 
 def test_metrics_of_an_empty_period(api: APIClient) -> None:

@@ -115,8 +115,12 @@ def test_a_timed_burst_multiplies_the_rate_and_then_ends(control_key: str) -> No
 
 
 @pytest.mark.integration
-def test_an_injection_run_does_not_follow_the_control(control_key: str, transactional_db: Any) -> None:
-    """Its events and their times are the ground truth verify_detection checks against."""
+def test_an_injection_run_does_not_follow_the_control(
+    control_key: str, django_db_serialized_rollback: None, transactional_db: Any
+) -> None:
+    """Its events and their times are the ground truth verify_detection checks against.
+    (The emitter process records the run: a transactional database, restored afterwards as
+    the other tests that run processes do, or the next one finds the flushed tables.)"""
     emitter, _ = emitter_run(control_key, "--rate=200", "--count=1000", "--inject-anomalies", "--seed=3")
     time.sleep(2)
     emitter_configure(signals_per_second=5000)
