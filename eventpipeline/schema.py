@@ -25,6 +25,11 @@ BAD_BODY = OpenApiResponse(
     'JSON: `{"detail": "JSON parse error - ..."}`.',
 )
 
+# A body sent as anything but JSON.
+UNSUPPORTED_MEDIA_TYPE = OpenApiResponse(
+    response=_DETAIL, description="The body is not sent as JSON (`Content-Type: application/json`)."
+)
+
 # Every endpoint that needs a user answers these besides its own 200 and 400.
 AUTHENTICATED_ERRORS: dict[int, Any] = {
     401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),

@@ -10,12 +10,19 @@ from django.db.models import QuerySet
 from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
+from rest_framework.parsers import JSONParser
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from eventpipeline.filters import StrictOrderingFilter, user_id_from_path
-from eventpipeline.schema import AUTHENTICATED_ERRORS, BAD_BODY, BAD_PARAMETERS, USER_ID_PATH_PARAMETER
+from eventpipeline.schema import (
+    AUTHENTICATED_ERRORS,
+    BAD_BODY,
+    BAD_PARAMETERS,
+    UNSUPPORTED_MEDIA_TYPE,
+    USER_ID_PATH_PARAMETER,
+)
 from signals_app.filters import SignalFilter, UserSignalFilter
 from signals_app.models import Signal
 from signals_app.selectors import EmitterControl, signal_list
@@ -76,9 +83,11 @@ class EmitterConfigureView(APIView):
     """Set the running emitters' rate and burst mode; a field left out stays as it is.
     They follow within `follows_within_seconds`."""
 
+    parser_classes = [JSONParser]  # the body is JSON, as DESIGN.md's examples send it
+
     @extend_schema(
         request=EmitterConfigureSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, **AUTHENTICATED_ERRORS},
+        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
     )
     def post(self, request: Request) -> Response:
         asked = EmitterConfigureSerializer(data=request.data)
@@ -89,9 +98,11 @@ class EmitterConfigureView(APIView):
 class EmitterBurstView(APIView):
     """Multiply the running emitters' rate for a while, then go back to it."""
 
+    parser_classes = [JSONParser]
+
     @extend_schema(
         request=EmitterBurstSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, **AUTHENTICATED_ERRORS},
+        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
     )
     def post(self, request: Request) -> Response:
         asked = EmitterBurstSerializer(data=request.data)
