@@ -117,10 +117,9 @@ def cpu_seconds_by_component() -> dict[str, float]:
         if "run_bridge" in cmdline:
             component = "bridge"
         elif "celery" in cmdline and "worker" in cmdline:
-            # The bench names its queues bench-store-* and bench-detect-*.
-            component = "store worker" if "-Q bench-store" in cmdline else "detect worker"
-            if "," in cmdline.partition(" -Q ")[2].split(" ")[0]:
-                component = "worker"
+            # The bench names its queues bench-store-* and bench-detect-*; --one-worker takes both.
+            queues = cmdline.partition(" -Q ")[2].split(" ")[0]
+            component = "worker" if "," in queues else f"{queues.split('-')[1]} worker"
         elif name.startswith("postgres") or "postgres:" in cmdline:
             component = "postgresql"
         elif "redis-server" in name or "redis-server" in cmdline:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 import redis
 from django.conf import settings
@@ -84,7 +85,11 @@ def control_redis() -> redis.Redis:
 
 
 def emitter_control_get() -> EmitterControl:
-    fields = control_redis().hgetall(settings.EMITTER_CONTROL_KEY)
+    return emitter_control_of(control_redis().hgetall(settings.EMITTER_CONTROL_KEY))
+
+
+def emitter_control_of(fields: dict[Any, Any]) -> EmitterControl:
+    """The control as its Redis hash holds it (decoded to text)."""
 
     def number(name: str) -> float | None:
         return float(fields[name]) if name in fields else None

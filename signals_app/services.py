@@ -28,7 +28,7 @@ from django.db.models.functions import Now
 from eventpipeline.kafka import shared_producer
 from signals_app.messages import SignalRow, with_original_identity
 from signals_app.models import DeadLetter
-from signals_app.selectors import EmitterControl, control_redis, emitter_control_get
+from signals_app.selectors import EmitterControl, control_redis, emitter_control_of
 
 logger = logging.getLogger(__name__)
 
@@ -302,5 +302,5 @@ def _emitter_control_change(fields: dict[str, str]) -> EmitterControl:
     if fields:
         pipe.hset(settings.EMITTER_CONTROL_KEY, items=[part for field in fields.items() for part in field])
     pipe.hincrby(settings.EMITTER_CONTROL_KEY, "version", 1)
-    pipe.execute()
-    return emitter_control_get()
+    pipe.hgetall(settings.EMITTER_CONTROL_KEY)  # the control as this request left it
+    return emitter_control_of(pipe.execute()[-1])
