@@ -6,10 +6,10 @@ from django_filters import rest_framework as filters
 
 from anomalies_app.models import Anomaly, AnomalyStatus, Severity
 from anomalies_app.rules import DEFAULT_RULES
-from eventpipeline.filters import BigIntegerFilter
+from eventpipeline.filters import BigIntegerFilter, FilterSet
 
 
-class UserAnomalyFilter(filters.FilterSet):
+class UserAnomalyFilter(FilterSet):
     """The filters of /users/{user_id}/anomalies: the user is in the path."""
 
     severity = filters.ChoiceFilter(choices=Severity.choices, help_text="The anomaly's severity.")

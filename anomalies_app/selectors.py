@@ -141,7 +141,7 @@ def injection_progress(*, run: InjectionRun) -> tuple[int, int]:
 
 def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
     """Anomalies, latest detected first; one user's if `user_id` is given."""
-    anomalies = Anomaly.objects.select_related("assigned_to").order_by("-detection_timestamp", "-id")
+    anomalies = Anomaly.objects.order_by("-detection_timestamp", "-id")
     return anomalies if user_id is None else anomalies.filter(user_id=user_id)
 
 

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from django.db.models import Model
+from django.db.models import F
 from rest_framework import serializers
 
 from anomalies_app.models import Anomaly
@@ -14,7 +14,7 @@ class AnomalySerializer(ListRowSerializer):
         slug_field="username", read_only=True, allow_null=True
     )
 
-    computed = ("assigned_to",)
+    computed = {"assigned_to": F("assigned_to__username")}  # the analyst's username
 
     class Meta:
         model = Anomaly
@@ -35,11 +35,6 @@ class AnomalySerializer(ListRowSerializer):
             "triage_notes",
             "triaged_at",
         ]
-
-    def computed_value(self, instance: Model, name: str) -> Any:
-        """The analyst's username (the list selects the users with the anomalies)."""
-        assert isinstance(instance, Anomaly)
-        return instance.assigned_to.username if instance.assigned_to else None
 
 
 class RiskScoreSerializer(serializers.Serializer):

@@ -31,7 +31,7 @@ class AnomalyListView(generics.ListAPIView):
     ordering = "-detection_timestamp"
 
     def get_queryset(self) -> QuerySet[Anomaly]:
-        return anomaly_list()
+        return AnomalySerializer.rows(anomaly_list())
 
 
 @extend_schema(parameters=[USER_ID_PATH_PARAMETER])
@@ -41,7 +41,7 @@ class UserAnomalyListView(AnomalyListView):
     filterset_class = UserAnomalyFilter
 
     def get_queryset(self) -> QuerySet[Anomaly]:
-        return anomaly_list(user_id=user_id_from_path(self.kwargs["user_id"]))
+        return AnomalySerializer.rows(anomaly_list(user_id=user_id_from_path(self.kwargs["user_id"])))
 
 
 class UserRiskView(APIView):

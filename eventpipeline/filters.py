@@ -28,6 +28,20 @@ _WHOLE_NUMBER: dict[str, str | StrPromise] = {
 }
 
 
+class FilterSet(filters.FilterSet):
+    """django-filter's FilterSet, with its form class made once per filter set. django-filter
+    makes a new form class on every request (a type() and a deep copy of every filter's
+    field): a tenth of the CPU of a list request. The form depends only on the declared
+    filters, none of which depends on the request here."""
+
+    def get_form_class(self) -> type[forms.Form]:
+        made = type(self).__dict__.get("_form_class")  # this class's own, not a parent's
+        if made is None:
+            made = super().get_form_class()
+            type(self)._form_class = made
+        return made  # type: ignore[no-any-return]
+
+
 class BigIntegerFilter(filters.NumberFilter):
     """A whole number that fits PostgreSQL's bigint ("1.5", "abc" and 2**63 are 400s)."""
 

@@ -18,7 +18,7 @@ Both modes answer `{"next": <url or null>, "previous": <url or null>, "results":
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -139,9 +139,13 @@ class PageOrCursorPagination(BasePagination):
         self.previous_link = self._cursor_link(ordering, rows[0], backwards=True) if rows and has_previous else None
         return rows
 
-    def _cursor_link(self, ordering: tuple[str, ...], row: Model, *, backwards: bool) -> str:
+    def _cursor_link(self, ordering: tuple[str, ...], row: Model | Mapping[str, Any], *, backwards: bool) -> str:
         # Datetimes in full (DjangoJSONEncoder would cut them to milliseconds and skip rows).
-        token = cursor_token(ordering, [getattr(row, term.removeprefix("-")) for term in ordering], backwards=backwards)
+        fields = [term.removeprefix("-") for term in ordering]
+        key = (
+            [row[field] for field in fields] if isinstance(row, Mapping) else [getattr(row, field) for field in fields]
+        )
+        token = cursor_token(ordering, key, backwards=backwards)
         url = remove_query_param(self.request.build_absolute_uri(), self.page_query_param)
         return replace_query_param(url, self.cursor_query_param, token)
 

@@ -19,6 +19,7 @@ import csv
 import io
 import os
 import random
+import resource
 import shutil
 import signal
 import statistics
@@ -33,6 +34,7 @@ from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
+import psutil
 import psycopg
 from psycopg import sql
 
@@ -204,6 +206,36 @@ class Measurement:
     p50_ms: float
     p95_ms: float
     requests_per_s: float
+    # CPU ms per request, by process: the api (gunicorn), PostgreSQL, Redis, hey. At
+    # concurrency 16 the two cores are full, so these say where a request's time goes.
+    cpu_ms: dict[str, float] | None = None
+
+
+CPU_PARTS = ("api", "postgresql", "redis", "hey")
+
+
+def cpu_seconds(server: subprocess.Popen[bytes]) -> dict[str, float]:
+    """CPU time used so far by the api's processes, PostgreSQL, Redis and hey (the
+    children this script has waited for)."""
+    totals = dict.fromkeys(CPU_PARTS, 0.0)
+    api = psutil.Process(server.pid)
+    for process in [api, *api.children(recursive=True)]:
+        times = process.cpu_times()
+        totals["api"] += times.user + times.system
+    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        name = process.info["name"] or ""
+        if name.startswith("postgres") or "postgres:" in cmdline:
+            part = "postgresql"
+        elif "redis-server" in name or "redis-server" in cmdline:
+            part = "redis"
+        else:
+            continue
+        if process.info["cpu_times"] is not None:
+            totals[part] += process.info["cpu_times"].user + process.info["cpu_times"].system
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    totals["hey"] = children.ru_utime + children.ru_stime
+    return totals
 
 
 def hey(url: str, token: str, *, requests: int, concurrency: int) -> tuple[float, float, float]:
@@ -327,11 +359,12 @@ def measure_once(database_url: str, token: str, port: int, log: Path, *, request
         for name, path in urls.items():
             url = f"http://127.0.0.1:{port}{path}"
             hey(url, token, requests=20, concurrency=4)  # warm-up: connections, caches, plans
-            for concurrency in (1, 16):
-                count = requests if concurrency == 1 else requests * 4
-                results.append(
-                    Measurement(name, concurrency, *hey(url, token, requests=count, concurrency=concurrency))
-                )
+            results.append(Measurement(name, 1, *hey(url, token, requests=requests, concurrency=1)))
+            before = cpu_seconds(server)
+            measured = hey(url, token, requests=requests * 4, concurrency=16)
+            after = cpu_seconds(server)
+            cpu_ms = {part: 1000 * (after[part] - before[part]) / (requests * 4) for part in CPU_PARTS}
+            results.append(Measurement(name, 16, *measured, cpu_ms=cpu_ms))
     finally:
         stop(server)
     # The report above is cached for METRICS_CACHE_SECONDS (30), as deployed, so most of
@@ -364,13 +397,18 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
             statistics.median(m.p50_ms for m in same),
             statistics.median(m.p95_ms for m in same),
             statistics.median(m.requests_per_s for m in same),
+            None
+            if same[0].cpu_ms is None
+            else {part: statistics.median(m.cpu_ms[part] for m in same if m.cpu_ms) for part in CPU_PARTS},
         )
         for same in zip(*every, strict=True)  # one measurement, as each run made it
     ]
     print(f"median of {runs} runs; {requests} requests at concurrency 1, {requests * 4} at 16")
-    print(f"{'endpoint':32} {'c':>3} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}")
+    print("CPU ms per request at concurrency 16: " + ", ".join(CPU_PARTS))
+    print(f"{'endpoint':32} {'c':>3} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}  CPU ms per request")
     for m in results:
-        print(f"{m.endpoint:32} {m.concurrency:>3} {m.p50_ms:>9.1f} {m.p95_ms:>9.1f} {m.requests_per_s:>8.1f}")
+        cpu = " / ".join(f"{m.cpu_ms[part]:.2f}" for part in CPU_PARTS) if m.cpu_ms else ""
+        print(f"{m.endpoint:32} {m.concurrency:>3} {m.p50_ms:>9.1f} {m.p95_ms:>9.1f} {m.requests_per_s:>8.1f}  {cpu}")
     for m in results:
         slug = m.endpoint.replace(" ", "_").replace(",", "")
         print(

@@ -7,7 +7,7 @@ from typing import Any
 from django import forms
 from django_filters import rest_framework as filters
 
-from eventpipeline.filters import BigIntegerFilter
+from eventpipeline.filters import BigIntegerFilter, FilterSet
 from signals_app.models import Signal, SignalType
 
 
@@ -20,7 +20,7 @@ class _PeriodForm(forms.Form):
         return cleaned
 
 
-class UserSignalFilter(filters.FilterSet):
+class UserSignalFilter(FilterSet):
     """The filters of /users/{user_id}/signals: the user is in the path."""
 
     signal_type = filters.ChoiceFilter(field_name="type", choices=SignalType.choices, help_text="The signal's type.")

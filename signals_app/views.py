@@ -49,7 +49,7 @@ class SignalListView(generics.ListAPIView):
     ordering = "-timestamp"
 
     def get_queryset(self) -> QuerySet[Signal]:
-        return signal_list()
+        return SignalSerializer.rows(signal_list())
 
 
 @extend_schema(parameters=[USER_ID_PATH_PARAMETER])
@@ -59,7 +59,7 @@ class UserSignalListView(SignalListView):
     filterset_class = UserSignalFilter
 
     def get_queryset(self) -> QuerySet[Signal]:
-        return signal_list(user_id=user_id_from_path(self.kwargs["user_id"]))
+        return SignalSerializer.rows(signal_list(user_id=user_id_from_path(self.kwargs["user_id"])))
 
 
 def _control_body(control: EmitterControl) -> dict[str, object]:
