@@ -14,7 +14,7 @@ from eventpipeline.database import TimestamptzLoader
 pytestmark = pytest.mark.django_db
 
 
-def read_back(sql: str, *params: object) -> datetime:
+def read_back(sql: str, *params: datetime) -> datetime:
     with connection.cursor() as cursor:
         cursor.execute(sql, list(params))
         value: datetime = cursor.fetchone()[0]
