@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Mapping
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -37,46 +38,55 @@ class ListRowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     `computed` with the expression that reads it."""
 
     computed: dict[str, Any] = {}
-    _row_keys: list[tuple[str, str, bool]]
+    _shape: _RowShape
 
     @classmethod
     def rows(cls, queryset: QuerySet[Any]) -> QuerySet[Any]:
         """`queryset` as the dicts `to_representation` takes. JSON columns come as their
         text, which goes into the response as it is (orjson.Fragment): parsing it into
         Python objects only to write them out again was most of the cost of a JSON field."""
-        columns = [name for name in cls.Meta.fields if name not in cls.computed and not _is_json(cls.Meta.model, name)]
-        expressions = {_computed_key(name): value for name, value in cls.computed.items()}
-        expressions.update(
-            {_computed_key(name): Cast(name, TextField()) for name in cls.Meta.fields if _is_json(cls.Meta.model, name)}
-        )
-        return queryset.values(*columns, **expressions)
+        shape = cls._row_shape()
+        return queryset.values(*shape.columns, **shape.expressions)
 
     def to_representation(self, instance: Mapping[str, Any]) -> dict[str, Any]:
         return {
             name: (orjson.Fragment(instance[key]) if instance[key] is not None else None)
             if is_json
             else _plain(instance[key])
-            for name, key, is_json in self._keys()
+            for name, key, is_json in self._row_shape().keys
         }
 
     @classmethod
-    def _keys(cls) -> list[tuple[str, str, bool]]:
-        # (output name, key in the row, JSON text?), worked out once per class.
-        keys: list[tuple[str, str, bool]] | None = cls.__dict__.get("_row_keys")
-        if keys is None:
-            keys = []
+    def _row_shape(cls) -> _RowShape:
+        # Worked out once per class (a Django expression is copied by each query it joins).
+        shape: _RowShape | None = cls.__dict__.get("_shape")
+        if shape is None:
+            shape = _RowShape(columns=[], expressions={}, keys=[])
             for name in cls.Meta.fields:
-                is_json = name not in cls.computed and _is_json(cls.Meta.model, name)
-                keys.append((name, _computed_key(name) if name in cls.computed or is_json else name, is_json))
-            cls._row_keys = keys
-        return keys
+                is_json = name not in cls.computed and isinstance(_field(cls.Meta.model, name), JSONField)
+                if name in cls.computed:
+                    shape.expressions[_computed_key(name)] = cls.computed[name]
+                elif is_json:
+                    shape.expressions[_computed_key(name)] = Cast(name, TextField())
+                else:
+                    shape.columns.append(name)
+                shape.keys.append((name, name if name in shape.columns else _computed_key(name), is_json))
+            cls._shape = shape
+        return shape
 
 
-def _is_json(model: type[Model], name: str) -> bool:
+@dataclass(frozen=True)
+class _RowShape:
+    columns: list[str]  # read as they are
+    expressions: dict[str, Any]  # key in the row: expression (computed fields, JSON as text)
+    keys: list[tuple[str, str, bool]]  # output name, key in the row, JSON text?
+
+
+def _field(model: type[Model], name: str) -> Any:
     try:
-        return isinstance(model._meta.get_field(name), JSONField)
+        return model._meta.get_field(name)
     except FieldDoesNotExist:
-        return False
+        return None
 
 
 def _computed_key(name: str) -> str:
