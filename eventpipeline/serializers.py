@@ -26,6 +26,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def _plain_tree(value: Any) -> Any:
+    """`value` with `_plain` applied to everything in its dicts and lists."""
+    if isinstance(value, Mapping):
+        return {key: _plain_tree(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain_tree(item) for item in value]
+    return _plain(value)
+
+
 class ListRowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     """A read-only ModelSerializer for the list endpoints, whose rows are plain dicts of
     column values (`rows`, QuerySet.values) written straight to JSON.
@@ -164,6 +173,12 @@ class MetricsSerializer(serializers.Serializer):
     dead_letters = _DeadLetterTotals()
     by_hour = _Hour(many=True, help_text="Every clock hour the period touches, oldest first.")
     top_users = _TopUsers()
+
+    def to_representation(self, instance: Mapping[str, Any]) -> dict[str, Any]:
+        """The report as DRF's fields would write it, written directly: it is plain data
+        but for its datetimes. DRF's nested serializers took 12 µs per hour, so most of the
+        CPU of a cached month (720 hours) went to them. The fields above are its schema."""
+        return _plain_tree(instance)  # type: ignore[no-any-return]
 
 
 class _Check(serializers.Serializer):

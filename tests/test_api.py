@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -157,6 +158,14 @@ def test_requests_beyond_the_rate_are_throttled(api: APIClient, user: User, sett
     assert other.get("/signals").status_code == 200, "the throttle is per user"
 
 
+def test_the_allowance_comes_back_one_request_per_interval(api: APIClient, user: User, settings: Any) -> None:
+    settings.API_THROTTLE_RATE = "2/sec"  # a burst of 2, then one every 0.5 s
+    forget_throttle_history(user)
+    assert [api.get("/signals").status_code for _ in range(3)] == [200, 200, 429]
+    time.sleep(0.6)
+    assert [api.get("/signals").status_code for _ in range(2)] == [200, 429]
+
+
 def test_the_api_answers_when_the_throttles_redis_does_not(
     api: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -292,6 +301,21 @@ def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> Non
     assert b"\\u2028" in api.get("/users/9001/signals").content, "escaped as DRF escapes it"
     browsable = api.get("/users/9001/signals", HTTP_ACCEPT="text/html")
     assert browsable.status_code == 200 and b"&quot;nested&quot;" in browsable.content
+
+
+def test_the_metrics_report_is_written_as_drfs_fields_would_write_it(api: APIClient) -> None:
+    from rest_framework import serializers
+
+    from eventpipeline.selectors import pipeline_metrics
+    from eventpipeline.serializers import MetricsSerializer
+
+    signal_create(user_id=5, signal_type="login")
+    anomaly_create(user_id=5)
+    dead_letter_create(offset=1)
+    report = pipeline_metrics(hours=3, until_ms=int(time.time() * 1000))
+    drfs = serializers.Serializer.to_representation(MetricsSerializer(), report)
+    assert MetricsSerializer(report).data == drfs
+    assert drfs["signals"]["total"] == 1 and len(drfs["by_hour"]) in {3, 4}
 
 
 def test_anomalies_latest_first(api: APIClient, anomalies: list[Anomaly]) -> None:
