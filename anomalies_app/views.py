@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from django.db.models import QuerySet
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.request import Request
@@ -14,7 +13,7 @@ from anomalies_app.filters import AnomalyFilter, UserAnomalyFilter
 from anomalies_app.models import Anomaly
 from anomalies_app.selectors import anomaly_list, user_risk_score
 from anomalies_app.serializers import AnomalySerializer, RiskScoreSerializer
-from eventpipeline.filters import StrictOrderingFilter, user_id_from_path
+from eventpipeline.filters import FilterBackend, StrictOrderingFilter, user_id_from_path
 from eventpipeline.schema import AUTHENTICATED_ERRORS, BAD_PARAMETERS, USER_ID_PATH_PARAMETER
 
 
@@ -25,7 +24,7 @@ class AnomalyListView(generics.ListAPIView):
     serializer_class = AnomalySerializer
     # The model, for the schema generator; the rows come from get_queryset.
     queryset = Anomaly.objects.none()
-    filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
+    filter_backends = [FilterBackend, StrictOrderingFilter]
     filterset_class = AnomalyFilter
     ordering_fields = ["detection_timestamp", "id"]
     ordering = "-detection_timestamp"

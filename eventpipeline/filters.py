@@ -42,6 +42,23 @@ class FilterSet(filters.FilterSet):
         return made  # type: ignore[no-any-return]
 
 
+class FilterBackend(filters.DjangoFilterBackend):
+    """django-filter's backend, which leaves a request that names none of the filters
+    alone. Making and validating the filter set and its form for no filter at all was a
+    tenth of the CPU of an unfiltered page (py-spy on the api); with no filter parameter
+    the form has nothing to refuse and the filter set nothing to apply. (A parameter is
+    taken as a filter's when it starts with the filter's name, so a widget's
+    `<name>_min`-style parameters count too.)"""
+
+    def filter_queryset(self, request: Request, queryset: QuerySet[Any], view: Any) -> QuerySet[Any]:
+        filterset_class = self.get_filterset_class(view, queryset)
+        if filterset_class is not None and not any(
+            parameter.startswith(name) for parameter in request.query_params for name in filterset_class.base_filters
+        ):
+            return queryset
+        return super().filter_queryset(request, queryset, view)  # type: ignore[no-any-return]
+
+
 class BigIntegerFilter(filters.NumberFilter):
     """A whole number that fits PostgreSQL's bigint ("1.5", "abc" and 2**63 are 400s)."""
 

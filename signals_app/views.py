@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 
 from django.conf import settings
 from django.db.models import QuerySet
-from django_filters.rest_framework import DjangoFilterBackend
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
 from rest_framework.parsers import JSONParser
@@ -15,7 +14,7 @@ from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
-from eventpipeline.filters import StrictOrderingFilter, user_id_from_path
+from eventpipeline.filters import FilterBackend, StrictOrderingFilter, user_id_from_path
 from eventpipeline.schema import (
     AUTHENTICATED_ERRORS,
     BAD_BODY,
@@ -43,7 +42,7 @@ class SignalListView(generics.ListAPIView):
     serializer_class = SignalSerializer
     # The model, for the schema generator; the rows come from get_queryset.
     queryset = Signal.objects.none()
-    filter_backends = [DjangoFilterBackend, StrictOrderingFilter]
+    filter_backends = [FilterBackend, StrictOrderingFilter]
     filterset_class = SignalFilter
     ordering_fields = ["timestamp", "id"]
     ordering = "-timestamp"
