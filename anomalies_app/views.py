@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from django.db.models import QuerySet
 from drf_spectacular.utils import extend_schema
 from rest_framework import generics
@@ -29,7 +31,7 @@ class AnomalyListView(generics.ListAPIView):
     ordering_fields = ["detection_timestamp", "id"]
     ordering = "-detection_timestamp"
 
-    def get_queryset(self) -> QuerySet[Anomaly]:
+    def get_queryset(self) -> QuerySet[Anomaly, dict[str, Any]]:
         return AnomalySerializer.rows(anomaly_list())
 
 
@@ -39,7 +41,7 @@ class UserAnomalyListView(AnomalyListView):
 
     filterset_class = UserAnomalyFilter
 
-    def get_queryset(self) -> QuerySet[Anomaly]:
+    def get_queryset(self) -> QuerySet[Anomaly, dict[str, Any]]:
         return AnomalySerializer.rows(anomaly_list(user_id=user_id_from_path(self.kwargs["user_id"])))
 
 

@@ -18,7 +18,10 @@ class JSONRenderer(renderers.JSONRenderer):
     output is the same as DRF's compact, UTF-8 JSON: anything orjson does not write itself
     (dates and times included, so that they keep DRF's format; lazy strings, decimals) goes
     through DRF's encoder, and U+2028 and U+2029 are escaped as DRF escapes them. Indented
-    JSON (the browsable API, `Accept: application/json; indent=2`) is DRF's own."""
+    JSON (the browsable API, `Accept: application/json; indent=2`) is DRF's own. Where they
+    differ, no endpoint produces the value: NaN and infinities (orjson writes null, DRF
+    refuses them), floats below 1e-4 (written `1e-7` rather than `1e-07`) and integers
+    beyond 64 bits (orjson refuses them)."""
 
     def render(
         self, data: Any, accepted_media_type: str | None = None, renderer_context: Mapping[str, Any] | None = None

@@ -249,9 +249,9 @@ METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 
-# The throttle's counts, shared by every gunicorn worker (a per-process cache would
-# multiply the rate by the number of workers). Short timeouts: a Redis that does not
-# answer must not hold requests; the throttle then lets them through (throttling.py).
+# The /metrics reports, shared by every gunicorn worker. Short timeouts: a Redis that does
+# not answer must not hold requests; the report is then computed (eventpipeline/selectors.py).
+# (The throttle keeps its counts on REDIS_URL itself, with the same timeouts: throttling.py.)
 CACHES = {
     "default": {
         "BACKEND": "django.core.cache.backends.redis.RedisCache",

@@ -45,15 +45,16 @@ def _throttle_script(redis_url: str) -> Any:
 
 
 class UserThrottle(UserRateThrottle):
-    """At most `API_THROTTLE_RATE` requests per user, counted in Redis so that every api
+    """`API_THROTTLE_RATE` requests per user, sustained, counted in Redis so that every api
     process shares the count.
 
     DRF's own throttle keeps the time of every request of the last period in a list that
     it reads, unpickles, extends, pickles and writes back on each request: at 100 requests
     a second that is 6,000 timestamps per request, and two processes doing it at once lose
     each other's. This one keeps one number per user, changed atomically by a Lua script
-    (GCRA, above): a user may send a period's worth at once, then one request per
-    period/limit; Retry-After says when the next one is allowed.
+    (GCRA, above): a user who has been quiet may send a period's worth at once, then one
+    request per period/limit; Retry-After says when the next one is allowed. A period that
+    starts with that burst can so see up to twice the rate; any longer stretch, the rate.
 
     The rate is read on each request rather than once at import, as DRF does, so that a
     test can change the setting. When Redis does not answer, the request goes through:

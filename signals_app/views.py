@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
+from typing import Any
 
 from django.conf import settings
 from django.db.models import QuerySet
@@ -47,7 +48,7 @@ class SignalListView(generics.ListAPIView):
     ordering_fields = ["timestamp", "id"]
     ordering = "-timestamp"
 
-    def get_queryset(self) -> QuerySet[Signal]:
+    def get_queryset(self) -> QuerySet[Signal, dict[str, Any]]:
         return SignalSerializer.rows(signal_list())
 
 
@@ -57,7 +58,7 @@ class UserSignalListView(SignalListView):
 
     filterset_class = UserSignalFilter
 
-    def get_queryset(self) -> QuerySet[Signal]:
+    def get_queryset(self) -> QuerySet[Signal, dict[str, Any]]:
         return SignalSerializer.rows(signal_list(user_id=user_id_from_path(self.kwargs["user_id"])))
 
 

@@ -258,6 +258,19 @@ def anomalies() -> list[Anomaly]:
     ]
 
 
+@pytest.mark.parametrize("url", ["/signals", "/anomalies", "/users/7/signals", "/users/7/anomalies"])
+def test_every_list_filter_is_optional_and_named_as_its_parameter(url: str) -> None:
+    """A request naming no filter skips the filter set (eventpipeline.filters.FilterBackend):
+    right only while no filter is required and the form has no field of its own."""
+    from django.urls import resolve
+
+    view = resolve(url).func.view_class  # type: ignore[attr-defined]
+    filterset_class = view.filterset_class
+    assert not [name for name, filter_ in filterset_class.base_filters.items() if filter_.extra.get("required")]
+    form_class = filterset_class(queryset=view.queryset).get_form_class()
+    assert set(form_class.base_fields) == set(filterset_class.base_filters)
+
+
 def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> None:
     """The lists read rows as dicts, pass JSON columns through as text and write with
     orjson; the JSON must be the same as DRF's ModelSerializer and renderer give."""
