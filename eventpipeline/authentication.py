@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+from dataclasses import dataclass
 from typing import Any
 
 from django.contrib.auth import get_user_model
@@ -13,8 +14,15 @@ from rest_framework import authentication, exceptions
 from rest_framework.authtoken.models import Token
 
 
+@dataclass(frozen=True)
+class _TokenUserQuery:
+    sql: str
+    token_fields: list[str]  # the attnames of the row's first columns, then
+    user_fields: list[str]  # those of the rest
+
+
 @functools.cache
-def _token_user_sql() -> str:
+def _token_user_query() -> _TokenUserQuery:
     """One statement, fixed at start from the two models: every column of the token, then
     every column of its user, for the key given as its only parameter."""
     user_model = get_user_model()
@@ -26,11 +34,16 @@ def _token_user_sql() -> str:
     token_columns = [f"t.{quote(field.column)}" for field in Token._meta.concrete_fields]
     user_columns = [f"u.{quote(field.column)}" for field in user_model._meta.concrete_fields]
     user_key = Token._meta.get_field("user").column
-    return (
+    sql = (
         f"SELECT {', '.join(token_columns + user_columns)} "
         f"FROM {quote(Token._meta.db_table)} t "
         f"JOIN {quote(user_model._meta.db_table)} u ON u.{quote(user_model._meta.pk.column)} = t.{quote(user_key)} "
         f"WHERE t.{quote(Token._meta.pk.column)} = %s"
+    )
+    return _TokenUserQuery(
+        sql,
+        [field.attname for field in Token._meta.concrete_fields],
+        [field.attname for field in user_model._meta.concrete_fields],
     )
 
 
@@ -44,17 +57,15 @@ class TokenAuthentication(authentication.TokenAuthentication):
     inactive user is refused at once."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
+        query = _token_user_query()
         with connection.cursor() as cursor:
-            cursor.execute(_token_user_sql(), [key])
+            cursor.execute(query.sql, [key])
             row = cursor.fetchone()
         if row is None:
             raise exceptions.AuthenticationFailed(_("Invalid token."))
-        token_fields = [field.attname for field in Token._meta.concrete_fields]
-        user_model = get_user_model()
-        user = _from_row(
-            user_model, [field.attname for field in user_model._meta.concrete_fields], row[len(token_fields) :]
-        )
-        token = _from_row(Token, token_fields, row[: len(token_fields)])
+        split = len(query.token_fields)
+        user = _from_row(get_user_model(), query.user_fields, row[split:])
+        token = _from_row(Token, query.token_fields, row[:split])
         token.user = user
         if not user.is_active:
             raise exceptions.AuthenticationFailed(_("User inactive or deleted."))

@@ -66,10 +66,8 @@ class UserThrottle(UserRateThrottle):
         return str(settings.API_THROTTLE_RATE)
 
     def allow_request(self, request: Request, view: Any) -> bool:
-        self.rate = self.get_rate()
-        num_requests, duration = self.parse_rate(self.rate)
+        num_requests, duration = self.parse_rate(self.get_rate())
         assert num_requests is not None and duration is not None  # the setting is checked at start
-        self.num_requests, self.duration = num_requests, duration
         key = self.get_cache_key(request, view)
         if key is None:
             return True
