@@ -40,10 +40,12 @@ test-here: lint
 		if [ $$status -eq 5 ]; then echo "pytest collected no tests: that is a failure here"; exit 1; fi; \
 		exit $$status
 
+## lint: ruff, formatting, mypy, and the import rules between apps (pyproject.toml, [tool.importlinter])
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
 	$(PY) -m mypy .
+	$(VENV)/bin/lint-imports --no-cache
 
 ## bench: events/s from Kafka, stored and analysed, vs the raw COPY limit (median of 3 runs)
 bench: $(VENV)/.dev

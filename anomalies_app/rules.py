@@ -1,4 +1,4 @@
-"""The anomaly rules of DESIGN.md: pure decisions, no I/O.
+"""The anomaly rules of docs/design.md: pure decisions, no I/O.
 
 The windows live in Redis (`windows.py`) and episodes are found in `detection.py`; these
 functions only say whether a value breaks a rule, and how to say so in one sentence.
@@ -39,7 +39,7 @@ HIGH_API_FAILURE_RATE = "high_api_failure_rate"
 UNUSUAL_TIME_ACTIVITY = "unusual_time_activity"
 UNUSUAL_LOCATION_LOGIN = "unusual_location_login"
 
-# DESIGN.md "Anomaly rules". For unusual_time_activity the threshold is the first quiet
+# docs/design.md, "Anomaly rules". For unusual_time_activity the threshold is the first quiet
 # hour (UTC) and the window the length of the quiet period: 02:00 to 04:59. For
 # repeated_login_failures the window bounds a run: the failures in a row that count are
 # those within 15 minutes of the latest (a guess spread over a day is not a burst).

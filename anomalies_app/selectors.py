@@ -13,7 +13,7 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
 
 from anomalies_app.detection import WindowEntry
-from anomalies_app.models import Anomaly, InjectionRun, Rule, UserLocation
+from anomalies_app.models import Anomaly, Rule, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, RuleSettings
 from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Windows
 from signals_app.models import Signal
@@ -95,50 +95,6 @@ def user_first_logins(user_ids: list[int]) -> dict[int, dict[str, WindowEntry]]:
     return dict(places)
 
 
-@dataclass(frozen=True)
-class RuleVerdict:
-    anomaly_type: str
-    injected: int
-    detected: int
-    true_positives: int
-
-    @property
-    def precision(self) -> float:
-        return self.true_positives / self.detected if self.detected else 1.0  # no false positive
-
-    @property
-    def recall(self) -> float:
-        return self.true_positives / self.injected if self.injected else 0.0
-
-
-def detection_verdict(*, run: InjectionRun) -> list[RuleVerdict]:
-    """Per rule: how many anomalies the run injected, how many were detected among its
-    users, and how many of those match an injected one (the same user and rule; a second
-    anomaly for one scenario is a false positive, as is any for a near miss or for the
-    clean background)."""
-    injected: dict[str, set[int]] = defaultdict(set)
-    for anomaly_type, user_id in run.scenarios.exclude(anomaly_type="").values_list("anomaly_type", "user_id"):
-        injected[anomaly_type].add(user_id)
-    detected: dict[str, list[int]] = defaultdict(list)
-    for anomaly_type, user_id in Anomaly.objects.filter(
-        user_id__gte=run.first_user_id, user_id__lte=run.last_user_id
-    ).values_list("anomaly_type", "user_id"):
-        detected[anomaly_type].append(user_id)
-    verdicts = []
-    for anomaly_type in DEFAULT_RULES:
-        matched = set(detected[anomaly_type]) & injected[anomaly_type]
-        verdicts.append(
-            RuleVerdict(anomaly_type, len(injected[anomaly_type]), len(detected[anomaly_type]), len(matched))
-        )
-    return verdicts
-
-
-def injection_progress(*, run: InjectionRun) -> tuple[int, int]:
-    """(events of the run stored, anomalies among its users): to tell when detection is done."""
-    users = {"user_id__gte": run.first_user_id, "user_id__lte": run.last_user_id}
-    return Signal.objects.filter(**users).count(), Anomaly.objects.filter(**users).count()
-
-
 def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
     """Anomalies, latest detected first; one user's if `user_id` is given."""
     anomalies = Anomaly.objects.order_by("-detection_timestamp", "-id")
@@ -146,7 +102,7 @@ def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
 
 
 def user_risk_score(*, user_id: int) -> dict[str, Any]:
-    """The row of the SQL function users also call directly (DESIGN.md "Database extras")."""
+    """The row of the SQL function users also call directly (docs/design.md, "Database extras")."""
     with connection.cursor() as cursor:
         cursor.execute("SELECT * FROM get_user_risk_score(%s)", [user_id])
         columns = [column.name for column in cursor.description]

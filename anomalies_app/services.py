@@ -46,7 +46,7 @@ from anomalies_app.detection import (
     quiet_hours_finding,
     view_radius_ms,
 )
-from anomalies_app.models import Anomaly, AnomalyStatus, InjectedScenario, InjectionRun
+from anomalies_app.models import Anomaly, AnomalyStatus
 from anomalies_app.rules import (
     HIGH_API_FAILURE_RATE,
     HIGH_FREQUENCY_LOGIN,
@@ -61,7 +61,6 @@ from anomalies_app.rules import (
     fewest_to_break,
     is_api_failure,
 )
-from anomalies_app.scenarios import Scenario
 from anomalies_app.selectors import RuleBook, signal_history, signals_exist, user_first_logins
 from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Reach, Windows, WindowStore
 from eventpipeline.kafka import shared_producer
@@ -623,34 +622,10 @@ def anomaly_triage(*, anomaly: Anomaly, status: str, user: AbstractBaseUser) -> 
     return anomaly
 
 
-# --- ground truth -------------------------------------------------------------------
-# An injection run's users: background and scenarios, in a range of their own.
-INJECTION_USERS_BASE = 1_000_000_000
-INJECTION_USERS_PER_RUN = 10_000_000
-
-
-def injection_run_start(*, seed: int | None) -> InjectionRun:
-    run = InjectionRun.objects.create(seed=seed, first_user_id=0, last_user_id=0)
-    run.first_user_id = INJECTION_USERS_BASE + run.pk * INJECTION_USERS_PER_RUN
-    run.last_user_id = run.first_user_id + INJECTION_USERS_PER_RUN - 1
-    run.save(update_fields=["first_user_id", "last_user_id"])
-    return run
-
-
-def injection_run_finish(*, run: InjectionRun, scenarios: Sequence[Scenario], events: int) -> None:
-    with transaction.atomic():
-        InjectedScenario.objects.bulk_create(
-            InjectedScenario(
-                run=run,
-                kind=scenario.kind,
-                user_id=scenario.user_id,
-                anomaly_type=scenario.anomaly_type or "",
-                first_event_ms=scenario.first_ms,
-                last_event_ms=scenario.last_ms,
-                events=scenario.events,
-            )
-            for scenario in scenarios
-        )
-        run.events = events
-        run.finished = True
-        run.save(update_fields=["events", "finished"])
+def data_cleanup_old(*, days: int) -> dict[str, int]:
+    """Retention: delete signals, anomalies and dead letters older than `days`, through the
+    SQL function cleanup_old_data (docs/design.md, "Database extras") that users call too."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT * FROM cleanup_old_data(%s)", [days])
+        signals_deleted, anomalies_deleted, dead_letters_deleted = cursor.fetchone()
+    return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}

@@ -10,7 +10,7 @@ from celery import Task, shared_task
 from django.conf import settings
 from django.db import close_old_connections
 
-from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
+from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch, data_cleanup_old
 from anomalies_app.windows import EpochLost
 from eventpipeline.metrics import EVENTS_PROCESSED
 from signals_app.services import UNREACHABLE
@@ -53,3 +53,9 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str,
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
     EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
     return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}
+
+
+@shared_task
+def cleanup_old_data(days: int | None = None) -> dict[str, int]:
+    """Retention, run by beat: delete signals, anomalies and dead letters older than `days`."""
+    return data_cleanup_old(days=days or settings.RETENTION_DAYS)

@@ -1,4 +1,4 @@
-"""Every Prometheus metric of eventpipeline, defined once (names from DESIGN.md).
+"""Every Prometheus metric of eventpipeline, defined once (names from docs/design.md).
 
 Each process exposes the ones it updates: the emitter on 8011, the bridge on 8012, the
 Celery worker on 8013 (prefork children write to PROMETHEUS_MULTIPROC_DIR, the worker's

@@ -175,7 +175,9 @@ INSTALLED_APPS = [
     "eventpipeline",
     "signals_app",
     "anomalies_app",
+    "emitter",
     "bridge",
+    "api",
 ]
 
 MIDDLEWARE = [
@@ -263,17 +265,17 @@ CACHES = {
 
 REST_FRAMEWORK = {
     "DEFAULT_AUTHENTICATION_CLASSES": [
-        "eventpipeline.authentication.TokenAuthentication",
+        "api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",
     ],
     "DEFAULT_PERMISSION_CLASSES": ["rest_framework.permissions.IsAuthenticated"],
     "DEFAULT_RENDERER_CLASSES": [
-        "eventpipeline.renderers.JSONRenderer",
+        "api.renderers.JSONRenderer",
         "rest_framework.renderers.BrowsableAPIRenderer",
     ],
-    "DEFAULT_THROTTLE_CLASSES": ["eventpipeline.throttling.UserThrottle"],
-    "DEFAULT_FILTER_BACKENDS": ["eventpipeline.filters.FilterBackend"],
-    "DEFAULT_PAGINATION_CLASS": "eventpipeline.pagination.PageOrCursorPagination",
+    "DEFAULT_THROTTLE_CLASSES": ["api.throttling.UserThrottle"],
+    "DEFAULT_FILTER_BACKENDS": ["api.filters.FilterBackend"],
+    "DEFAULT_PAGINATION_CLASS": "api.pagination.PageOrCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
 }
 
@@ -332,7 +334,7 @@ STORE_QUEUE = env_str("STORE_QUEUE", "store")
 DETECT_QUEUE = env_str("DETECT_QUEUE", "detect")
 CELERY_TASK_ROUTES = {
     "signals_app.tasks.store_signals": {"queue": STORE_QUEUE},
-    "anomalies_app.tasks.*": {"queue": DETECT_QUEUE},
+    "anomalies_app.tasks.detect_anomalies": {"queue": DETECT_QUEUE},
 }
 CELERY_TASK_DEFAULT_QUEUE = "default"
 CELERY_BROKER_TRANSPORT_OPTIONS = {
@@ -354,7 +356,7 @@ CELERY_DB_REUSE_MAX = 1000
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
-        "task": "signals_app.tasks.cleanup_old_data",
+        "task": "anomalies_app.tasks.cleanup_old_data",
         "schedule": 3600.0,
     },
 }

@@ -4,9 +4,17 @@ from django.contrib import admin
 from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
-from anomalies_app.views import AnomalyListView, UserAnomalyListView, UserRiskView
-from eventpipeline.views import HealthView, MetricsView
-from signals_app.views import EmitterBurstView, EmitterConfigureView, SignalListView, UserSignalListView
+from api.views import (
+    AnomalyListView,
+    EmitterBurstView,
+    EmitterConfigureView,
+    HealthView,
+    MetricsView,
+    SignalListView,
+    UserAnomalyListView,
+    UserRiskView,
+    UserSignalListView,
+)
 
 # `<str:user_id>`: a user id that is not a number is a 400 naming it, not a 404.
 urlpatterns = [

@@ -41,8 +41,8 @@ from django.db import connection  # noqa: E402
 
 from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
 from anomalies_app.windows import WindowStore  # noqa: E402
+from emitter.generator import SignalGenerator, encode  # noqa: E402
 from eventpipeline.kafka import producer_config, topics_ensure  # noqa: E402
-from signals_app.generator import SignalGenerator, encode  # noqa: E402
 
 COPY_SQL = "COPY signals (event_id, user_id, type, timestamp, payload) FROM STDIN"
 

@@ -90,7 +90,7 @@ def copy_text(value: str) -> str:
 
 def signal_lines(now_ms: int) -> Iterator[str]:
     """The signals as COPY text lines, in event-time order as they would arrive."""
-    from signals_app.generator import TYPE_MIX, SignalGenerator
+    from emitter.generator import TYPE_MIX, SignalGenerator
 
     rng = random.Random(SEED)
     payload_makers = {
@@ -303,7 +303,7 @@ def deep_cursor(table: str, ordering_field: str, depth: int) -> str:
     after paging that far (made directly, as the server would sign it)."""
     from django.db import connection
 
-    from eventpipeline.pagination import cursor_token
+    from api.pagination import cursor_token
 
     with connection.cursor() as cursor:
         cursor.execute(

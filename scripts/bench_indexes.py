@@ -26,7 +26,7 @@ django.setup()
 from django.conf import settings  # noqa: E402
 from django.db import connection  # noqa: E402
 
-from signals_app.generator import SignalGenerator  # noqa: E402
+from emitter.generator import SignalGenerator  # noqa: E402
 
 TABLE = """
 CREATE TABLE index_cost (

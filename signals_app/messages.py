@@ -182,7 +182,7 @@ def _check_payload(signal_type: str, payload: Any) -> Rejection | None:
 def decode_signal(
     value: bytes | None, *, topic: str, partition: int, offset: int, now_ms: int, limits: Limits
 ) -> SignalRow | Rejection:
-    """Validate one Kafka record against DESIGN.md "The signal message"."""
+    """Validate one Kafka record against docs/design.md, "The signal message"."""
     if value is None or len(value) == 0:
         return Rejection("empty message: the record has no value")
     if len(value) > limits.max_bytes:

@@ -2,13 +2,8 @@
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
 
-import redis
-from django.conf import settings
 from django.db.models import Count, F, QuerySet
 from django.db.models.functions import TruncHour
 
@@ -65,39 +60,3 @@ def dead_letter_counts(*, since_ms: int, until_ms: int) -> dict[int, int]:
         .order_by()
     )
     return {hour_of(hour): dead_letters for hour, dead_letters in rows}
-
-
-@dataclass(frozen=True)
-class EmitterControl:
-    """What POST /emitter/configure and /emitter/burst asked of the running emitters.
-    None: not asked (the emitter keeps its own setting). `version` grows with each request."""
-
-    version: int
-    signals_per_second: float | None
-    burst_mode: bool | None
-    burst_multiplier: float | None
-    burst_until: float | None  # a timed burst, until this time (s since the epoch)
-
-
-@functools.cache
-def control_redis() -> redis.Redis:
-    return redis.Redis.from_url(settings.REDIS_URL, decode_responses=True)
-
-
-def emitter_control_get() -> EmitterControl:
-    return emitter_control_of(control_redis().hgetall(settings.EMITTER_CONTROL_KEY))
-
-
-def emitter_control_of(fields: dict[Any, Any]) -> EmitterControl:
-    """The control as its Redis hash holds it (decoded to text)."""
-
-    def number(name: str) -> float | None:
-        return float(fields[name]) if name in fields else None
-
-    return EmitterControl(
-        version=int(fields.get("version", 0)),
-        signals_per_second=number("signals_per_second"),
-        burst_mode=fields["burst_mode"] == "1" if "burst_mode" in fields else None,
-        burst_multiplier=number("burst_multiplier"),
-        burst_until=number("burst_until"),
-    )

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import json
 import logging
-import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -28,7 +27,6 @@ from django.db.models.functions import Now
 from eventpipeline.kafka import shared_producer
 from signals_app.messages import SignalRow, with_original_identity
 from signals_app.models import DeadLetter
-from signals_app.selectors import EmitterControl, control_redis, emitter_control_of
 
 logger = logging.getLogger(__name__)
 
@@ -188,14 +186,6 @@ def dead_letters_store(*, dead_letters: Iterable[DeadLetterRecord]) -> int:
     return len(rows)
 
 
-def data_cleanup_old(*, days: int) -> dict[str, int]:
-    """Retention: delete signals, anomalies and dead letters older than `days` (SQL cleanup_old_data)."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT * FROM cleanup_old_data(%s)", [days])
-        signals_deleted, anomalies_deleted, dead_letters_deleted = cursor.fetchone()
-    return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}
-
-
 def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> None:
     """Put refused records on the DLQ topic, with the reason and source in headers.
 
@@ -234,7 +224,7 @@ def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str
 
 
 def dead_letters_keep(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> int:
-    """Keep refused records where DESIGN.md says: the table (first, the durable record)
+    """Keep refused records where docs/design.md says: the table (first, the durable record)
     and the DLQ topic. Raises if either cannot take them; the caller must not commit the
     records' offsets then, and tries again."""
     stored = dead_letters_store(dead_letters=dead_letters)
@@ -274,33 +264,3 @@ def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> in
         raise RuntimeError(f"{undelivered} of {len(replayed)} dead letters could not be put on {topic}")
     DeadLetter.objects.filter(pk__in=replayed).update(replayed_at=Now())
     return len(replayed)
-
-
-def emitter_configure(*, signals_per_second: float | None = None, burst_mode: bool | None = None) -> EmitterControl:
-    """Set the running emitters' rate and burst mode (None leaves one as it is). They
-    follow within EMITTER_CONTROL_POLL_SECONDS; an emitter started later uses its own
-    settings until the next request."""
-    fields: dict[str, str] = {}
-    if signals_per_second is not None:
-        fields["signals_per_second"] = repr(float(signals_per_second))
-    if burst_mode is not None:
-        fields["burst_mode"] = "1" if burst_mode else "0"
-    return _emitter_control_change(fields)
-
-
-def emitter_burst(*, duration_seconds: float, multiplier: float) -> EmitterControl:
-    """Run the emitters at `multiplier` times their rate for `duration_seconds` from now,
-    then back to what they were doing."""
-    until = time.time() + duration_seconds
-    return _emitter_control_change({"burst_multiplier": repr(float(multiplier)), "burst_until": repr(until)})
-
-
-def _emitter_control_change(fields: dict[str, str]) -> EmitterControl:
-    # Fields change one by one in a hash, and the version with them, in one transaction:
-    # two requests at once each keep what they set, and no emitter misses either.
-    pipe = control_redis().pipeline(transaction=True)
-    if fields:
-        pipe.hset(settings.EMITTER_CONTROL_KEY, items=[part for field in fields.items() for part in field])
-    pipe.hincrby(settings.EMITTER_CONTROL_KEY, "version", 1)
-    pipe.hgetall(settings.EMITTER_CONTROL_KEY)  # the control as this request left it
-    return emitter_control_of(pipe.execute()[-1])

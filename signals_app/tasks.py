@@ -11,7 +11,7 @@ from django.conf import settings
 from django.db import close_old_connections
 
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
-from signals_app.services import UNREACHABLE, data_cleanup_old, signals_dead_letter_batch, signals_store_batch
+from signals_app.services import UNREACHABLE, signals_dead_letter_batch, signals_store_batch
 
 logger = logging.getLogger(__name__)
 
@@ -53,9 +53,3 @@ def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, in
     EVENTS_PROCESSED.labels(status="dead_letter").inc(result.dead_letters)
     PROCESSING_LATENCY.observe(time.perf_counter() - started)
     return {"stored": result.stored, "duplicates": result.duplicates, "dead_letters": result.dead_letters}
-
-
-@shared_task
-def cleanup_old_data(days: int | None = None) -> dict[str, int]:
-    """Retention, run by beat: delete signals, anomalies and dead letters older than `days`."""
-    return data_cleanup_old(days=days or settings.RETENTION_DAYS)

@@ -1,4 +1,4 @@
-"""The query API through HTTP, as a client uses it (DESIGN.md "Query API"), on real PostgreSQL."""
+"""The query API through HTTP, as a client uses it (docs/design.md, "Query API"), on real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from anomalies_app.models import Anomaly
-from eventpipeline.throttling import UserThrottle
+from api.throttling import UserThrottle
 from signals_app.models import Signal
 from tests.conftest import REPO, free_port, wait_for
 from tests.factories import anomaly_create, dead_letter_create, signal_create
@@ -106,7 +106,7 @@ def test_a_deleted_token_or_an_inactive_user_is_refused_at_once(api: APIClient, 
 def test_the_token_gives_the_request_its_user_and_token(user: User, token: str) -> None:
     from rest_framework.test import APIRequestFactory
 
-    from eventpipeline.authentication import TokenAuthentication
+    from api.authentication import TokenAuthentication
 
     request = APIRequestFactory().get("/signals", HTTP_AUTHORIZATION=f"Token {token}")
     found = TokenAuthentication().authenticate(request)
@@ -260,7 +260,7 @@ def anomalies() -> list[Anomaly]:
 
 @pytest.mark.parametrize("url", ["/signals", "/anomalies", "/users/7/signals", "/users/7/anomalies"])
 def test_every_list_filter_is_optional_and_named_as_its_parameter(url: str) -> None:
-    """A request naming no filter skips the filter set (eventpipeline.filters.FilterBackend):
+    """A request naming no filter skips the filter set (api.filters.FilterBackend):
     right only while no filter is required and the form has no field of its own."""
     from django.urls import resolve
 
@@ -277,8 +277,7 @@ def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> Non
     from rest_framework import serializers
     from rest_framework.renderers import JSONRenderer
 
-    from anomalies_app.serializers import AnomalySerializer
-    from signals_app.serializers import SignalSerializer
+    from api.serializers import AnomalySerializer, SignalSerializer
 
     payload = {"amount": 12.5, "note": "line\u2028break, ünïcode", "nested": {"list": [1, None, True]}}
     signal = signal_create(user_id=9001)
@@ -319,8 +318,8 @@ def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> Non
 def test_the_metrics_report_is_written_as_drfs_fields_would_write_it(api: APIClient) -> None:
     from rest_framework import serializers
 
-    from eventpipeline.selectors import pipeline_metrics
-    from eventpipeline.serializers import MetricsSerializer
+    from api.selectors import pipeline_metrics
+    from api.serializers import MetricsSerializer
 
     signal_create(user_id=5, signal_type="login")
     anomaly_create(user_id=5)

@@ -23,7 +23,7 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from signals_app.selectors import control_redis
+from emitter.selectors import control_redis
 from tests.factories import anomaly_create, dead_letter_create, signal_create
 
 pytestmark = pytest.mark.django_db

@@ -1,4 +1,4 @@
-"""The SQL functions and views users call directly (DESIGN.md "Database extras")."""
+"""The SQL functions and views users call directly (docs/design.md, "Database extras")."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ from django.db import DataError, connection
 from django.utils import timezone
 
 from anomalies_app.models import Anomaly
+from anomalies_app.services import data_cleanup_old
 from signals_app.models import DeadLetter, Signal
-from signals_app.services import data_cleanup_old
 
 pytestmark = pytest.mark.django_db
 

@@ -15,8 +15,9 @@ import time
 
 import pytest
 
-from anomalies_app.models import Anomaly, InjectionRun
+from anomalies_app.models import Anomaly
 from anomalies_app.rules import DEFAULT_RULES
+from emitter.models import InjectionRun
 from signals_app.models import Signal
 from tests.conftest import REPO, Pipeline, topic_values, wait_for
 from tests.test_pipeline import lose_redis_state

@@ -14,7 +14,7 @@ import pytest
 from confluent_kafka import Consumer, Message
 from django.conf import settings
 
-from signals_app.generator import SignalGenerator
+from emitter.generator import SignalGenerator
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 COUNT = 2000

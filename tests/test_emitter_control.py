@@ -18,9 +18,9 @@ from typing import Any
 import pytest
 from rest_framework.test import APIClient
 
+from emitter.selectors import control_redis, emitter_control_get
+from emitter.services import emitter_burst, emitter_configure
 from eventpipeline.kafka import topics_ensure
-from signals_app.selectors import control_redis, emitter_control_get
-from signals_app.services import emitter_burst, emitter_configure
 from tests.conftest import database_url, topic_records
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
@@ -130,7 +130,7 @@ def test_an_injection_run_does_not_follow_the_control(
     assert elapsed >= 4.5, "1,000 events at its own 200/s, not 5000/s"
 
 
-# --- through HTTP, as DESIGN.md's curl lines do -----------------------------------------
+# --- through HTTP, as docs/design.md's curl lines do -----------------------------------------
 @pytest.mark.django_db
 def test_post_configure_sets_the_control_and_says_what_it_is(api: APIClient, control_key: str) -> None:
     response = api.post("/emitter/configure", {"signals_per_second": 2000, "burst_mode": True}, format="json")

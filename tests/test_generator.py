@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 
-from signals_app.generator import SignalGenerator, encode
+from emitter.generator import SignalGenerator, encode
 
 PAYLOAD_TYPES: dict[str, dict[str, type | tuple[type, ...]]] = {
     "login": {"login_method": str, "success": bool, "location": str, "ip_address": str},

@@ -16,7 +16,7 @@ import pytest
 import redis
 from django.conf import settings
 
-from signals_app.generator import SignalGenerator
+from emitter.generator import SignalGenerator
 from signals_app.models import DeadLetter, Signal
 from tests.conftest import REPO, Pipeline, dlq_reasons, wait_for
 

@@ -12,7 +12,7 @@ from django.utils.translation import gettext_lazy
 from rest_framework.exceptions import ErrorDetail
 from rest_framework.renderers import JSONRenderer as DRFJSONRenderer
 
-from eventpipeline.renderers import JSONRenderer
+from api.renderers import JSONRenderer
 
 DATA = {
     "moment": datetime(2026, 11, 29, 22, 44, 20, 123456, tzinfo=UTC),

@@ -1,4 +1,4 @@
-"""Rules are data: seeded with DESIGN.md's defaults, tuned in the admin, re-read by workers."""
+"""Rules are data: seeded with docs/design.md's defaults, tuned in the admin, re-read by workers."""
 
 from __future__ import annotations
 

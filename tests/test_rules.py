@@ -1,4 +1,4 @@
-"""The anomaly rules at their edges (DESIGN.md "Anomaly rules"), as pure decisions."""
+"""The anomaly rules at their edges (docs/design.md, "Anomaly rules"), as pure decisions."""
 
 from __future__ import annotations
 

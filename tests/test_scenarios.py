@@ -7,6 +7,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from signals_app.management.commands.emit_signals import allowed
 
 from anomalies_app.detection import (
     Finding,
@@ -29,9 +30,8 @@ from anomalies_app.rules import (
     UNUSUAL_TIME_ACTIVITY,
     is_api_failure,
 )
-from anomalies_app.scenarios import ANOMALY_KINDS, NEAR_MISS_KINDS, ScenarioWeaver, clean_start_ms
-from signals_app.generator import SignalGenerator
-from signals_app.management.commands.emit_signals import allowed
+from emitter.generator import SignalGenerator
+from emitter.scenarios import ANOMALY_KINDS, NEAR_MISS_KINDS, ScenarioWeaver, clean_start_ms
 
 QUIET = DEFAULT_RULES[UNUSUAL_TIME_ACTIVITY]
 

@@ -1,4 +1,4 @@
-"""SQL functions and views that users call directly (DESIGN.md "Database extras")."""
+"""SQL functions and views that users call directly (docs/design.md, "Database extras")."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""The seven rules of DESIGN.md with their default settings (values copied here, so this
+"""The seven rules of docs/design.md with their default settings (values copied here, so this
 migration means the same whatever the code becomes)."""
 
 from __future__ import annotations

@@ -16,7 +16,6 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from prometheus_client import start_http_server
 
-from anomalies_app.models import InjectionRun
 from anomalies_app.rules import (
     HIGH_FREQUENCY_LOGIN,
     RAPID_SUCCESSIVE_PURCHASES,
@@ -24,13 +23,14 @@ from anomalies_app.rules import (
     Comparison,
     RuleSettings,
 )
-from anomalies_app.scenarios import ScenarioWeaver, clean_start_ms
 from anomalies_app.selectors import rule_settings_list
-from anomalies_app.services import injection_run_finish, injection_run_start
+from emitter.generator import TYPE_MIX, SignalGenerator, encode
+from emitter.models import InjectionRun
+from emitter.scenarios import ScenarioWeaver, clean_start_ms
+from emitter.selectors import EmitterControl, emitter_control_get
+from emitter.services import injection_run_finish, injection_run_start
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
-from signals_app.generator import TYPE_MIX, SignalGenerator, encode
-from signals_app.selectors import EmitterControl, emitter_control_get
 
 # The pacing loop wakes this often; each wake-up produces the events due by then.
 TICK_SECONDS = 0.01

@@ -7,8 +7,8 @@ from typing import Any
 
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 
-from anomalies_app.models import InjectionRun
-from anomalies_app.selectors import detection_verdict, injection_progress
+from emitter.models import InjectionRun
+from emitter.selectors import detection_verdict, injection_progress
 
 
 class Command(BaseCommand):

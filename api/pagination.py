@@ -37,7 +37,7 @@ DEFAULT_SIZE = 50
 MAX_SIZE = 1000
 # Keeps OFFSET within bigint whatever the size; far deeper than anyone should page by number.
 MAX_PAGE = 1_000_000
-_CURSOR_SALT = "eventpipeline.pagination.cursor"
+_CURSOR_SALT = "api.pagination.cursor"
 
 _SIZE = serializers.IntegerField(
     min_value=1,

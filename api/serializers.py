@@ -1,5 +1,5 @@
-"""The shapes of /metrics and /health (they also document them in the OpenAPI schema),
-and the fast way the lists turn rows into JSON."""
+"""The shapes of every response and request body (they also document them in the OpenAPI
+schema), and the fast way the lists turn rows into JSON."""
 
 from __future__ import annotations
 
@@ -11,9 +11,12 @@ from typing import Any
 
 import orjson
 from django.core.exceptions import FieldDoesNotExist
-from django.db.models import JSONField, Model, QuerySet, TextField
+from django.db.models import F, JSONField, Model, QuerySet, TextField
 from django.db.models.functions import Cast
 from rest_framework import serializers
+
+from anomalies_app.models import Anomaly
+from signals_app.models import Signal
 
 
 def _plain(value: Any) -> Any:
@@ -192,3 +195,127 @@ class HealthSerializer(serializers.Serializer):
     status = serializers.ChoiceField(choices=["ok", "unavailable"])
     failed = serializers.ListField(child=serializers.CharField(), help_text="The checks that failed.")
     checks = serializers.DictField(child=_Check(), help_text="postgresql, redis, kafka and celery (a worker's ping).")
+
+
+# Far above what one emitter process reaches on the machines this runs on (tens of
+# thousands a second); a higher number is a typo.
+MAX_SIGNALS_PER_SECOND = 1_000_000
+MAX_BURST_SECONDS = 86_400
+MAX_BURST_MULTIPLIER = 100
+
+
+class SignalSerializer(ListRowSerializer):
+    class Meta:
+        model = Signal
+        fields = ["id", "event_id", "user_id", "type", "timestamp", "payload", "processed_at", "created_at"]
+
+
+class _NoUnknownFields(serializers.Serializer):
+    """A misspelt field is a 400 naming it, not a request that silently does nothing."""
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = sorted(set(self.initial_data) - set(self.fields))
+        if unknown:
+            raise serializers.ValidationError({name: ["is not a field of this request"] for name in unknown})
+        return attrs
+
+
+class EmitterConfigureSerializer(_NoUnknownFields):
+    signals_per_second = serializers.FloatField(
+        required=False,
+        min_value=0.001,
+        max_value=MAX_SIGNALS_PER_SECOND,
+        help_text="The base rate, events per second.",
+        error_messages={
+            "min_value": "must be more than 0",
+            "max_value": f"must be at most {MAX_SIGNALS_PER_SECOND:,}",
+            "invalid": "must be a number",
+        },
+    )
+    burst_mode = serializers.BooleanField(
+        required=False, help_text="Emit the emitter's burst multiplier (5 unless started otherwise) times the rate."
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = super().validate(attrs)
+        if not attrs:
+            raise serializers.ValidationError("give signals_per_second, burst_mode or both")
+        return attrs
+
+
+class EmitterBurstSerializer(_NoUnknownFields):
+    duration_seconds = serializers.FloatField(
+        min_value=1,
+        max_value=MAX_BURST_SECONDS,
+        error_messages={
+            "min_value": "must be at least 1",
+            "max_value": f"must be at most {MAX_BURST_SECONDS} (a day)",
+            "invalid": "must be a number",
+        },
+    )
+    multiplier = serializers.FloatField(
+        min_value=1,
+        max_value=MAX_BURST_MULTIPLIER,
+        help_text="Times the emitter's rate, for the duration.",
+        error_messages={
+            "min_value": "must be at least 1",
+            "max_value": f"must be at most {MAX_BURST_MULTIPLIER}",
+            "invalid": "must be a number",
+        },
+    )
+
+
+class _Burst(serializers.Serializer):
+    multiplier = serializers.FloatField()
+    until = serializers.DateTimeField()
+
+
+class EmitterControlSerializer(serializers.Serializer):
+    """What the running emitters were asked; null where nothing was (each keeps its own)."""
+
+    version = serializers.IntegerField(help_text="Grows with every request.")
+    signals_per_second = serializers.FloatField(allow_null=True)
+    burst_mode = serializers.BooleanField(allow_null=True)
+    burst = _Burst(allow_null=True, help_text="The timed burst in progress, if any.")
+    follows_within_seconds = serializers.FloatField(help_text="Running emitters read the control this often.")
+
+
+class AnomalySerializer(ListRowSerializer):
+    assigned_to: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True
+    )
+
+    computed = {"assigned_to": F("assigned_to__username")}  # the analyst's username
+
+    class Meta:
+        model = Anomaly
+        fields = [
+            "id",
+            "user_id",
+            "anomaly_type",
+            "severity",
+            "description",
+            "original_signal_data",
+            "evidence",
+            "episode_start_ms",
+            "episode_end_ms",
+            "detection_timestamp",
+            "created_at",
+            "status",
+            "assigned_to",
+            "triage_notes",
+            "triaged_at",
+        ]
+
+
+class RiskScoreSerializer(serializers.Serializer):
+    """The row of `get_user_risk_score(user_id)`: the last 30 days, false positives left out."""
+
+    user_id = serializers.IntegerField()
+    total_signals = serializers.IntegerField()
+    total_anomalies = serializers.IntegerField()
+    high_severity = serializers.IntegerField()
+    medium_severity = serializers.IntegerField()
+    low_severity = serializers.IntegerField()
+    risk_score = serializers.IntegerField(min_value=0, max_value=100)
+    risk_level = serializers.ChoiceField(choices=["low", "medium", "high"])

@@ -1,6 +1,6 @@
-"""Query parameters shared by the API's list endpoints: whole-number filters, strict
-ordering and the user id in a path. Each bad value is refused with 400 naming the
-parameter, never passed on to PostgreSQL."""
+"""Query parameters of the list endpoints: whole-number filters, strict ordering, the user id in
+a path, and the filters of the signal and anomaly lists (docs/design.md, "Query API"). Each bad
+value is refused with 400 naming the parameter, never passed on to PostgreSQL."""
 
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter
 from rest_framework.request import Request
 
+from anomalies_app.models import Anomaly, AnomalyStatus, Severity
+from anomalies_app.rules import DEFAULT_RULES
 from signals_app.messages import BIGINT_MAX
+from signals_app.models import Signal, SignalType
 
 if TYPE_CHECKING:
     from django.utils.functional import _StrPromise as StrPromise
@@ -119,3 +122,51 @@ class StrictOrderingFilter(OrderingFilter):
                 "schema": {"type": "string", "enum": self.choices(view)},
             }
         ]
+
+
+class _PeriodForm(forms.Form):
+    def clean(self) -> dict[str, Any]:
+        cleaned = super().clean() or {}
+        start, end = cleaned.get("start_timestamp"), cleaned.get("end_timestamp")
+        if start is not None and end is not None and end < start:
+            self.add_error("end_timestamp", f"must not be before start_timestamp ({end} < {start})")
+        return cleaned
+
+
+class UserSignalFilter(FilterSet):
+    """The filters of /users/{user_id}/signals: the user is in the path."""
+
+    signal_type = filters.ChoiceFilter(field_name="type", choices=SignalType.choices, help_text="The signal's type.")
+    start_timestamp = BigIntegerFilter(
+        field_name="timestamp", lookup_expr="gte", help_text="Event time from (inclusive), ms since the epoch."
+    )
+    end_timestamp = BigIntegerFilter(
+        field_name="timestamp", lookup_expr="lte", help_text="Event time up to (inclusive), ms since the epoch."
+    )
+
+    class Meta:
+        model = Signal
+        fields: list[str] = []
+        form = _PeriodForm
+
+
+class SignalFilter(UserSignalFilter):
+    user_id = BigIntegerFilter(field_name="user_id", help_text="Only this user's signals.")
+
+
+class UserAnomalyFilter(FilterSet):
+    """The filters of /users/{user_id}/anomalies: the user is in the path."""
+
+    severity = filters.ChoiceFilter(choices=Severity.choices, help_text="The anomaly's severity.")
+    anomaly_type = filters.ChoiceFilter(
+        choices=[(anomaly_type, anomaly_type) for anomaly_type in DEFAULT_RULES], help_text="The rule that raised it."
+    )
+    status = filters.ChoiceFilter(choices=AnomalyStatus.choices, help_text="Where triage has got to.")
+
+    class Meta:
+        model = Anomaly
+        fields: list[str] = []
+
+
+class AnomalyFilter(UserAnomalyFilter):
+    user_id = BigIntegerFilter(field_name="user_id", help_text="Only this user's anomalies.")

@@ -28,7 +28,7 @@ from anomalies_app.rules import (
     UNUSUAL_TIME_ACTIVITY,
     RuleSettings,
 )
-from signals_app.generator import LOCATIONS, Event, SignalGenerator, home_ip_address, home_location
+from emitter.generator import LOCATIONS, Event, SignalGenerator, home_ip_address, home_location
 
 # Scenario kinds in the order they take turns: each anomaly, then each near miss.
 ANOMALY_KINDS = (

@@ -1,0 +1,200 @@
+"""HTTP doors of the query API, /metrics, /health and the emitter control: each parses its
+input, calls one selector or service and shapes the output (docs/design.md, "Query API")."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from django.conf import settings
+from django.db.models import QuerySet
+from drf_spectacular.utils import OpenApiResponse, extend_schema
+from rest_framework import generics
+from rest_framework.parsers import JSONParser
+from rest_framework.permissions import AllowAny
+from rest_framework.request import Request
+from rest_framework.response import Response
+from rest_framework.views import APIView
+
+from anomalies_app.models import Anomaly
+from anomalies_app.selectors import anomaly_list, user_risk_score
+from api.filters import (
+    AnomalyFilter,
+    FilterBackend,
+    SignalFilter,
+    StrictOrderingFilter,
+    UserAnomalyFilter,
+    UserSignalFilter,
+    user_id_from_path,
+)
+from api.schema import AUTHENTICATED_ERRORS, BAD_BODY, BAD_PARAMETERS, UNSUPPORTED_MEDIA_TYPE, USER_ID_PATH_PARAMETER
+from api.selectors import health_check, pipeline_metrics_recent
+from api.serializers import (
+    AnomalySerializer,
+    EmitterBurstSerializer,
+    EmitterConfigureSerializer,
+    EmitterControlSerializer,
+    HealthSerializer,
+    MetricsQuerySerializer,
+    MetricsSerializer,
+    RiskScoreSerializer,
+    SignalSerializer,
+)
+from emitter.selectors import EmitterControl
+from emitter.services import emitter_burst, emitter_configure
+from signals_app.models import Signal
+from signals_app.selectors import signal_list
+
+
+@extend_schema(responses={200: SignalSerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS})
+class SignalListView(generics.ListAPIView):
+    """Stored signals, newest event first, `page` and `size` as in the system this replaces,
+    or `cursor` for deep paging."""
+
+    serializer_class = SignalSerializer
+    # The model, for the schema generator; the rows come from get_queryset.
+    queryset = Signal.objects.none()
+    filter_backends = [FilterBackend, StrictOrderingFilter]
+    filterset_class = SignalFilter
+    ordering_fields = ["timestamp", "id"]
+    ordering = "-timestamp"
+
+    def get_queryset(self) -> QuerySet[Signal, dict[str, Any]]:
+        return SignalSerializer.rows(signal_list())
+
+
+@extend_schema(parameters=[USER_ID_PATH_PARAMETER])
+class UserSignalListView(SignalListView):
+    """One user's signals, newest event first."""
+
+    filterset_class = UserSignalFilter
+
+    def get_queryset(self) -> QuerySet[Signal, dict[str, Any]]:
+        return SignalSerializer.rows(signal_list(user_id=user_id_from_path(self.kwargs["user_id"])))
+
+
+def _control_body(control: EmitterControl) -> dict[str, object]:
+    active = control.burst_until is not None and control.burst_until > time.time()
+    burst = (
+        {"multiplier": control.burst_multiplier, "until": datetime.fromtimestamp(control.burst_until, tz=UTC)}
+        if active and control.burst_until is not None
+        else None
+    )
+    body = {
+        "version": control.version,
+        "signals_per_second": control.signals_per_second,
+        "burst_mode": control.burst_mode,
+        "burst": burst,
+        "follows_within_seconds": settings.EMITTER_CONTROL_POLL_SECONDS,
+    }
+    return dict(EmitterControlSerializer(body).data)
+
+
+class EmitterConfigureView(APIView):
+    """Set the running emitters' rate and burst mode; a field left out stays as it is.
+    They follow within `follows_within_seconds`."""
+
+    parser_classes = [JSONParser]  # the body is JSON, as docs/design.md's examples send it
+
+    @extend_schema(
+        request=EmitterConfigureSerializer,
+        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        asked = EmitterConfigureSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        return Response(_control_body(emitter_configure(**asked.validated_data)))
+
+
+class EmitterBurstView(APIView):
+    """Multiply the running emitters' rate for a while, then go back to it."""
+
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=EmitterBurstSerializer,
+        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
+    )
+    def post(self, request: Request) -> Response:
+        asked = EmitterBurstSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        return Response(_control_body(emitter_burst(**asked.validated_data)))
+
+
+@extend_schema(responses={200: AnomalySerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS})
+class AnomalyListView(generics.ListAPIView):
+    """Anomalies, latest detected first."""
+
+    serializer_class = AnomalySerializer
+    # The model, for the schema generator; the rows come from get_queryset.
+    queryset = Anomaly.objects.none()
+    filter_backends = [FilterBackend, StrictOrderingFilter]
+    filterset_class = AnomalyFilter
+    ordering_fields = ["detection_timestamp", "id"]
+    ordering = "-detection_timestamp"
+
+    def get_queryset(self) -> QuerySet[Anomaly, dict[str, Any]]:
+        return AnomalySerializer.rows(anomaly_list())
+
+
+@extend_schema(parameters=[USER_ID_PATH_PARAMETER])
+class UserAnomalyListView(AnomalyListView):
+    """One user's anomalies, latest detected first."""
+
+    filterset_class = UserAnomalyFilter
+
+    def get_queryset(self) -> QuerySet[Anomaly, dict[str, Any]]:
+        return AnomalySerializer.rows(anomaly_list(user_id=user_id_from_path(self.kwargs["user_id"])))
+
+
+class UserRiskView(APIView):
+    """A user's risk over the last 30 days: the numbers of `SELECT * FROM get_user_risk_score(user_id)`."""
+
+    @extend_schema(
+        parameters=[USER_ID_PATH_PARAMETER],
+        responses={200: RiskScoreSerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS},
+    )
+    def get(self, request: Request, user_id: str) -> Response:
+        return Response(RiskScoreSerializer(user_risk_score(user_id=user_id_from_path(user_id))).data)
+
+
+class MetricsView(APIView):
+    """Counts, rates and breakdowns of the last `hours` (JSON; Prometheus scrapes /prometheus/metrics),
+    as of `until`: at most METRICS_CACHE_SECONDS old."""
+
+    @extend_schema(
+        parameters=[MetricsQuerySerializer],
+        responses={200: MetricsSerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS},
+    )
+    def get(self, request: Request) -> Response:
+        query = MetricsQuerySerializer(data=request.query_params)
+        query.is_valid(raise_exception=True)
+        report = pipeline_metrics_recent(hours=query.validated_data["hours"])
+        return Response(MetricsSerializer(report).data)
+
+
+class HealthView(APIView):
+    """200 when PostgreSQL, Redis and Kafka answer and a Celery worker answers a ping; 503
+    naming what does not. Open to all, unthrottled: load balancers and monitors call it."""
+
+    authentication_classes = []
+    permission_classes = [AllowAny]
+    throttle_classes = []
+
+    @extend_schema(
+        auth=[],
+        responses={
+            200: HealthSerializer,
+            503: OpenApiResponse(HealthSerializer, description="At least one check failed; `failed` names them."),
+        },
+    )
+    def get(self, request: Request) -> Response:
+        results = health_check(timeout=settings.HEALTH_TIMEOUT_SECONDS)
+        failed = [result.name for result in results if not result.ok]
+        body = {
+            "status": "unavailable" if failed else "ok",
+            "failed": failed,
+            "checks": {result.name: {"ok": result.ok, "detail": result.detail} for result in results},
+        }
+        return Response(HealthSerializer(body).data, status=503 if failed else 200)
