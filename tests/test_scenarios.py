@@ -1,4 +1,4 @@
-"""Ground-truth scenarios woven into clean traffic (anomalies_app/scenarios.py): pure."""
+"""Ground-truth scenarios woven into clean traffic (emitter/scenarios.py): pure."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
-from signals_app.management.commands.emit_signals import allowed
 
 from anomalies_app.detection import (
     Finding,
@@ -31,6 +30,7 @@ from anomalies_app.rules import (
     is_api_failure,
 )
 from emitter.generator import SignalGenerator
+from emitter.management.commands.emit_signals import allowed
 from emitter.scenarios import ANOMALY_KINDS, NEAR_MISS_KINDS, ScenarioWeaver, clean_start_ms
 
 QUIET = DEFAULT_RULES[UNUSUAL_TIME_ACTIVITY]
