@@ -174,7 +174,7 @@ class SignalGenerator:
     """Deterministic stream of realistic signals, `rate` per second of virtual time.
 
     `clean` traffic breaks no anomaly rule, to weave known anomalies into (see
-    anomalies_app/scenarios.py): logins always succeed from the user's usual place, no
+    emitter/scenarios.py): logins always succeed from the user's usual place, no
     purchase is above 1000, no API call fails on the server side, and no user has more
     than `caps[type]` = (count, window ms) events of a type within a window; an event over
     its cap becomes a click. (Keeping the event times out of the quiet hours is the

@@ -252,7 +252,7 @@ METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
 
 # The /metrics reports, shared by every gunicorn worker. Short timeouts: a Redis that does
-# not answer must not hold requests; the report is then computed (eventpipeline/selectors.py).
+# not answer must not hold requests; the report is then computed (api/selectors.py).
 # (The throttle keeps its counts on REDIS_URL itself, with the same timeouts: throttling.py.)
 CACHES = {
     "default": {

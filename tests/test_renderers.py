@@ -1,4 +1,4 @@
-"""The API's JSON renderer writes what DRF's would (eventpipeline/renderers.py)."""
+"""The API's JSON renderer writes what DRF's would (api/renderers.py)."""
 
 from __future__ import annotations
 
