@@ -56,6 +56,35 @@ DEFAULT_RULES: dict[str, RuleSettings] = {
     ]
 }
 
+# The windows a user's events are kept in, one per kind of counted event, and the rules
+# that read each: `window_of` is the one place that decides which event goes where.
+LOGIN = "login"
+PURCHASE = "purchase"
+API_FAILURE = "api_failure"
+RULES_BY_WINDOW: dict[str, tuple[str, ...]] = {
+    LOGIN: (HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES),
+    PURCHASE: (RAPID_SUCCESSIVE_PURCHASES,),
+    API_FAILURE: (HIGH_API_FAILURE_RATE,),
+}
+# The signal types that can go into a window.
+WINDOWED_SIGNAL_TYPES = ("login", "purchase", "api_call")
+
+
+def window_of(signal_type: str, payload: dict[str, Any]) -> str | None:
+    """The window an event is counted in, or None when no counting rule reads it."""
+    if signal_type == "login":
+        return LOGIN
+    if signal_type == "purchase":
+        return PURCHASE
+    if is_api_failure(signal_type, payload):
+        return API_FAILURE
+    return None
+
+
+def is_failed_login(signal_type: str, payload: dict[str, Any]) -> bool:
+    return signal_type == "login" and not payload["success"]
+
+
 # What a counting rule counts, in words, for its description.
 _COUNTED = {
     HIGH_FREQUENCY_LOGIN: "logins",
@@ -77,17 +106,6 @@ def fewest_to_break(rule: RuleSettings) -> int:
     if rule.comparison is Comparison.MORE_THAN:
         return math.floor(rule.threshold) + 1
     return max(math.ceil(rule.threshold), 1)
-
-
-def counted_by(anomaly_type: str, signal_type: str, payload: dict[str, Any]) -> bool:
-    """Whether an event goes into the window of a counting rule."""
-    if anomaly_type == HIGH_FREQUENCY_LOGIN:
-        return signal_type == "login"
-    if anomaly_type == RAPID_SUCCESSIVE_PURCHASES:
-        return signal_type == "purchase"
-    if anomaly_type == HIGH_API_FAILURE_RATE:
-        return is_api_failure(signal_type, payload)
-    return False
 
 
 def is_api_failure(signal_type: str, payload: dict[str, Any]) -> bool:

@@ -8,14 +8,15 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
+import orjson
 from django.db import connection
 from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
 
 from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, Rule, UserLocation
-from anomalies_app.rules import DEFAULT_RULES, RuleSettings
-from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Windows
+from anomalies_app.rules import DEFAULT_RULES, WINDOWED_SIGNAL_TYPES, RuleSettings, is_failed_login, window_of
+from anomalies_app.windows import Windows
 from signals_app.models import Signal
 from signals_app.selectors import hour_of, ms_datetime
 
@@ -62,22 +63,25 @@ class RuleBook:
 
 def signal_history(user_ids: list[int], since_ms: int) -> Windows:
     """The counted events of these users from `since_ms` on, as their windows hold them:
-    to fill windows in again after Redis lost them."""
+    to fill windows in again after Redis lost them. Which window an event goes in is
+    `window_of`'s decision; PostgreSQL only narrows the rows to the types it can choose."""
     history: Windows = defaultdict(list)
     with connection.cursor() as cursor:
         cursor.execute(
             """
-            SELECT user_id, type, timestamp, event_id::text, type = 'login' AND NOT (payload->>'success')::boolean
+            SELECT user_id, type, timestamp, event_id::text,
+                   jsonb_build_object('success', payload->'success', 'status_code', payload->'status_code')
             FROM signals
-            WHERE user_id = ANY(%s) AND timestamp >= %s
-              AND (type IN ('login', 'purchase')
-                   OR (type = 'api_call' AND (payload->>'status_code')::numeric >= 500))
+            WHERE user_id = ANY(%s) AND timestamp >= %s AND type = ANY(%s)
             """,
-            [user_ids, since_ms],
+            [user_ids, since_ms, list(WINDOWED_SIGNAL_TYPES)],
         )
-        for user_id, signal_type, timestamp, event_id, failed in cursor:
-            kind = {"login": LOGIN, "purchase": PURCHASE, "api_call": API_FAILURE}[signal_type]
-            history[(user_id, kind)].append(WindowEntry(timestamp, event_id, bool(failed)))
+        for user_id, signal_type, timestamp, event_id, payload_json in cursor:
+            payload = orjson.loads(payload_json)
+            window = window_of(signal_type, payload)
+            if window is not None:
+                failed = is_failed_login(signal_type, payload)
+                history[(user_id, window)].append(WindowEntry(timestamp, event_id, failed))
     return dict(history)
 
 

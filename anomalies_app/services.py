@@ -48,34 +48,28 @@ from anomalies_app.detection import (
 )
 from anomalies_app.models import Anomaly, AnomalyStatus
 from anomalies_app.rules import (
-    HIGH_API_FAILURE_RATE,
-    HIGH_FREQUENCY_LOGIN,
     HIGH_VALUE_PURCHASE,
-    RAPID_SUCCESSIVE_PURCHASES,
+    LOGIN,
     REPEATED_LOGIN_FAILURES,
+    RULES_BY_WINDOW,
     UNUSUAL_LOCATION_LOGIN,
     UNUSUAL_TIME_ACTIVITY,
+    WINDOWED_SIGNAL_TYPES,
     Comparison,
     RuleSettings,
     describe,
     fewest_to_break,
-    is_api_failure,
+    is_failed_login,
+    window_of,
 )
 from anomalies_app.selectors import RuleBook, signal_history, signals_exist, user_first_logins
-from anomalies_app.windows import API_FAILURE, LOGIN, PURCHASE, Reach, Windows, WindowStore
+from anomalies_app.windows import Reach, Windows, WindowStore
 from eventpipeline.kafka import shared_producer
 from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOMALY_DETECTION_LATENCY
 
 logger = logging.getLogger(__name__)
 
 PAYLOAD_READ_BY_RULES = frozenset({"login", "purchase", "api_call"})
-
-# Which rules read which window.
-RULES_BY_KIND = {
-    LOGIN: (HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES),
-    PURCHASE: (RAPID_SUCCESSIVE_PURCHASES,),
-    API_FAILURE: (HIGH_API_FAILURE_RATE,),
-}
 
 
 class AnomalyPublishError(Exception):
@@ -191,17 +185,16 @@ def _window_findings(
 ) -> tuple[list[Finding], list[FailureReview]]:
     additions: Windows = defaultdict(list)
     for event in events:
-        if event.type == "login":
-            additions[(event.user_id, LOGIN)].append(event.entry(failed=not event.payload["success"]))
-        elif event.type == "purchase":
-            additions[(event.user_id, PURCHASE)].append(event.entry())
-        elif is_api_failure(event.type, event.payload):
-            additions[(event.user_id, API_FAILURE)].append(event.entry())
+        if event.type not in WINDOWED_SIGNAL_TYPES:
+            continue
+        window = window_of(event.type, event.payload)
+        if window is not None:
+            additions[(event.user_id, window)].append(event.entry(failed=is_failed_login(event.type, event.payload)))
     if not additions:
         return [], []
     lateness_ms = settings.DETECT_LATENESS_SECONDS * 1000
     reach = {}
-    for kind, anomaly_types in RULES_BY_KIND.items():
+    for kind, anomaly_types in RULES_BY_WINDOW.items():
         radius = max(view_radius_ms(rules[anomaly_type]) for anomaly_type in anomaly_types)
         reach[kind] = Reach(radius_ms=radius, keep_ms=radius + lateness_ms)
     views = windows.record(dict(additions), reach)
@@ -212,7 +205,7 @@ def _window_findings(
     for (user_id, kind), view in views.items():
         touched = sorted(entry.timestamp for entry in additions[(user_id, kind)])
         failed = sum(1 for entry in view if entry.failed)
-        for anomaly_type in RULES_BY_KIND[kind]:
+        for anomaly_type in RULES_BY_WINDOW[kind]:
             rule = rules[anomaly_type]
             counted = failed if anomaly_type == REPEATED_LOGIN_FAILURES else len(view)
             if not rule.enabled or counted < fewest_to_break(rule):

@@ -30,10 +30,8 @@ import redis
 from django.conf import settings
 
 from anomalies_app.detection import WindowEntry
+from anomalies_app.rules import LOGIN
 
-LOGIN = "login"
-PURCHASE = "purchase"
-API_FAILURE = "api_failure"
 # How long a user's known places stay cached after their last new one.
 PLACES_CACHE_MS = 86_400_000
 ACTIVE_COUNT_EVERY_S = 5.0

@@ -22,6 +22,8 @@ from collections import deque
 from itertools import accumulate
 from typing import Any, Generic, TypeVar
 
+from anomalies_app.rules import is_api_failure
+
 T = TypeVar("T")
 
 Event = dict[str, Any]
@@ -261,7 +263,7 @@ class SignalGenerator:
             payload.update(success=True, location=home_location(user_id), ip_address=home_ip_address(user_id))
         elif signal_type == "purchase":
             payload["amount"] = min(payload["amount"], 999.99)
-        elif signal_type == "api_call" and payload["status_code"] >= 500:
+        elif is_api_failure(signal_type, payload):
             payload["status_code"] = SUCCESS_STATUS[payload["method"]]
         return signal_type, payload
 

@@ -8,20 +8,24 @@ from datetime import UTC, datetime
 import pytest
 
 from anomalies_app.rules import (
+    API_FAILURE,
     DEFAULT_RULES,
     HIGH_API_FAILURE_RATE,
     HIGH_FREQUENCY_LOGIN,
     HIGH_VALUE_PURCHASE,
+    LOGIN,
+    PURCHASE,
     RAPID_SUCCESSIVE_PURCHASES,
     REPEATED_LOGIN_FAILURES,
+    RULES_BY_WINDOW,
     UNUSUAL_LOCATION_LOGIN,
     UNUSUAL_TIME_ACTIVITY,
     breaks,
-    counted_by,
     describe,
     fewest_to_break,
     in_quiet_hours,
     is_api_failure,
+    window_of,
 )
 from tests.factories import PAYLOADS
 
@@ -35,7 +39,7 @@ def test_high_value_purchase_is_an_amount_above_1000(amount: float, anomaly: boo
 def test_an_api_failure_is_a_status_of_500_or_more(status: int, failure: bool) -> None:
     payload = {**PAYLOADS["api_call"], "status_code": status}
     assert is_api_failure("api_call", payload) is failure
-    assert counted_by(HIGH_API_FAILURE_RATE, "api_call", payload) is failure
+    assert (window_of("api_call", payload) == API_FAILURE) is failure
 
 
 @pytest.mark.parametrize(("count", "anomaly"), [(4, False), (5, True)])
@@ -43,11 +47,18 @@ def test_high_api_failure_rate_is_5_or_more_failures_within_60_s(count: int, ano
     assert breaks(DEFAULT_RULES[HIGH_API_FAILURE_RATE], count) is anomaly
 
 
-def test_what_each_counting_rule_counts() -> None:
-    assert counted_by(HIGH_FREQUENCY_LOGIN, "login", PAYLOADS["login"])
-    assert not counted_by(HIGH_FREQUENCY_LOGIN, "click", PAYLOADS["click"])
-    assert counted_by(RAPID_SUCCESSIVE_PURCHASES, "purchase", PAYLOADS["purchase"])
-    assert not counted_by(HIGH_VALUE_PURCHASE, "purchase", PAYLOADS["purchase"])
+@pytest.mark.parametrize("signal_type", sorted(PAYLOADS))
+def test_what_each_counting_rule_counts(signal_type: str) -> None:
+    failed_call = {**PAYLOADS["api_call"], "status_code": 500}
+    windows = {"login": LOGIN, "purchase": PURCHASE, "api_call": None, "click": None, "file_access": None}
+    assert window_of(signal_type, PAYLOADS[signal_type]) == windows[signal_type]
+    assert window_of("api_call", failed_call) == API_FAILURE
+    assert RULES_BY_WINDOW == {
+        LOGIN: (HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES),
+        PURCHASE: (RAPID_SUCCESSIVE_PURCHASES,),
+        API_FAILURE: (HIGH_API_FAILURE_RATE,),
+    }
+    assert HIGH_VALUE_PURCHASE not in {rule for rules in RULES_BY_WINDOW.values() for rule in rules}
 
 
 @pytest.mark.parametrize(
