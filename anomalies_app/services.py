@@ -64,7 +64,7 @@ from anomalies_app.rules import (
 )
 from anomalies_app.selectors import RuleBook, signal_history, signals_exist, user_first_logins
 from anomalies_app.windows import Reach, Windows, WindowStore
-from eventpipeline.kafka import shared_producer
+from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
 from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOMALY_DETECTION_LATENCY
 
 logger = logging.getLogger(__name__)
@@ -459,11 +459,13 @@ def _announce(notices: list[dict[str, Any]]) -> None:
     inside the transaction that removes them, so a failure here undoes both."""
     if not notices:
         return
-    producer = shared_producer()
-    for notice in notices:
-        producer.produce(settings.ANOMALIES_TOPIC, value=orjson.dumps(notice), key=str(notice["user_id"]))
-    if producer.flush(30):
-        raise AnomalyPublishError(f"notices not confirmed by {settings.ANOMALIES_TOPIC}")
+    produce_confirmed(
+        shared_producer(),
+        settings.ANOMALIES_TOPIC,
+        (OutgoingRecord(str(notice["user_id"]), orjson.dumps(notice)) for notice in notices),
+        what="merge or withdrawal notices",
+        error=AnomalyPublishError,
+    )
 
 
 def anomalies_merge(*, survivor: Anomaly, merged_away: list[Anomaly]) -> None:
@@ -587,20 +589,13 @@ def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer)
         pending = sorted(claimed, key=lambda anomaly: anomaly.pk)
         if not pending:
             return 0
-        failures: list[str] = []
-
-        def on_delivery(error: Any, _message: Any) -> None:
-            if error is not None:
-                failures.append(str(error))
-
-        for anomaly in pending:
-            producer.produce(topic, value=anomaly_message(anomaly), key=str(anomaly.user_id), on_delivery=on_delivery)
-        undelivered = producer.flush(30)
-        if undelivered or failures:
-            raise AnomalyPublishError(
-                f"{undelivered + len(failures)} of {len(pending)} anomalies not confirmed by {topic}"
-                + (f": {failures[0]}" if failures else "")
-            )
+        produce_confirmed(
+            producer,
+            topic,
+            (OutgoingRecord(str(anomaly.user_id), anomaly_message(anomaly)) for anomaly in pending),
+            what="anomalies",
+            error=AnomalyPublishError,
+        )
     return len(pending)
 
 

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import functools
-from typing import Any
+from collections.abc import Iterable
+from typing import Any, NamedTuple
 
 from confluent_kafka import KafkaException, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
@@ -23,6 +24,57 @@ def producer_config(**overrides: Any) -> dict[str, Any]:
     }
     config.update(overrides)
     return config
+
+
+# How long a caller waits for Kafka to confirm what it produced before it gives up.
+CONFIRM_TIMEOUT_SECONDS = 30.0
+
+
+class KafkaNotConfirmed(RuntimeError):
+    """Kafka did not confirm every record of a `produce_confirmed` call."""
+
+
+class OutgoingRecord(NamedTuple):
+    key: str | bytes | None
+    value: bytes
+    headers: list[tuple[str, str | bytes | None]] | None = None
+
+
+def produce_confirmed(
+    producer: Producer,
+    topic: str,
+    records: Iterable[OutgoingRecord],
+    *,
+    what: str,
+    error: type[Exception] = KafkaNotConfirmed,
+) -> int:
+    """Produce every record to `topic` and wait until Kafka confirms each. Raises `error`,
+    saying how many of the records (`what` names them) were not confirmed and why, when
+    any was not; the caller then treats the whole call as not done, and may repeat it."""
+    failures: list[str] = []
+
+    def on_delivery(delivery_error: Any, _message: Any) -> None:
+        if delivery_error is not None:
+            failures.append(str(delivery_error))
+
+    produced = 0
+    for record in records:
+        while True:
+            try:
+                producer.produce(
+                    topic, value=record.value, key=record.key, headers=record.headers, on_delivery=on_delivery
+                )
+                break
+            except BufferError:  # the producer's queue is full: let it send
+                producer.poll(0.1)
+        produced += 1
+    undelivered = producer.flush(CONFIRM_TIMEOUT_SECONDS)
+    if undelivered or failures:
+        raise error(
+            f"{undelivered + len(failures)} of {produced} {what} not confirmed by {topic}"
+            + (f": {failures[0]}" if failures else "")
+        )
+    return produced
 
 
 @functools.cache

@@ -24,7 +24,7 @@ from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models.functions import Now
 
-from eventpipeline.kafka import shared_producer
+from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
 from signals_app.messages import SignalRow, with_original_identity
 from signals_app.models import DeadLetter
 
@@ -192,13 +192,8 @@ def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str
     Raises DeadLetterPublishError unless Kafka confirmed every one. A record too large for
     a Kafka message goes on truncated (header `truncated_from_bytes`); the table keeps it whole.
     """
-    failures: list[str] = []
 
-    def on_delivery(error: Any, _message: Any) -> None:
-        if error is not None:
-            failures.append(str(error))
-
-    for record in dead_letters:
+    def outgoing(record: DeadLetterRecord) -> OutgoingRecord:
         value = record.raw
         headers: list[tuple[str, str | bytes | None]] = [
             ("reason", record.reason.encode()),
@@ -209,18 +204,9 @@ def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str
         if len(value) > DLQ_MAX_VALUE_BYTES:
             headers.append(("truncated_from_bytes", str(len(value)).encode()))
             value = value[:DLQ_MAX_VALUE_BYTES]
-        while True:
-            try:
-                producer.produce(topic, value=value, key=record.key, headers=headers, on_delivery=on_delivery)
-                break
-            except BufferError:  # the producer's queue is full: let it send
-                producer.poll(0.1)
-    undelivered = producer.flush(30)
-    if undelivered or failures:
-        raise DeadLetterPublishError(
-            f"{undelivered + len(failures)} of {len(dead_letters)} dead letters not confirmed by {topic}"
-            + (f": {failures[0]}" if failures else "")
-        )
+        return OutgoingRecord(record.key, value, headers)
+
+    produce_confirmed(producer, topic, map(outgoing, dead_letters), what="dead letters", error=DeadLetterPublishError)
 
 
 def dead_letters_keep(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> int:
@@ -247,20 +233,18 @@ def dead_letters_replay(*, dead_letters: Iterable[DeadLetter], topic: str) -> in
     For after a fix (a producer corrected, a limit raised): the bridge judges them again,
     and one still wrong becomes a new dead letter at its new offset.
     """
-    producer = shared_producer()
     replayed = []
-    for dead_letter in dead_letters:
+
+    def outgoing(dead_letter: DeadLetter) -> OutgoingRecord:
+        replayed.append(dead_letter.pk)
         value = with_original_identity(
             bytes(dead_letter.raw),
             topic=dead_letter.source_topic,
             partition=dead_letter.source_partition,
             offset=dead_letter.source_offset,
         )
-        producer.produce(topic, value=value, key=bytes(dead_letter.key) if dead_letter.key else None)
-        producer.poll(0)
-        replayed.append(dead_letter.pk)
-    undelivered = producer.flush(30)
-    if undelivered:
-        raise RuntimeError(f"{undelivered} of {len(replayed)} dead letters could not be put on {topic}")
+        return OutgoingRecord(bytes(dead_letter.key) if dead_letter.key else None, value)
+
+    produce_confirmed(shared_producer(), topic, map(outgoing, dead_letters), what="dead letters")
     DeadLetter.objects.filter(pk__in=replayed).update(replayed_at=Now())
     return len(replayed)
