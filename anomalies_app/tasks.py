@@ -8,10 +8,10 @@ from typing import Any
 import redis
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import close_old_connections
 
 from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch, data_cleanup_old
 from anomalies_app.windows import EpochLost
+from eventpipeline.celery import batch_task_retry, batch_task_start
 from eventpipeline.metrics import EVENTS_PROCESSED
 from signals_app.services import UNREACHABLE
 
@@ -28,26 +28,22 @@ DETECT_UNREACHABLE = (
 )
 
 
-@shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
+@shared_task(bind=True, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
 def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
     """Analyse a batch of accepted events (SignalRows from `topic`) for anomalies.
 
     Safe to run any number of times on the same batch. When it fails:
-    - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, then the task
+    - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, DETECT_MAX_RETRIES times, then the task
       fails, and the bridge, which has not committed the offsets, hands the batch over again.
     - Anything else (a bug): retried likewise, then the batch is counted as
       `events_processed{status="detect_failed"}` and logged, so that one bad batch does
       not stop the pipeline; the events are stored and can be analysed again by replay.
     """
-    if not self.request.is_eager:
-        close_old_connections()
+    batch_task_start(self)
     try:
         result = anomalies_detect_batch(rows=rows)
     except Exception as error:
-        if self.request.retries < settings.STORE_MAX_RETRIES:
-            raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
-        if isinstance(error, DETECT_UNREACHABLE):
-            raise
+        batch_task_retry(self, error, max_retries=settings.DETECT_MAX_RETRIES, unreachable=DETECT_UNREACHABLE)
         logger.exception("giving up analysing a batch of %d events from %s", len(rows), topic)
         EVENTS_PROCESSED.labels(status="detect_failed").inc(len(rows))
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}

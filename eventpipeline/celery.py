@@ -6,8 +6,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from celery import Celery
+from celery import Celery, Task
 from celery.signals import worker_init, worker_process_shutdown
+from django.db import close_old_connections
 
 from eventpipeline.serialization import register_orjson_for_json
 
@@ -17,6 +18,27 @@ register_orjson_for_json()
 app = Celery("eventpipeline")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def batch_task_start(task: Task) -> None:
+    """What a batch task does first. Connections are kept between tasks
+    (CELERY_DB_REUSE_MAX): drop one that broke, as Django does at the start of each request
+    (not in eager calls, like Celery's own Django fixup)."""
+    if not task.request.is_eager:
+        close_old_connections()
+
+
+def batch_task_retry(
+    task: Task, error: Exception, *, max_retries: int, unreachable: tuple[type[Exception], ...]
+) -> None:
+    """The batch tasks' one policy for a failure. Retry with back-off while retries are
+    left; then re-raise when a server could not be reached, so that the task fails and the
+    bridge, which has not committed the batch's offsets, hands it over again. Returns only
+    when the caller must give the batch up, in its own way."""
+    if task.request.retries < max_retries:
+        raise task.retry(exc=error, countdown=min(2**task.request.retries, 30)) from error
+    if isinstance(error, unreachable):
+        raise error
 
 
 @worker_init.connect

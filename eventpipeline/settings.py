@@ -134,7 +134,9 @@ MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
 # Event timestamps outside [now - MAX_EVENT_AGE_DAYS, now + MAX_CLOCK_SKEW_S] are absurd.
 MAX_EVENT_AGE_DAYS = env_int("MAX_EVENT_AGE_DAYS", 365, minimum=1)
 MAX_CLOCK_SKEW_S = env_int("MAX_CLOCK_SKEW_S", 300, minimum=0)
+# How often the store and detect tasks retry a batch (with back-off) before they give up on it.
 STORE_MAX_RETRIES = env_int("STORE_MAX_RETRIES", 5, minimum=0)
+DETECT_MAX_RETRIES = env_int("DETECT_MAX_RETRIES", 5, minimum=0)
 SIGNALS_PER_SECOND = env_int("SIGNALS_PER_SECOND", 1000, minimum=1)
 BURST_MODE = env_bool("BURST_MODE", False)
 # POST /emitter/configure and /emitter/burst write here (on REDIS_URL); running emitters
@@ -144,9 +146,9 @@ EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, mi
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
 RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)
-# Detection windows live in Redis under this prefix (REDIS_URL unless DETECT_REDIS_URL).
+# Detection windows live in Redis under this key prefix (REDIS_URL unless DETECT_REDIS_URL).
 DETECT_REDIS_URL = env_url("DETECT_REDIS_URL", REDIS_URL, ("redis", "rediss", "unix"))
-DETECT_KEY_PREFIX = env_str("DETECT_KEY_PREFIX", "dw")
+DETECT_KEY_PREFIX = env_str("DETECT_KEY_PREFIX", "detection-windows")
 # How late (event time, behind the user's newest event) an event may arrive and still be
 # counted exactly: windows keep this much more than the rules need.
 DETECT_LATENESS_SECONDS = env_int("DETECT_LATENESS_SECONDS", 300, minimum=0)

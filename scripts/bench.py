@@ -149,7 +149,7 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         "ANOMALIES_TOPIC": f"bench-anomalies-{suffix}",
         "STORE_QUEUE": f"bench-store-{suffix}",
         "DETECT_QUEUE": f"bench-detect-{suffix}",
-        "DETECT_KEY_PREFIX": f"bench-dw-{suffix}",
+        "DETECT_KEY_PREFIX": f"bench-detection-windows-{suffix}",
         "BRIDGE_GROUP_ID": f"bench-{suffix}",
         "BATCH_SIZE": str(args.batch_size),
         "KAFKA_SESSION_TIMEOUT_MS": "6000",

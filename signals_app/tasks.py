@@ -8,8 +8,8 @@ from typing import Any
 
 from celery import Task, shared_task
 from django.conf import settings
-from django.db import close_old_connections
 
+from eventpipeline.celery import batch_task_retry, batch_task_start
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
 from signals_app.services import UNREACHABLE, signals_dead_letter_batch, signals_store_batch
 
@@ -31,18 +31,12 @@ def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, in
       is kept as dead letters with the reason, to replay after the fix, instead of looping.
     """
     started = time.perf_counter()
-    # Connections are kept between tasks (CELERY_DB_REUSE_MAX); drop one that broke,
-    # as Django does at the start of each request (not in eager calls, like Celery's fixup).
-    if not self.request.is_eager:
-        close_old_connections()
+    batch_task_start(self)
     BATCH_SIZE_CURRENT.set(len(rows))
     try:
         result = signals_store_batch(topic=topic, rows=rows)
-    except Exception as error:
-        if self.request.retries < settings.STORE_MAX_RETRIES:
-            raise self.retry(exc=error, countdown=min(2**self.request.retries, 30)) from error
-        if isinstance(error, UNREACHABLE):
-            raise
+    except Exception as error:  # noqa: BLE001 - retried or re-raised; only a lasting fault falls through
+        batch_task_retry(self, error, max_retries=settings.STORE_MAX_RETRIES, unreachable=UNREACHABLE)
         reason = f"could not be stored after {self.request.retries + 1} attempts: {type(error).__name__}: {error}"
         logger.error("giving up on a batch of %d events: %s", len(rows), reason)
         dead = signals_dead_letter_batch(topic=topic, rows=rows, reason=reason.strip())
