@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from typing import Any
 
 from django.contrib import admin
@@ -8,6 +7,7 @@ from django.http import HttpRequest
 
 from anomalies_app.models import Anomaly, Rule
 from anomalies_app.services import anomaly_triage
+from signals_app.messages import ms_to_datetime
 
 
 @admin.register(Rule)
@@ -51,7 +51,7 @@ class AnomalyAdmin(admin.ModelAdmin):
     @admin.display(description="episode (event time, UTC)")
     def episode(self, anomaly: Anomaly) -> str:
         start, end = (
-            datetime.fromtimestamp(ms / 1000, tz=UTC).isoformat(sep=" ", timespec="seconds")
+            ms_to_datetime(ms).isoformat(sep=" ", timespec="seconds")
             for ms in (anomaly.episode_start_ms, anomaly.episode_end_ms)
         )
         return start if start == end else f"{start} to {end}"

@@ -28,7 +28,7 @@ import hashlib
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import NamedTuple
 
 from anomalies_app.rules import (
@@ -38,6 +38,7 @@ from anomalies_app.rules import (
     breaks,
     in_quiet_hours,
 )
+from signals_app.messages import ms_to_datetime
 
 # Evidence lists at most this many event ids (the count says how many there were).
 EVIDENCE_MAX_EVENTS = 100
@@ -224,7 +225,7 @@ def quiet_hours_finding(rule: RuleSettings, user_id: int, event: WindowEntry) ->
 
 def quiet_period_of(rule: RuleSettings, timestamp_ms: int) -> str:
     """The date (UTC) on which the quiet period holding `timestamp_ms` began."""
-    moment = datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+    moment = ms_to_datetime(timestamp_ms)
     day = moment.date()
     if moment.hour < int(rule.threshold):
         day -= timedelta(days=1)  # a quiet period that began the evening before
@@ -272,7 +273,7 @@ def place_key(location: str) -> str:
 def describe_detail(finding_type: str, start_ms: int, key: str) -> str:
     """The detail a description names: the time of the first quiet-hours event, the place."""
     if finding_type == UNUSUAL_TIME_ACTIVITY:
-        return datetime.fromtimestamp(start_ms / 1000, tz=UTC).strftime("%H:%M:%S")
+        return ms_to_datetime(start_ms).strftime("%H:%M:%S")
     if finding_type == UNUSUAL_LOCATION_LOGIN:
         return key
     return ""

@@ -17,8 +17,9 @@ from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, Rule, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, WINDOWED_SIGNAL_TYPES, RuleSettings, is_failed_login, window_of
 from anomalies_app.windows import Windows
+from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
-from signals_app.selectors import hour_of, ms_datetime
+from signals_app.selectors import hour_of
 
 
 def rule_settings_list() -> dict[str, RuleSettings]:
@@ -126,7 +127,7 @@ def anomaly_counts(*, since_ms: int, until_ms: int) -> list[AnomalyCount]:
     """Anomalies detected in [since_ms, until_ms), per hour since the epoch, type, severity and status."""
     rows = (
         Anomaly.objects.filter(
-            detection_timestamp__gte=ms_datetime(since_ms), detection_timestamp__lt=ms_datetime(until_ms)
+            detection_timestamp__gte=ms_to_datetime(since_ms), detection_timestamp__lt=ms_to_datetime(until_ms)
         )
         .annotate(hour=TruncHour("detection_timestamp"))
         .values_list("hour", "anomaly_type", "severity", "status")
@@ -140,7 +141,7 @@ def anomaly_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple
     """(user_id, anomalies) of the users with the most anomalies detected in [since_ms, until_ms)."""
     rows = (
         Anomaly.objects.filter(
-            detection_timestamp__gte=ms_datetime(since_ms), detection_timestamp__lt=ms_datetime(until_ms)
+            detection_timestamp__gte=ms_to_datetime(since_ms), detection_timestamp__lt=ms_to_datetime(until_ms)
         )
         .values_list("user_id")
         .annotate(anomalies=Count("*"))

@@ -20,7 +20,6 @@ import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import UTC, datetime
 from functools import reduce
 from typing import Any, NamedTuple
 
@@ -66,6 +65,7 @@ from anomalies_app.selectors import RuleBook, signal_history, signals_exist, use
 from anomalies_app.windows import Reach, Windows, WindowStore
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
 from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOMALY_DETECTION_LATENCY
+from signals_app.messages import ms_to_datetime
 
 logger = logging.getLogger(__name__)
 
@@ -547,7 +547,7 @@ def _anomaly_update(anomaly: Anomaly, merged: Finding) -> None:
 
 
 def _iso(timestamp_ms: int) -> str:
-    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC).isoformat(timespec="milliseconds")
+    return ms_to_datetime(timestamp_ms).isoformat(timespec="milliseconds")
 
 
 def anomaly_message(anomaly: Anomaly) -> bytes:

@@ -21,8 +21,9 @@ from anomalies_app.models import AnomalyStatus, Severity
 from anomalies_app.rules import DEFAULT_RULES
 from anomalies_app.selectors import anomaly_counts, anomaly_top_users
 from eventpipeline.celery import app as celery_app
+from signals_app.messages import ms_to_datetime
 from signals_app.models import SignalType
-from signals_app.selectors import HOUR_MS, dead_letter_counts, ms_datetime, signal_counts, signal_top_users
+from signals_app.selectors import HOUR_MS, dead_letter_counts, signal_counts, signal_top_users
 
 logger = logging.getLogger(__name__)
 
@@ -86,8 +87,8 @@ def pipeline_metrics(*, hours: int, until_ms: int) -> dict[str, Any]:
     hours_of = range(since_ms // HOUR_MS, (until_ms - 1) // HOUR_MS + 1)
     return {
         "hours": hours,
-        "since": ms_datetime(since_ms),
-        "until": ms_datetime(until_ms),
+        "since": ms_to_datetime(since_ms),
+        "until": ms_to_datetime(until_ms),
         "signals": {
             "total": total_signals,
             "per_second": round(total_signals / (hours * 3600), 3),
@@ -104,7 +105,7 @@ def pipeline_metrics(*, hours: int, until_ms: int) -> dict[str, Any]:
         "dead_letters": {"total": total_dead_letters, "per_hour": round(total_dead_letters / hours, 3)},
         "by_hour": [
             {
-                "hour": ms_datetime(hour * HOUR_MS),
+                "hour": ms_to_datetime(hour * HOUR_MS),
                 "signals": signals_by_hour[hour],
                 "anomalies": anomalies_by_hour[hour],
                 "dead_letters": dead_letters.get(hour, 0),

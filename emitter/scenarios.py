@@ -15,7 +15,7 @@ import heapq
 import random
 import uuid
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 from anomalies_app.rules import (
@@ -29,6 +29,7 @@ from anomalies_app.rules import (
     RuleSettings,
 )
 from emitter.generator import LOCATIONS, Event, SignalGenerator, home_ip_address, home_location
+from signals_app.messages import ms_to_datetime
 
 # Scenario kinds in the order they take turns: each anomaly, then each near miss.
 ANOMALY_KINDS = (
@@ -64,7 +65,7 @@ class Scenario:
 
 def quiet_period_before(rule: RuleSettings, moment_ms: int) -> tuple[int, int]:
     """The last complete quiet period (start, end) in ms that ended at or before `moment_ms`."""
-    moment = datetime.fromtimestamp(moment_ms / 1000, tz=UTC)
+    moment = ms_to_datetime(moment_ms)
     start = moment.replace(hour=int(rule.threshold), minute=0, second=0, microsecond=0)
     while start + timedelta(seconds=rule.window_seconds) > moment:
         start -= timedelta(days=1)
@@ -77,7 +78,7 @@ def clean_start_ms(rule: RuleSettings, now_ms: int, span_ms: int) -> int:
     every event time out of the quiet hours: now, or else just before the quiet period
     the run would run into."""
     needed = span_ms + 120_000
-    midnight = datetime.fromtimestamp(now_ms / 1000, tz=UTC).replace(hour=0, minute=0, second=0, microsecond=0)
+    midnight = ms_to_datetime(now_ms).replace(hour=0, minute=0, second=0, microsecond=0)
     for days in (-1, 0, 1):
         quiet_start = int((midnight + timedelta(days=days, hours=int(rule.threshold))).timestamp() * 1000)
         if now_ms < quiet_start + rule.window_seconds * 1000 and now_ms + needed > quiet_start:

@@ -131,9 +131,14 @@ def _mistyped(field: str, expected: str, value: Any) -> Rejection:
     return Rejection(f"field '{field}' must be {expected}, got {_json_type(value)} {_show(value)}")
 
 
+def ms_to_datetime(timestamp_ms: int) -> datetime:
+    """An event time as messages carry it (ms since the epoch) as a datetime in UTC."""
+    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
+
+
 def _iso(ms: int) -> str:
     try:
-        return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+        return ms_to_datetime(ms).strftime("%Y-%m-%dT%H:%M:%SZ")
     except (OverflowError, OSError, ValueError):
         return "beyond any calendar"
 

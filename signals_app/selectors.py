@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from django.db.models import Count, F, QuerySet
 from django.db.models.functions import TruncHour
 
+from signals_app.messages import ms_to_datetime
 from signals_app.models import DeadLetter, Signal
 
 HOUR_MS = 3_600_000
@@ -41,10 +42,6 @@ def signal_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple[
     return [(user_id, signals) for user_id, signals in rows]
 
 
-def ms_datetime(timestamp_ms: int) -> datetime:
-    return datetime.fromtimestamp(timestamp_ms / 1000, tz=UTC)
-
-
 def hour_of(moment: datetime) -> int:
     """Hours since the epoch: the key of the per-hour counts."""
     return int(moment.timestamp()) // 3600
@@ -53,7 +50,7 @@ def hour_of(moment: datetime) -> int:
 def dead_letter_counts(*, since_ms: int, until_ms: int) -> dict[int, int]:
     """Dead letters received in [since_ms, until_ms), per hour since the epoch."""
     rows = (
-        DeadLetter.objects.filter(received_at__gte=ms_datetime(since_ms), received_at__lt=ms_datetime(until_ms))
+        DeadLetter.objects.filter(received_at__gte=ms_to_datetime(since_ms), received_at__lt=ms_to_datetime(until_ms))
         .annotate(hour=TruncHour("received_at"))
         .values_list("hour")
         .annotate(dead_letters=Count("*"))
