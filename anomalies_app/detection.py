@@ -109,10 +109,10 @@ def view_radius_ms(rule: RuleSettings) -> int:
 
 
 def count_episodes(
-    rule: RuleSettings, user_id: int, entries: Sequence[WindowEntry], touched: Sequence[int]
+    rule: RuleSettings, user_id: int, entries: Sequence[WindowEntry], added_at: Sequence[int]
 ) -> list[Finding]:
     """Episodes of a counting rule among `entries` (one contiguous stretch of the user's
-    window, sorted) that the events at times `touched` could have changed."""
+    window, sorted) that the events added at times `added_at` could have changed."""
     window_ms = rule.window_seconds * 1000
     times = [entry.timestamp for entry in entries]
 
@@ -138,7 +138,7 @@ def count_episodes(
 
     findings = []
     for run in runs:
-        if not _touches(touched, run[0][0] - window_ms - 1, run[-1][0]):
+        if not _any_within(added_at, run[0][0] - window_ms - 1, run[-1][0]):
             continue
         peak_time, peak_count = min(run, key=lambda point: (-point[1], point[0]))
         in_peak = entries[bisect_left(times, peak_time - window_ms) : bisect_right(times, peak_time)]
@@ -158,7 +158,7 @@ def count_episodes(
 
 
 def failure_episodes(
-    rule: RuleSettings, user_id: int, logins: Sequence[WindowEntry], touched: Sequence[int]
+    rule: RuleSettings, user_id: int, logins: Sequence[WindowEntry], added_at: Sequence[int]
 ) -> list[Finding]:
     """Runs of failed logins in a row (by event time; a success in between resets), where
     the failures of the run within `window_seconds` reach the threshold."""
@@ -175,7 +175,7 @@ def failure_episodes(
         if episode:
             first_failure = _first_within(times, run_start, episode[0], window_ms)
             span = ordered[first_failure : episode[-1] + 1]
-            if _touches(touched, span[0].timestamp - window_ms, span[-1].timestamp + window_ms):
+            if _any_within(added_at, span[0].timestamp - window_ms, span[-1].timestamp + window_ms):
                 peak_index = peak[1]
                 peak_first = _first_within(times, run_start, peak_index, window_ms)
                 findings.append(
@@ -300,10 +300,10 @@ def _first_within(times: Sequence[int], run_start: int, index: int, window_ms: i
     return bisect_left(times, times[index] - window_ms, run_start, index)
 
 
-def _touches(touched: Sequence[int], start: int, end: int) -> bool:
-    """Whether any of the sorted `touched` times lies in [start, end]."""
-    position = bisect_left(touched, start)
-    return position < len(touched) and touched[position] <= end
+def _any_within(times: Sequence[int], start: int, end: int) -> bool:
+    """Whether any of the sorted `times` lies in [start, end]."""
+    position = bisect_left(times, start)
+    return position < len(times) and times[position] <= end
 
 
 def _evidence(entries: Sequence[WindowEntry]) -> tuple[str, ...]:

@@ -142,7 +142,7 @@ def anomalies_detect_batch(
     window_findings, reviews = _window_findings(events, rules, windows)
     findings += window_findings
     result = DetectResult(analysed=len(events))
-    anomalies = _record(events, findings, reviews, rules, result, windows)
+    anomalies = _anomalies_from_findings(events, findings, reviews, rules, result, windows)
     ACTIVE_USER_SESSIONS.set(windows.active_users({event.user_id for event in events}))
     anomalies_publish(anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer())
     return result
@@ -203,7 +203,7 @@ def _window_findings(
     reviews: list[FailureReview] = []
     failures = rules[REPEATED_LOGIN_FAILURES]
     for (user_id, kind), view in views.items():
-        touched = sorted(entry.timestamp for entry in additions[(user_id, kind)])
+        added_at = sorted(entry.timestamp for entry in additions[(user_id, kind)])
         failed = sum(1 for entry in view if entry.failed)
         for anomaly_type in RULES_BY_WINDOW[kind]:
             rule = rules[anomaly_type]
@@ -211,14 +211,14 @@ def _window_findings(
             if not rule.enabled or counted < fewest_to_break(rule):
                 continue  # too few events in the whole view to break the rule anywhere
             episodes = failure_episodes if anomaly_type == REPEATED_LOGIN_FAILURES else count_episodes
-            findings += episodes(rule, user_id, view, touched)
+            findings += episodes(rule, user_id, view, added_at)
         if kind == LOGIN and failures.enabled and _may_split_a_run(additions[(user_id, kind)], view):
             # A success that came after failures later than itself may have split a run
             # already raised: review the runs this view shows in full.
             everything = [entry.timestamp for entry in view]
             runs = failure_episodes(failures, user_id, view, everything)
-            lo = touched[0] - reach[LOGIN].radius_ms + failures.window_seconds * 1000
-            reviews.append(FailureReview(user_id, lo, touched[-1] + reach[LOGIN].radius_ms, runs))
+            lo = added_at[0] - reach[LOGIN].radius_ms + failures.window_seconds * 1000
+            reviews.append(FailureReview(user_id, lo, added_at[-1] + reach[LOGIN].radius_ms, runs))
     return findings, reviews
 
 
@@ -228,7 +228,7 @@ def _may_split_a_run(added: list[WindowEntry], view: list[WindowEntry]) -> bool:
     return bool(successes) and any(entry.failed and entry.timestamp > min(successes) for entry in view)
 
 
-def _record(
+def _anomalies_from_findings(
     events: list[BatchEvent],
     findings: list[Finding],
     reviews: list[FailureReview],
@@ -269,14 +269,14 @@ def _record(
             failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
             findings += [run for review in reviews for run in review.runs]
         merged = findings_merge(findings)
-        touched = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
+        recorded = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
     if first_logins:
         windows.places_remember(places)
-    for anomaly_id, finding, _ in touched:
+    for anomaly_id, finding, _ in recorded:
         if anomaly_id in result.created:
             ANOMALIES_DETECTED.labels(anomaly_type=finding.anomaly_type).inc()
             ANOMALY_DETECTION_LATENCY.observe(max(0.0, time.time() - finding.window_end_ms / 1000))
-    return [anomaly_id for anomaly_id, _, unpublished in touched if unpublished]
+    return [anomaly_id for anomaly_id, _, unpublished in recorded if unpublished]
 
 
 def _failure_runs_recheck(
@@ -393,7 +393,7 @@ def anomaly_findings_record(
     for anomaly in Anomaly.objects.raw(EPISODE_CANDIDATES_SQL, [list(column) for column in columns]):
         stored[(anomaly.user_id, anomaly.anomaly_type)].append(anomaly)
 
-    touched: list[tuple[int, Finding, bool]] = []  # (anomaly id, episode, not published yet)
+    recorded: list[tuple[int, Finding, bool]] = []  # (anomaly id, episode, not published yet)
     new: list[tuple[Anomaly, Finding]] = []
     for finding in findings:  # merged already: no two of them are one episode
         candidates = stored[(finding.user_id, finding.anomaly_type)]
@@ -412,12 +412,12 @@ def anomaly_findings_record(
             anomalies_merge(survivor=survivor, merged_away=merged_away)
             for anomaly in merged_away:
                 candidates.remove(anomaly)
-        touched.append((survivor.pk, merged, survivor.published_at is None))
+        recorded.append((survivor.pk, merged, survivor.published_at is None))
     Anomaly.objects.bulk_create([anomaly for anomaly, _ in new])
     for anomaly, finding in new:
         result.created.append(anomaly.pk)
-        touched.append((anomaly.pk, finding, True))
-    return touched
+        recorded.append((anomaly.pk, finding, True))
+    return recorded
 
 
 def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings) -> None:

@@ -67,7 +67,10 @@ class InFlightBatch:
 
 
 @dataclass
-class BridgeConfig:
+class BridgeOptions:
+    """What the bridge loop is told at start: its topics, batching, flow control and the
+    limits messages are judged by."""
+
     topic: str
     dlq_topic: str
     batch_size: int
@@ -82,12 +85,12 @@ class Bridge:
     def __init__(
         self,
         *,
-        config: BridgeConfig,
+        options: BridgeOptions,
         consumer: Consumer,
         dlq_producer: Producer,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.config = config
+        self.options = options
         self.consumer = consumer
         self.dlq_producer = dlq_producer
         self.clock = clock
@@ -98,7 +101,7 @@ class Bridge:
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.config.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.consumer.subscribe([self.options.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
 
     def run(self) -> None:
         self.subscribe()
@@ -122,7 +125,7 @@ class Bridge:
 
     def drain(self) -> None:
         """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close."""
-        deadline = self.clock() + self.config.drain_timeout_s
+        deadline = self.clock() + self.options.drain_timeout_s
         while self.in_flight and self.clock() < deadline:
             self.collect_results()
             self.commit()
@@ -134,7 +137,7 @@ class Bridge:
 
     # --- steps ----------------------------------------------------------------------
     def consume_batch(self) -> None:
-        messages = self.consumer.consume(num_messages=self.config.batch_size, timeout=self.config.batch_timeout_s)
+        messages = self.consumer.consume(num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s)
         if not messages:
             return
         received_at = self.clock()
@@ -157,7 +160,7 @@ class Bridge:
                     partition=partition,
                     offset=offset,
                     now_ms=now_ms,
-                    limits=self.config.limits,
+                    limits=self.options.limits,
                 )
             except Exception as error:
                 logger.exception("record %s[%d]@%d could not be validated", topic, partition, offset)
@@ -170,7 +173,7 @@ class Bridge:
             return  # stopping: none of these offsets is committed, the records come again
         batch = InFlightBatch(
             batch_id=uuid.uuid4().hex,
-            topic=self.config.topic,
+            topic=self.options.topic,
             rows=rows,
             received_at=received_at,
         )
@@ -188,7 +191,7 @@ class Bridge:
         them: their offsets must not be committed before. False if asked to stop first."""
         while not self.shutdown:
             try:
-                dead_letters_keep(dead_letters=dead_letters, topic=self.config.dlq_topic, producer=self.dlq_producer)
+                dead_letters_keep(dead_letters=dead_letters, topic=self.options.dlq_topic, producer=self.dlq_producer)
             except (DatabaseError, KafkaException, DeadLetterPublishError) as error:
                 logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
                 connection.close_if_unusable_or_obsolete()
@@ -239,11 +242,11 @@ class Bridge:
             if state == "SUCCESS":
                 succeeded[batch.batch_id] = succeeded.get(batch.batch_id, 0) + 1
             elif state == "FAILURE" or handover.task_id is None:
-                if now - handover.dispatched_at >= min(2 ** min(handover.attempts, 5), self.config.redispatch_after_s):
+                if now - handover.dispatched_at >= min(2 ** min(handover.attempts, 5), self.options.redispatch_after_s):
                     outcome = state or "not handed over"
                     logger.warning("batch %s: %s %s; dispatching again", batch.batch_id, name, outcome)
                     self.dispatch(batch, name)
-            elif now - handover.dispatched_at >= self.config.redispatch_after_s * 2 ** min(handover.attempts - 1, 4):
+            elif now - handover.dispatched_at >= self.options.redispatch_after_s * 2 ** min(handover.attempts - 1, 4):
                 # Probably lost with its broker; perhaps only queued behind stalled workers,
                 # so each further copy waits twice as long (running twice is harmless).
                 logger.warning(
@@ -272,7 +275,7 @@ class Bridge:
         self.tracker.committed(offsets)
 
     def apply_backpressure(self) -> None:
-        saturated = len(self.in_flight) >= self.config.max_in_flight
+        saturated = len(self.in_flight) >= self.options.max_in_flight
         if saturated == self.paused:
             return
         assignment = self.consumer.assignment()

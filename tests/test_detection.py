@@ -201,9 +201,9 @@ def random_stream(seed: int, anomaly_type: str) -> list[WindowEntry]:
     return entries(times, failed=flags)
 
 
-def episodes_of(anomaly_type: str, window: list[WindowEntry], touched: list[int]) -> list[Finding]:
+def episodes_of(anomaly_type: str, window: list[WindowEntry], added_at: list[int]) -> list[Finding]:
     episodes = failure_episodes if anomaly_type == REPEATED_LOGIN_FAILURES else count_episodes
-    return episodes(DEFAULT_RULES[anomaly_type], USER, window, touched)
+    return episodes(DEFAULT_RULES[anomaly_type], USER, window, added_at)
 
 
 STREAM_RULES = [HIGH_FREQUENCY_LOGIN, REPEATED_LOGIN_FAILURES, HIGH_API_FAILURE_RATE]

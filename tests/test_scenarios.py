@@ -81,10 +81,10 @@ def everything_detected(events: list[dict[str, Any]]) -> list[Finding]:
     counting = {"login": HIGH_FREQUENCY_LOGIN, "purchase": RAPID_SUCCESSIVE_PURCHASES, "api": HIGH_API_FAILURE_RATE}
     for (user, kind), entries in by_kind.items():
         entries.sort()
-        touched = [e.timestamp for e in entries]
-        findings += count_episodes(rules[counting[kind]], user, entries, touched)
+        added_at = [e.timestamp for e in entries]
+        findings += count_episodes(rules[counting[kind]], user, entries, added_at)
         if kind == "login":
-            findings += failure_episodes(rules[REPEATED_LOGIN_FAILURES], user, entries, touched)
+            findings += failure_episodes(rules[REPEATED_LOGIN_FAILURES], user, entries, added_at)
     all_ids = {event["event_id"] for event in events}
     for user, first_logins in places.items():
         findings += new_location_findings(rules[UNUSUAL_LOCATION_LOGIN], user, first_logins, all_ids)

@@ -12,7 +12,7 @@ from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from prometheus_client import start_http_server
 
-from bridge.consumer import Bridge, BridgeConfig
+from bridge.consumer import Bridge, BridgeOptions
 from eventpipeline.kafka import consumer_config, producer_config, topics_ensure
 from signals_app.messages import Limits
 
@@ -33,7 +33,7 @@ class Command(BaseCommand):
         if options["metrics_port"]:
             start_http_server(options["metrics_port"])
         topics_ensure([options["topic"], options["dlq_topic"]], partitions=settings.TOPIC_PARTITIONS)
-        config = BridgeConfig(
+        bridge_options = BridgeOptions(
             topic=options["topic"],
             dlq_topic=options["dlq_topic"],
             batch_size=options["batch_size"],
@@ -47,7 +47,7 @@ class Command(BaseCommand):
             ),
         )
         bridge = Bridge(
-            config=config,
+            options=bridge_options,
             consumer=Consumer(consumer_config(options["group_id"])),
             dlq_producer=Producer(producer_config()),
         )
@@ -60,8 +60,8 @@ class Command(BaseCommand):
         signal.signal(signal.SIGINT, stop)
         logger.info(
             "bridge: %s -> Celery (batch %d, group %s, kafka %s)",
-            config.topic,
-            config.batch_size,
+            bridge_options.topic,
+            bridge_options.batch_size,
             options["group_id"],
             settings.KAFKA_BOOTSTRAP_SERVERS,
         )
