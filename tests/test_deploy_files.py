@@ -2,7 +2,7 @@
 and the requirements files (what the image installs, against what `make run` needs).
 
 No Docker engine, no server and no database: the files are parsed and cross-checked against
-DESIGN.md (processes, ports, environment variables, metric names). Prometheus' own `promtool`
+docs/design.md (processes, ports, environment variables, metric names). Prometheus' own `promtool`
 checks the scrape config, the alert rules, every dashboard query and the alerts' behaviour;
 it is required (Debian: `apt-get install -y prometheus`), a missing promtool is a failure.
 """
@@ -47,7 +47,7 @@ DEPLOY_FILES = [
     DOCKERIGNORE,
 ]
 
-# DESIGN.md "Configuration", with the documented defaults where it gives one.
+# docs/design.md, "Configuration", with the documented defaults where it gives one.
 DESIGN_ENV = {
     "KAFKA_BOOTSTRAP_SERVERS": None,
     "DATABASE_URL": None,
@@ -66,7 +66,7 @@ DESIGN_ENV = {
 # Variables an app container may set besides the DESIGN ones and those settings.py reads.
 EXTRA_APP_ENV = {"PROMETHEUS_MULTIPROC_DIR", "DJANGO_SETTINGS_MODULE"}
 
-# DESIGN.md "Processes": service -> (words its command must contain, container port or None).
+# docs/design.md, "Processes": service -> (words its command must contain, container port or None).
 PROCESSES: dict[str, tuple[tuple[str, ...], int | None]] = {
     "api": (("gunicorn", "eventpipeline.wsgi"), 8000),
     "bridge": (("python manage.py run_bridge",), 8012),
@@ -78,7 +78,7 @@ PROCESSES: dict[str, tuple[tuple[str, ...], int | None]] = {
 WORKER_COMMAND = "celery -A eventpipeline worker"
 WORKER_PORT = 8013
 WORKER_QUEUES = {"store", "detect"}
-# DESIGN.md "Infrastructure": service -> (host port, image prefix).
+# docs/design.md, "Processes": service -> (host port, image prefix).
 INFRA = {
     "kafka": (9092, "apache/kafka:"),
     "postgres": (5432, "postgres:15"),
@@ -96,7 +96,7 @@ SCRAPE_JOBS = {
     "flower": (["flower"], 5555, "/metrics"),
 }
 
-# DESIGN.md metric names as Prometheus exposes them (counters carry `_total`).
+# docs/design.md metric names as Prometheus exposes them (counters carry `_total`).
 COUNTERS = {
     "signals_produced_total",
     "events_processed_total",
@@ -441,7 +441,9 @@ def test_app_environment_uses_the_design_names(
         missing = set(DESIGN_ENV) - set(env)
         assert not missing, f"`{name}` environment lacks {sorted(missing)}"
         unknown = set(env) - known
-        assert not unknown, f"`{name}` sets variables that neither DESIGN.md nor settings.py know: {sorted(unknown)}"
+        assert not unknown, (
+            f"`{name}` sets variables that neither docs/design.md nor settings.py know: {sorted(unknown)}"
+        )
         for key, default in DESIGN_ENV.items():
             if default is not None:
                 assert env[key] == default, f"`{name}`: {key} defaults to {env[key]!r}, DESIGN says {default!r}"
@@ -712,10 +714,10 @@ def test_metric_names_in_code_match_design() -> None:
         for name in pattern.findall(path.read_text(encoding="utf-8")):
             defined[name] = path
     missing = PIPELINE_METRICS - set(defined)
-    assert not missing, f"DESIGN.md metrics not defined in the code: {sorted(missing)}"
+    assert not missing, f"docs/design.md metrics not defined in the code: {sorted(missing)}"
     allowed_bases = {name.removesuffix("_total") for name in COUNTERS} | GAUGES | HISTOGRAMS
     unknown = {name: str(path.relative_to(REPO)) for name, path in defined.items() if name not in allowed_bases}
-    assert not unknown, f"metrics not in DESIGN.md (update the dashboard, alerts and this test): {unknown}"
+    assert not unknown, f"metrics not in docs/design.md (update the dashboard, alerts and this test): {unknown}"
 
 
 # --- Grafana ----------------------------------------------------------------------------------
@@ -754,7 +756,7 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         names = metric_names(expr)
         assert names, f"no metric found in {expr!r}"
         unknown = names - ALLOWED_METRICS
-        assert not unknown, f"dashboard query {expr!r} uses metrics not in DESIGN.md: {sorted(unknown)}"
+        assert not unknown, f"dashboard query {expr!r} uses metrics not in docs/design.md: {sorted(unknown)}"
 
 
 @pytest.mark.parametrize(
