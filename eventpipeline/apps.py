@@ -5,7 +5,9 @@ from django.db.backends.signals import connection_created
 
 
 class EventpipelineConfig(AppConfig):
-    """The project's own settings of shared parts (database connections)."""
+    """The project's own settings of shared parts. One process-wide change, made here and
+    nowhere else: every new PostgreSQL connection reads timestamptz with psycopg's compiled
+    loader (eventpipeline/database.py)."""
 
     name = "eventpipeline"
     verbose_name = "eventpipeline"

@@ -13,6 +13,9 @@ from django.db import close_old_connections
 from eventpipeline.serialization import register_orjson_for_json
 
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
+# A process-wide swap, on purpose and in one place: kombu's "json" serializer is orjson
+# from here on, for every Celery message this process sends or reads; the wire format
+# stays kombu's (eventpipeline/serialization.py).
 register_orjson_for_json()
 
 app = Celery("eventpipeline")
