@@ -30,7 +30,11 @@ def latest() -> list[tuple[str, str | None]]:
 
 
 @pytest.fixture
-def database_before_the_move(transactional_db: None) -> Iterator[MigrationExecutor]:
+def database_before_the_move(
+    django_db_serialized_rollback: None, transactional_db: None
+) -> Iterator[MigrationExecutor]:
+    """(Serialized rollback, like the other tests that leave a transaction: the tests after
+    this one find the database as migrations left it.)"""
     executor = migrate(BEFORE_THE_MOVE)
     try:
         yield executor
