@@ -85,7 +85,7 @@ class DetectResult:
 
 class BatchEvent(NamedTuple):
     """An event of the batch as the rules read it (a tuple: one is made per event, and
-    a frozen dataclass costs three times as much to make)."""
+    a frozen dataclass costs more to make; docs/performance.md, "Less work per event")."""
 
     event_id: str
     user_id: int
@@ -351,8 +351,9 @@ def user_locations_record(*, first_logins: dict[tuple[int, str], WindowEntry]) -
 
 
 # The anomalies a batch's findings may belong to: the same user, rule and key, and for
-# unkeyed episodes an overlapping span. One statement for the whole batch (an OR of a
-# condition per finding cost more to build in the ORM than to run).
+# unkeyed episodes an overlapping span. One statement for the whole batch: an OR of a
+# condition per finding cost more to build in the ORM than to run
+# (docs/performance.md, "Publishing anomalies and finding episodes").
 EPISODE_CANDIDATES_SQL = """
 SELECT * FROM anomalies WHERE id IN (
     SELECT a.id

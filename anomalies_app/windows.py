@@ -45,7 +45,7 @@ IDLE_GRACE_MS = 3_600_000
 # one string "score member score member ..."; then the markers' ttl. Each window's
 # stretch comes back as one string "member score member score ...". (One argument and one
 # reply per window, not two per entry: packing and parsing them in redis-py cost more
-# than the script.)
+# than the script; docs/performance.md, "Detection scripts in Redis".)
 RECORD_SCRIPT = """
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then
   return redis.error_reply('EPOCH windows were lost (Redis restarted or flushed)')
@@ -85,7 +85,8 @@ return out
 
 # The places cache and the active-user sketch, one call each per batch. Arguments and
 # replies go as one JSON document (cjson in Redis): a command per user, or an argument
-# per place, cost more to pack in redis-py than the work they asked for.
+# per place, cost more to pack in redis-py than the work they asked for
+# (docs/performance.md, "Detection scripts in Redis").
 # KEYS: the users' places hashes. ARGV[1]: per key, the places to look up. Reply: per
 # key, the cached values (false where none).
 # (Lists go to commands in chunks: Lua's unpack stops at a few thousand values.)

@@ -49,12 +49,11 @@ def _token_user_query() -> _TokenUserQuery:
 
 class TokenAuthentication(authentication.TokenAuthentication):
     """DRF's token authentication, with the token and its user read by one fixed statement
-    instead of the ORM's `select_related` query. On every request the ORM built that query
-    anew and made both models through its generic machinery: 0.41 ms of CPU per lookup,
-    against 0.12 ms this way (the two alternating in one process, on the bench-api data). The
-    answers are the same: 401 "Invalid token." or "User inactive or deleted.", else
-    (user, token), both read from the database on each request, so a deleted token or an
-    inactive user is refused at once."""
+    made once per process: the ORM's `select_related` query is built anew, and makes both
+    models through generic machinery, on every request
+    (docs/performance.md, "Token authentication"). The answers are the same: 401 "Invalid
+    token." or "User inactive or deleted.", else (user, token), both read from the database
+    on each request, so a deleted token or an inactive user is refused at once."""
 
     def authenticate_credentials(self, key: str) -> tuple[Any, Token]:
         query = _token_user_query()

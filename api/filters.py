@@ -34,8 +34,8 @@ _WHOLE_NUMBER: dict[str, str | StrPromise] = {
 class FilterSet(filters.FilterSet):
     """django-filter's FilterSet, with its form class made once per filter set. django-filter
     makes a new form class on every request (a type() and a deep copy of every filter's
-    field): about a twentieth of the CPU of a list request (cProfile). The form depends
-    only on the declared filters, none of which depends on the request here."""
+    field), CPU spent on every list request (docs/performance.md, "Filters"). The form
+    depends only on the declared filters, none of which depends on the request here."""
 
     def get_form_class(self) -> type[forms.Form]:
         made = type(self).__dict__.get("_form_class")  # this class's own, not a parent's
@@ -47,9 +47,9 @@ class FilterSet(filters.FilterSet):
 
 class FilterBackend(filters.DjangoFilterBackend):
     """django-filter's backend, which leaves a request that names none of the filters
-    alone. Making and validating the filter set and its form for no filter at all was a
-    tenth of the CPU of an unfiltered page (py-spy on the api); with no filter parameter
-    the form has nothing to refuse and the filter set nothing to apply. (A parameter is
+    alone, sparing the CPU of making and validating the filter set and its form for no
+    filter at all (docs/performance.md, "Filters"): with no filter parameter the form has
+    nothing to refuse and the filter set nothing to apply. (A parameter is
     taken as a filter's when it starts with the filter's name, so a widget's
     `<name>_min`-style parameters count too.)"""
 

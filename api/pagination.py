@@ -2,8 +2,9 @@
 cursors for deep paging. Neither ever counts the rows.
 
 Page mode (`?page=3&size=50`, the default): OFFSET (page - 1) * size, LIMIT size + 1. The
-extra row only tells whether a next page exists; no `count(*)` is run, because counting
-ten million rows costs seconds on every request, and the response carries no total.
+extra row only tells whether a next page exists, and the response carries no total: no
+`count(*)` is run, since counting a large table is slow and would be paid on every
+request (docs/performance.md, "The /metrics report").
 Deep pages still make PostgreSQL walk past every row before them: that is what cursors
 are for.
 

@@ -13,8 +13,8 @@ _OPTIONS = orjson.OPT_PASSTHROUGH_DATETIME | orjson.OPT_NON_STR_KEYS
 
 
 class JSONRenderer(renderers.JSONRenderer):
-    """DRF's JSON renderer, with compact JSON written by orjson: the standard library's
-    encoder was about a twentieth of the CPU of a 50-row page (py-spy on the api). The
+    """DRF's JSON renderer, with compact JSON written by orjson, for the CPU the standard
+    library's encoder took on every page (docs/performance.md, "JSON rendering"). The
     output is the same as DRF's compact, UTF-8 JSON: anything orjson does not write itself
     (dates and times included, so that they keep DRF's format; lazy strings, decimals) goes
     through DRF's encoder, and U+2028 and U+2029 are escaped as DRF escapes them. Indented

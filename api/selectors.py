@@ -34,8 +34,9 @@ def pipeline_metrics_recent(*, hours: int) -> dict[str, Any]:
     """`pipeline_metrics` of the `hours` up to now, computed at most once every
     METRICS_CACHE_SECONDS for each `hours` and shared by every api process (the cache is
     Redis). The report's `until` says when it was computed. Counting a month of signals
-    takes seconds at ten million rows: a dashboard polling it, or sixteen of them, must
-    not make PostgreSQL do it on every request. With Redis away it is computed each time."""
+    is slow on a large table (docs/performance.md, "The /metrics report"): a dashboard
+    polling it, or sixteen of them, must not make PostgreSQL do it on every request. With
+    Redis away it is computed each time."""
     now_ms = int(time.time() * 1000)
     if settings.METRICS_CACHE_SECONDS <= 0:
         return pipeline_metrics(hours=hours, until_ms=now_ms)

@@ -42,13 +42,12 @@ class ListRowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     """A read-only ModelSerializer for the list endpoints, whose rows are plain dicts of
     column values (`rows`, QuerySet.values) written straight to JSON.
 
-    DRF's per-field machinery (get_attribute, to_representation, timezone checks) took a
-    third of the CPU of a 50-row page (cProfile on ten million rows), and making a model
-    instance of each row (from_db, two signals per instance) a fifth of what reading and
-    writing the page still cost (in-process timing, model rows against dicts). The output,
-    and the schema the declared fields give, are the same. A field that is not a column of
-    the model (a related user's name) is named in `computed` with the expression that
-    reads it."""
+    Rows skip DRF's per-field machinery (get_attribute, to_representation, timezone
+    checks) and model instances (from_db, two signals per instance): work paid on every
+    row of every page that the output does not need (docs/performance.md, "List rows").
+    The output, and the schema the declared fields give, are the same as DRF's. A field
+    that is not a column of the model (a related user's name) is named in `computed` with
+    the expression that reads it."""
 
     computed: dict[str, Any] = {}
     _shape: _RowShape
@@ -56,8 +55,8 @@ class ListRowSerializer(serializers.ModelSerializer):  # type: ignore[type-arg]
     @classmethod
     def rows(cls, queryset: QuerySet[Any]) -> QuerySet[Any]:
         """`queryset` as the dicts `to_representation` takes. JSON columns come as their
-        text, which goes into the response as it is (orjson.Fragment): parsing it into
-        Python objects only to write them out again was most of the cost of a JSON field."""
+        text, which goes into the response as it is (orjson.Fragment), rather than parsed
+        into Python objects only to be written out again (docs/performance.md, "List rows")."""
         shape = cls._row_shape()
         return queryset.values(*shape.columns, **shape.expressions)
 
@@ -180,9 +179,9 @@ class MetricsSerializer(serializers.Serializer):
 
     def to_representation(self, instance: Mapping[str, Any]) -> dict[str, Any]:
         """The report as DRF's fields would write it, written directly: it is plain data
-        but for its datetimes. Through DRF's nested serializers a cached month (720 hours)
-        cost the api 12.5 ms of CPU and a cached day 4.4 (make bench-api); written directly,
-        5.7 and 1.7 in a later run. The fields above are its schema."""
+        but for its datetimes, and DRF's nested serializers were most of the CPU of serving
+        a cached report (docs/performance.md, "The /metrics report"). The fields above are
+        its schema."""
         return _plain_tree(instance)  # type: ignore[no-any-return]
 
 
@@ -197,8 +196,8 @@ class HealthSerializer(serializers.Serializer):
     checks = serializers.DictField(child=_Check(), help_text="postgresql, redis, kafka and celery (a worker's ping).")
 
 
-# Far above what one emitter process reaches on the machines this runs on (tens of
-# thousands a second); a higher number is a typo.
+# Far above what one emitter process reaches, so a higher number is a typo
+# (docs/performance.md, "Emitter latency sampling").
 MAX_SIGNALS_PER_SECOND = 1_000_000
 MAX_BURST_SECONDS = 86_400
 MAX_BURST_MULTIPLIER = 100

@@ -207,10 +207,12 @@ class Bridge:
         handover.dispatched_at = self.clock()
         try:
             # Plain tuples (orjson writes them without a callback per row), and a short
-            # argsrepr: Celery would otherwise repr the whole batch for Flower.
-            # denied_join_result: the bridge reads results with one MGET per turn
-            # (_task_states), so Celery need not subscribe to each task's result channel
-            # and unsubscribe again (a sixth of the bridge's CPU, profiled).
+            # argsrepr: Celery would otherwise repr the whole batch for Flower
+            # (docs/performance.md, "Handing a batch to Celery").
+            # denied_join_result: the bridge reads the results of all outstanding tasks
+            # straight from Redis with one MGET per turn (_task_states), instead of having
+            # Celery subscribe to each task's result channel and unsubscribe again
+            # (docs/performance.md, "Reading task results").
             with denied_join_result():
                 result = TASKS[name].apply_async(  # type: ignore[call-arg]  # argsrepr: not in the stubs
                     args=(batch.topic, list(map(tuple, batch.rows))),

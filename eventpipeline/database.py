@@ -22,13 +22,14 @@ class TimestamptzLoader(Loader):
 
     Django registers a pure-Python subclass of psycopg's loader on every connection, so
     that each datetime carries the connection's time zone object; that bypasses
-    psycopg-binary's parser, and a page of 50 signals spent a tenth of its CPU parsing its
-    100 timestamps (py-spy on the api). The loader is installed only where Django's time
-    zone for the connection is UTC, which Django also sets as the session's, so psycopg's
-    loader already gives datetimes in UTC; only their tzinfo object is made Django's.
-    (Should a session be set to another time zone, the moment is still right: converted,
-    where Django's loader would relabel the local time as UTC.) `timezone` is what Django
-    compares with its own before it would register its loader again for a cursor."""
+    psycopg-binary's parser, on timestamps that every row of every list page carries
+    (docs/performance.md, "Timestamp parsing"). The loader is installed only where
+    Django's time zone for the connection is UTC, which Django also sets as the session's,
+    so psycopg's loader already gives datetimes in UTC; only their tzinfo object is made
+    Django's. (Should a session be set to another time zone, the moment is still right:
+    converted, where Django's loader would relabel the local time as UTC.) `timezone` is
+    what Django compares with its own before it would register its loader again for a
+    cursor."""
 
     timezone = UTC
 

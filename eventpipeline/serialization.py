@@ -3,8 +3,8 @@
 The wire format does not change: content type "application/json", and kombu's
 {"__type__": ..., "__value__": ...} markers for datetimes, decimals and bytes, so any
 Celery client or Flower reads these messages (a UUID object arrives as its string).
-Decoding a 500-event batch with the standard library was a fifth of the worker's CPU
-time; orjson does it several times faster (README "Speed").
+It uses orjson because every batch is decoded by a worker, where the standard library's
+decoder took a large share of the CPU (docs/performance.md, "JSON in Celery and the bridge").
 """
 
 from __future__ import annotations

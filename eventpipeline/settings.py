@@ -122,7 +122,8 @@ BATCH_TIMEOUT_MS = env_int("BATCH_TIMEOUT_MS", 200, minimum=1)
 # Batches handed to Celery but not yet stored and analysed. When this many are
 # outstanding the bridge pauses its partitions: back-pressure instead of an unbounded
 # Redis queue. It must cover the events/s wanted times a batch's time in flight (queued,
-# run by both tasks, seen done): 16 held the pipeline to 15,000 events/s at batch 500.
+# run by both tasks, seen done), or the pipeline waits instead of working
+# (docs/performance.md, "Batches in flight").
 BRIDGE_MAX_IN_FLIGHT = env_int("BRIDGE_MAX_IN_FLIGHT", 64, minimum=1)
 # A batch with no result after this long is handed to Celery again (storing is
 # idempotent). It covers a task lost with its broker, e.g. a Redis restart.
@@ -324,8 +325,9 @@ CELERY_TASK_ACKS_LATE = True
 # acknowledging it as failed: storing is idempotent, losing a batch is not acceptable.
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
-# Threads, not prefork: the store task mostly waits on PostgreSQL, and prefork's pipe
-# between the pool and its children cost more CPU than the task itself (README "Speed").
+# Threads, not prefork: the tasks mostly wait on PostgreSQL and Redis, and prefork's pipe
+# between the pool and its children cost more CPU than the task itself
+# (docs/performance.md, "The worker pool").
 CELERY_WORKER_POOL = env_str("WORKER_POOL", "threads")
 CELERY_WORKER_CONCURRENCY = env_int("WORKER_CONCURRENCY", 8, minimum=1)
 CELERY_TASK_TIME_LIMIT = 120
@@ -350,9 +352,11 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
 }
 CELERY_BROKER_CONNECTION_RETRY_ON_STARTUP = True
 # Celery closes the database connection around every task unless this is set; the
-# store task then pays a new connection and a new staging table each time.
+# store task then pays a new connection and a new staging table each time
+# (docs/performance.md, "Database connection reuse").
 CELERY_DB_REUSE_MAX = 1000
-# Task events cost the worker about 1 ms of CPU per task. Celery's default is off; Flower
+# Task events add to Celery's fixed cost of every task
+# (docs/performance.md, "Celery's cost per task"). Celery's default is off; Flower
 # switches them on while it runs (its --enable_events), so they are paid for only while
 # someone watches.
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)

@@ -2,8 +2,9 @@
 
 COPYs the same synthetic rows, in batches of BATCH_SIZE, into a scratch copy of the
 signals table carrying each index set in turn, and prints rows/s per set (median of
---runs). This is the measurement behind the indexes the migration creates (README,
-"Indexes"). Needs DATABASE_URL (make bench-indexes starts a local PostgreSQL).
+--runs). This is the measurement behind the indexes the migration creates
+(docs/performance.md, "Indexes"). Needs DATABASE_URL (make bench-indexes starts a local
+PostgreSQL).
 """
 
 from __future__ import annotations

@@ -34,9 +34,9 @@ class Signal(models.Model):
 
     class Meta:
         db_table = "signals"
-        # The old system's indexes less three (README "Indexes"): user_id and type alone
-        # are covered by the composites, whose leading column they are; the GIN index on
-        # payload cost about a third of the insert rate and no query here reads it.
+        # The old system's indexes less three (docs/performance.md, "Indexes"): user_id and
+        # type alone are covered by the composites, whose leading column they are; the GIN
+        # index on payload slowed every insert and no query here reads it.
         indexes = [
             models.Index(fields=["timestamp"], name="idx_signals_timestamp"),
             models.Index(fields=["user_id", "timestamp"], name="idx_signals_user_time"),
