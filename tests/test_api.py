@@ -15,8 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import redis
-from django.conf import settings as django_settings
 from django.contrib.auth.models import User
 from django.core.cache import cache
 from django.db import connection
@@ -26,7 +24,6 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
 from anomalies_app.models import Anomaly
-from api.throttling import UserThrottle
 from signals_app.models import Signal
 from tests.conftest import REPO, free_port, wait_for
 from tests.factories import anomaly_create, dead_letter_create, signal_create
@@ -135,43 +132,6 @@ def test_the_drf_token_command_makes_a_working_token(user: User) -> None:
 @pytest.mark.parametrize("url", ["/health", "/docs", "/schema"])
 def test_health_and_docs_need_no_credentials(url: str) -> None:
     assert APIClient().get(url).status_code in {200, 503}  # /health says 503 when a server is away
-
-
-def forget_throttle_history(user: User) -> None:
-    """The test database gives out the same user ids on every run; Redis outlives it."""
-    key = UserThrottle.cache_format % {"scope": UserThrottle.scope, "ident": user.pk}
-    redis.Redis.from_url(django_settings.REDIS_URL).delete(f"api:{key}")
-
-
-def test_requests_beyond_the_rate_are_throttled(api: APIClient, user: User, settings: Any) -> None:
-    settings.API_THROTTLE_RATE = "3/min"
-    other_user = User.objects.create_user("someone-else")
-    forget_throttle_history(user)
-    forget_throttle_history(other_user)
-    responses = [api.get("/signals") for _ in range(4)]
-    assert [response.status_code for response in responses] == [200, 200, 200, 429]
-    # The allowance comes back one request per 20 s (a minute over 3).
-    assert 1 <= int(responses[-1]["Retry-After"]) <= 20
-    assert api.get("/health").status_code in {200, 503}, "monitors are never throttled"
-    other = APIClient()
-    other.force_authenticate(other_user)
-    assert other.get("/signals").status_code == 200, "the throttle is per user"
-
-
-def test_the_allowance_comes_back_one_request_per_interval(api: APIClient, user: User, settings: Any) -> None:
-    settings.API_THROTTLE_RATE = "2/sec"  # a burst of 2, then one every 0.5 s
-    forget_throttle_history(user)
-    assert [api.get("/signals").status_code for _ in range(3)] == [200, 200, 429]
-    time.sleep(0.6)
-    assert [api.get("/signals").status_code for _ in range(2)] == [200, 429]
-
-
-def test_the_api_answers_when_the_throttles_redis_does_not(
-    api: APIClient, settings: Any, caplog: pytest.LogCaptureFixture
-) -> None:
-    settings.REDIS_URL = f"redis://127.0.0.1:{free_port()}/0"
-    assert api.get("/signals").status_code == 200
-    assert "throttle not applied, its Redis did not answer" in caplog.text
 
 
 # --- /signals --------------------------------------------------------------------------
