@@ -533,16 +533,15 @@ def test_metrics_counts_rates_and_breakdowns(api: APIClient) -> None:
     assert body["hours"] == 24
     assert body["signals"]["total"] == 5
     assert body["signals"]["by_type"] == {"login": 2, "purchase": 1, "click": 2, "api_call": 0, "file_access": 0}
-    assert body["signals"]["per_second"] == round(5 / 86_400, 3)
     anomalies = body["anomalies"]
     assert anomalies["total"] == 3
     assert anomalies["by_severity"] == {"low": 1, "medium": 1, "high": 1}
     assert anomalies["by_status"] == {"new": 2, "acknowledged": 0, "resolved": 1, "false_positive": 0}
     assert anomalies["by_type"]["repeated_login_failures"] == 1
     assert anomalies["by_type"]["high_frequency_login"] == 0
-    assert anomalies["per_hour"] == round(3 / 24, 3)
+    assert anomalies["per_hour"] == 0.125  # 3 in 24 hours
     assert anomalies["per_1000_signals"] == 600.0
-    assert body["dead_letters"] == {"total": 1, "per_hour": round(1 / 24, 3)}
+    assert body["dead_letters"] == {"total": 1, "per_hour": 0.042}  # 1 in 24 hours, to three places
     assert len(body["by_hour"]) in {24, 25}  # every clock hour the period touches
     assert sum(hour["signals"] for hour in body["by_hour"]) == 5
     assert sum(hour["anomalies"] for hour in body["by_hour"]) == 3
@@ -554,6 +553,36 @@ def test_metrics_counts_rates_and_breakdowns(api: APIClient) -> None:
     two_hours = get(api, "/metrics", hours=2)
     assert (two_hours["signals"]["total"], two_hours["anomalies"]["total"]) == (4, 2)
     assert get(api, "/metrics", hours=720)["signals"]["total"] == 6
+
+
+def test_metrics_rates_are_the_counts_over_the_length_of_the_period(api: APIClient) -> None:
+    now = timezone.now()
+    now_ms = int(now.timestamp() * 1000)
+    # 7,200 signals, 4 a second over the last half hour (well inside the last hour, however
+    # long making them takes); 30 anomalies and 3 dead letters in the same half hour.
+    Signal.objects.bulk_create(
+        Signal(event_id=uuid.uuid4(), user_id=1, type="click", timestamp=now_ms - 1000 - 250 * n, payload={})
+        for n in range(7200)
+    )
+    for n in range(30):
+        anomaly_create(user_id=1, detection_timestamp=now - timedelta(minutes=1 + n // 2))
+    for offset in range(3):
+        dead_letter_create(offset=offset, received_at=now - timedelta(minutes=5))
+
+    def rates(hours: int) -> tuple[float, float, float, float]:
+        """Signals per second, anomalies per hour and per 1,000 signals, dead letters per hour."""
+        body = get(api, "/metrics", hours=hours)
+        anomalies = body["anomalies"]
+        return (
+            body["signals"]["per_second"],
+            anomalies["per_hour"],
+            anomalies["per_1000_signals"],
+            body["dead_letters"]["per_hour"],
+        )
+
+    assert rates(1) == (2.0, 30.0, 4.167, 3.0)
+    assert rates(2) == (1.0, 15.0, 4.167, 1.5)
+    assert rates(24) == (0.083, 1.25, 4.167, 0.125)
 
 
 def test_a_report_is_computed_once_per_cache_period_for_every_process(api: APIClient, settings: Any) -> None:
