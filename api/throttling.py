@@ -15,21 +15,20 @@ logger = logging.getLogger(__name__)
 
 # GCRA (the generic cell rate algorithm): the key holds the user's "theoretical arrival
 # time", when their allowance would be used up if every request took one interval of it.
-# A request is allowed while that stays within one period of now, so a user may send a
-# whole period's requests at once and then one per interval. Atomic in Redis, one key per
-# user, one round trip, whatever the rate. Times are microseconds of Redis's own clock
-# (every api process asks the same one). Returns 0 when allowed, else the microseconds to
+# A request is allowed while that stays within `burst` (the limit's intervals) of now, so
+# a user may send the limit's requests at once and then one per interval. Atomic in
+# Redis, one key per user, one round trip, whatever the rate. Times are microseconds of
+# the caller's clock, `now` among them. Returns 0 when allowed, else the microseconds to
 # wait. Numbers go back to Redis through string.format: Lua would print 1.7e15 as
 # "1.7e+15".
 THROTTLE_SCRIPT = """
-local clock = redis.call('TIME')
-local now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-local interval = tonumber(ARGV[1])
-local period = tonumber(ARGV[2])
+local now = tonumber(ARGV[1])
+local interval = tonumber(ARGV[2])
+local burst = tonumber(ARGV[3])
 local arrival = tonumber(redis.call('GET', KEYS[1]) or now)
 if arrival < now then arrival = now end
 local next_arrival = arrival + interval
-local wait = next_arrival - now - period
+local wait = next_arrival - now - burst
 if wait > 0 then return wait end
 redis.call('SET', KEYS[1], string.format('%.0f', next_arrival), 'PX', math.ceil((next_arrival - now) / 1000))
 return 0
@@ -57,9 +56,12 @@ class UserThrottle(UserRateThrottle):
     starts with that burst can so see up to twice the rate; any longer stretch, the rate.
 
     The rate is read on each request rather than once at import, as DRF does, so that a
-    test can change the setting. When Redis does not answer, the request goes through:
-    the throttle guards against a runaway client, and losing it for a while costs less
-    than refusing every reader of the API.
+    test can change the setting. The time is DRF's `timer` (time.time), which a test
+    replaces with a clock of its own; api processes on several hosts must so keep their
+    clocks in step (NTP), as a skew between two moves a user's allowance by as much. When
+    Redis does not answer, the request goes through: the throttle guards against a
+    runaway client, and losing it for a while costs less than refusing every reader of
+    the API.
     """
 
     def get_rate(self) -> str:
@@ -71,10 +73,13 @@ class UserThrottle(UserRateThrottle):
         key = self.get_cache_key(request, view)
         if key is None:
             return True
-        period_us = duration * 1_000_000
-        interval_us = -(-period_us // num_requests)  # rounded up: never above the rate
+        interval_us = -(-duration * 1_000_000 // num_requests)  # rounded up: never above the rate
+        # The limit's intervals rather than the period: with the interval rounded up, a
+        # period would hold one request fewer than the limit at once.
+        burst_us = num_requests * interval_us
+        now_us = round(self.timer() * 1_000_000)
         try:
-            wait_us = _throttle_script(settings.REDIS_URL)(keys=[f"api:{key}"], args=[interval_us, period_us])
+            wait_us = _throttle_script(settings.REDIS_URL)(keys=[f"api:{key}"], args=[now_us, interval_us, burst_us])
         except redis.RedisError as error:
             logger.warning("throttle not applied, its Redis did not answer: %s", error)
             return True

@@ -4,24 +4,31 @@ and the endpoints through HTTP."""
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
+import queue
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
+from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
+from django.conf import settings
 from rest_framework.test import APIClient
 
 from emitter.selectors import control_redis, emitter_control_get
 from emitter.services import emitter_burst, emitter_configure
 from eventpipeline.kafka import topics_ensure
-from tests.conftest import database_url, topic_records
+from tests.conftest import database_url
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
@@ -54,80 +61,170 @@ def test_each_request_sets_what_it_names_and_keeps_the_rest(control_key: str) ->
     assert third.burst_until is not None and before + 60 <= third.burst_until <= time.time() + 60
 
 
-def emitter_run(control_key: str, *args: str) -> tuple[subprocess.Popen[str], str]:
-    topic = f"test-emitter-control-{uuid.uuid4().hex[:8]}"
-    topics_ensure([topic], partitions=1)  # there before anyone subscribes to it
-    command = [sys.executable, "manage.py", "emit_signals", f"--topic={topic}", "--metrics-port=0", "--no-progress"]
-    process = subprocess.Popen(
-        [*command, *args],
-        cwd=PROJECT_DIR,
-        env={**os.environ, "EMITTER_CONTROL_KEY": control_key, "DATABASE_URL": database_url()},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
+class TopicTimes:
+    """The event times (the events' own `timestamp`, ms) on a one-partition topic, read
+    from its beginning as they come."""
+
+    def __init__(self, topic: str) -> None:
+        self.consumer = Consumer(
+            {
+                "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+                "group.id": f"test-emitter-control-{uuid.uuid4().hex}",
+                "enable.auto.commit": False,
+            }
+        )
+        self.consumer.assign([TopicPartition(topic, 0, OFFSET_BEGINNING)])
+        self.events: list[dict[str, Any]] = []
+
+    def read_until(self, done: Callable[[list[dict[str, Any]]], bool], *, what: str, timeout: float = 60) -> None:
+        deadline = time.monotonic() + timeout
+        while not done(self.events):
+            assert time.monotonic() < deadline, f"timed out after {timeout:.0f} s waiting for {what}"
+            for record in self.consumer.consume(1000, timeout=0.5):
+                assert record.error() is None, record.error()
+                self.events.append(json.loads(record.value() or b""))
+
+
+def spacing(events: list[dict[str, Any]]) -> list[tuple[int, int]]:
+    """The gaps between successive event times, as (gap in ms, how many in a row)."""
+    times = sorted(event["timestamp"] for event in events)
+    gaps = [later - earlier for earlier, later in itertools.pairwise(times)]
+    return [(gap, len(list(run))) for gap, run in itertools.groupby(gaps)]
+
+
+class Emitter:
+    """A real `emit_signals` process on a topic of its own, its output read as it comes.
+
+    The events' times are those of the emitter's virtual clock, which spaces them 1/rate
+    apart at the rate it has taken: they say which rate it follows, however fast or slow
+    the machine ran it.
+    """
+
+    def __init__(self, control_key: str, *args: str) -> None:
+        self.topic = f"test-emitter-control-{uuid.uuid4().hex[:8]}"
+        topics_ensure([self.topic], partitions=1)  # there before anyone reads it
+        command = [sys.executable, "manage.py", "emit_signals", f"--topic={self.topic}", "--metrics-port=0"]
+        self.process = subprocess.Popen(
+            [*command, "--no-progress", *args],
+            cwd=PROJECT_DIR,
+            env={
+                **os.environ,
+                "EMITTER_CONTROL_KEY": control_key,
+                "DATABASE_URL": database_url(),
+                "PYTHONUNBUFFERED": "1",
+            },
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: queue.Queue[str | None] = queue.Queue()
+        self.output: list[str] = []
+        self.reader = threading.Thread(target=self.read_output, daemon=True)
+        self.reader.start()
+        self.times = TopicTimes(self.topic)
+        # Running: it has read the control's version as it started (it follows only what
+        # comes after), and its first event is on the topic.
+        self.times.read_until(lambda events: len(events) >= 1, what="the emitter's first event")
+
+    def read_output(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line.rstrip("\n"))
+        self.lines.put(None)
+
+    def said(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """Wait for an output line that matches `pattern` from its start."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                line = self.lines.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                raise AssertionError(f"the emitter did not say {pattern!r} within {timeout:.0f} s") from None
+            assert line is not None, f"the emitter ended without saying {pattern!r}:\n" + "\n".join(self.output)
+            self.output.append(line)
+            found = re.match(pattern, line)
+            if found:
+                return found
+
+    def stop(self) -> str:
+        self.process.send_signal(signal.SIGTERM)
+        return self.finished()
+
+    def finished(self) -> str:
+        """Wait for it to end; once it has, read every event it says it sent. Its whole output."""
+        returncode = self.process.wait(timeout=120)
+        while (line := self.lines.get(timeout=10)) is not None:
+            self.output.append(line)
+        output = "\n".join(self.output)
+        assert returncode == 0, output
+        sent = int(re.search(r"^emitted (\d+) events", output, re.MULTILINE).group(1))  # type: ignore[union-attr]
+        self.times.read_until(lambda events: len(events) >= sent, what=f"the {sent} events it sent")
+        assert len(self.times.events) == sent
+        return output
+
+    def close(self) -> None:
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait()
+        self.times.consumer.close()
+
+
+@pytest.fixture
+def emitters() -> Iterator[list[Emitter]]:
+    """The emitters a test starts, ended with it whatever happens."""
+    started: list[Emitter] = []
+    yield started
+    for emitter in started:
+        emitter.close()
+
+
+@pytest.mark.integration
+def test_a_running_emitter_follows_a_new_rate(control_key: str, emitters: list[Emitter]) -> None:
+    emitter = Emitter(control_key, "--rate=10")
+    emitters.append(emitter)
+    control = emitter_configure(signals_per_second=1000)
+    emitter.said(rf"following the control: 1000 events/s \(version {control.version}\)$")
+    emitter.times.read_until(
+        lambda events: [(gap, run >= 10) for gap, run in spacing(events)][-1:] == [(1, True)],
+        what="10 events at the new rate",
     )
-    # Running (it reads the control's version as it starts, and follows only what comes
-    # after): its first record is on the topic.
-    records = topic_records(topic, expected=1, timeout=60)
-    assert records, "the emitter did not start emitting within 60 s"
-    return process, topic
-
-
-def produced_at(topic: str, output: str) -> list[float]:
-    """When the emitter handed each record to Kafka (its CreateTime, s since the epoch)."""
-    sent = int(re.search(r"emitted (\d+) events", output).group(1))  # type: ignore[union-attr]
-    records = topic_records(topic, expected=sent)
-    assert len(records) == sent
-    return sorted(record.timestamp()[1] / 1000 for record in records)
-
-
-def rate_between(times: list[float], start: float, end: float) -> float:
-    """Records per second produced from `start` to `end`."""
-    return sum(1 for moment in times if start <= moment < end) / (end - start)
+    emitter.stop()
+    gaps = spacing(emitter.times.events)
+    assert [gap for gap, _ in gaps] == [100, 1], f"10/s (100 ms apart), then 1000/s (1 ms): {gaps}"
 
 
 @pytest.mark.integration
-def test_a_running_emitter_follows_a_new_rate_within_a_second(control_key: str) -> None:
-    emitter, topic = emitter_run(control_key, "--rate=50", "--duration=18")
-    time.sleep(2)  # emitting at its own rate
-    asked_at = time.time()
-    emitter_configure(signals_per_second=500)
-    output, errors = emitter.communicate(timeout=60)
-    assert emitter.returncode == 0, errors
-    assert "following the control: 500 events/s" in output
-    times = produced_at(topic, output)
-    assert rate_between(times, asked_at - 2, asked_at) <= 60, "before: its own 50/s"
-    assert rate_between(times, asked_at + 1, asked_at + 3) >= 400, "from a second after on: 500/s"
-
-
-@pytest.mark.integration
-def test_a_timed_burst_multiplies_the_rate_and_then_ends(control_key: str) -> None:
-    emitter, topic = emitter_run(control_key, "--rate=50", "--duration=18")
-    time.sleep(1)
-    asked_at = time.time()
-    emitter_burst(duration_seconds=2.5, multiplier=6)
-    output, errors = emitter.communicate(timeout=60)
-    assert emitter.returncode == 0, errors
-    times = produced_at(topic, output)
-    # The emitter reads the control within 0.5 s of the request (and a step of 0.25 s).
-    assert rate_between(times, asked_at + 0.8, asked_at + 2.4) >= 240, "in the burst: 300/s"
-    assert rate_between(times, asked_at + 4, asked_at + 6) <= 60, "after it: 50/s again"
+def test_a_timed_burst_multiplies_the_rate_and_then_ends(control_key: str, emitters: list[Emitter]) -> None:
+    emitter = Emitter(control_key, "--rate=50")
+    emitters.append(emitter)
+    # Long enough that even a slow emitter takes it up before it is over.
+    control = emitter_burst(duration_seconds=4, multiplier=5)
+    emitter.said(rf"following the control: 250 events/s, burst x5 for \d s \(version {control.version}\)$")
+    emitter.said(rf"following the control: 50 events/s, the burst is over \(version {control.version}\)$")
+    emitter.times.read_until(
+        lambda events: [gap for gap, _ in spacing(events)] == [20, 4, 20], what="an event after the burst"
+    )
+    emitter.stop()
+    gaps = spacing(emitter.times.events)
+    assert [gap for gap, _ in gaps] == [20, 4, 20], f"50/s (20 ms apart), 250/s (4 ms), 50/s again: {gaps}"
+    assert gaps[1][1] <= 4 * 250, "the burst lasted no longer than asked"
 
 
 @pytest.mark.integration
 def test_an_injection_run_does_not_follow_the_control(
-    control_key: str, django_db_serialized_rollback: None, transactional_db: Any
+    control_key: str, emitters: list[Emitter], django_db_serialized_rollback: None, transactional_db: Any
 ) -> None:
     """Its events and their times are the ground truth verify_detection checks against.
     (The emitter process records the run: a transactional database, restored afterwards as
     the other tests that run processes do, or the next one finds the flushed tables.)"""
-    emitter, _ = emitter_run(control_key, "--rate=200", "--count=1000", "--inject-anomalies", "--seed=3")
+    emitter = Emitter(control_key, "--rate=200", "--count=1000", "--inject-anomalies", "--seed=3", "--users=10000")
+    emitters.append(emitter)
     emitter_configure(signals_per_second=5000)
-    output, errors = emitter.communicate(timeout=60)
-    assert emitter.returncode == 0, errors
+    output = emitter.finished()
     assert "following the control" not in output
-    elapsed = float(re.search(r"emitted \d+ events in ([\d.]+) s", output).group(1))  # type: ignore[union-attr]
-    assert elapsed >= 4.5, "1,000 events at its own 200/s, not 5000/s"
+    first_user_id = int(re.search(r"clean traffic of users (\d+) and up", output).group(1))  # type: ignore[union-attr]
+    background = [event for event in emitter.times.events if event["user_id"] < first_user_id + 10_000]
+    assert [gap for gap, _ in spacing(background)] == [5], "its background at its own 200/s (5 ms apart) to the end"
 
 
 # --- through HTTP, as docs/design.md's curl lines do -----------------------------------------

@@ -26,22 +26,19 @@ from anomalies_app.rules import (
 from anomalies_app.selectors import rule_settings_list
 from emitter.generator import TYPE_MIX, SignalGenerator, encode
 from emitter.models import InjectionRun
+from emitter.pacing import Pace, TimedBurst
 from emitter.scenarios import ScenarioWeaver, clean_start_ms
 from emitter.selectors import EmitterControl, emitter_control_get
 from emitter.services import injection_run_finish, injection_run_start
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
 
-# The pacing loop wakes this often; each wake-up produces the events due by then.
-TICK_SECONDS = 0.01
 # At most this many events per step, so that a loop running behind (rate above what the
 # machine can do) still serves delivery reports, progress and signals in between.
 MAX_EVENTS_PER_STEP = 2000
 # Observing the latency of every delivery cut the top rate from about 73,000 to 63,000
 # events/s on two cores; one delivery in this many is enough to draw the latency curve.
 LATENCY_SAMPLE_EVERY = 10
-# A slow emitter still wakes this often, to serve delivery reports and notice a signal.
-MAX_SLEEP_SECONDS = 0.25
 PROGRESS_EVERY_SECONDS = 1.0
 FLUSH_TIMEOUT_SECONDS = 30.0
 
@@ -149,15 +146,15 @@ class Command(BaseCommand):
 
         while not self.shutdown:
             now = time.monotonic()
-            self.control_follow(now)
             self.produce_due(now)
+            self.control_follow(now)
             self.producer.poll(0)
             self.metrics_publish()
             self.progress_show(now)
-            if self.finished(now):
+            if self.pace.finished(now, self.sent):
                 break
             self.tick_wait()
-        elapsed = time.monotonic() - self.started
+        elapsed = time.monotonic() - self.pace.start
 
         self.injection_finish()
         undelivered = self.drain()
@@ -165,7 +162,6 @@ class Command(BaseCommand):
 
     def setup(self, options: dict[str, Any]) -> None:
         self.topic: str = options["topic"]
-        self.count: int | None = options["count"]
         self.show_progress = self.stdout.isatty() and not options["no_progress"]
         try:
             topics_ensure([self.topic], partitions=settings.TOPIC_PARTITIONS)
@@ -201,8 +197,15 @@ class Command(BaseCommand):
             self.generator = SignalGenerator(
                 seed=options["seed"], users=options["users"], start_ms=start_ms, rate=options["rate"]
             )
-        self.timed_burst: tuple[float, float] | None = None  # (multiplier, until), from /emitter/burst
-        self.apply_control(rate=options["rate"], burst=options["burst"], burst_multiplier=options["burst_multiplier"])
+        self.pace = Pace(
+            start=time.monotonic(),
+            rate=options["rate"],
+            burst=options["burst"],
+            burst_multiplier=options["burst_multiplier"],
+            count=options["count"],
+            duration=options["duration"],
+        )
+        self.generator.rate_change(self.pace.rate_at(self.pace.start))  # burst mode spaces the event times too
         follow = options["follow_control"]
         self.follow_control = not options["inject_anomalies"] if follow is None else follow
         self.control_version = 0
@@ -210,9 +213,7 @@ class Command(BaseCommand):
         if self.follow_control:
             self.control_version = self.control_read().version
         self.control_due = 0.0
-        self.started = self.schedule_origin
-        self.deadline: float | None = self.started + options["duration"] if options["duration"] else None
-        self.progress_at = self.started
+        self.progress_at = self.pace.start
         self.progress_sent = 0
 
     def weaver_setup(self, options: dict[str, Any], start_ms: int) -> ScenarioWeaver:
@@ -283,11 +284,6 @@ class Command(BaseCommand):
                 f"{self.topic} ({undelivered} still queued after {FLUSH_TIMEOUT_SECONDS:.0f} s){reason}"
             )
 
-    def effective_rate(self) -> float:
-        if self.timed_burst is not None:
-            return self.rate * self.timed_burst[0]
-        return self.rate * self.burst_multiplier if self.burst else self.rate
-
     def control_read(self) -> EmitterControl:
         """The control as stored; as last seen if Redis cannot be reached (the emitter
         goes on at its rate: its job is Kafka, not Redis)."""
@@ -302,67 +298,46 @@ class Command(BaseCommand):
         return control
 
     def control_follow(self, now: float) -> None:
-        """Every EMITTER_CONTROL_POLL_SECONDS: apply a new request, or end a timed burst."""
+        """Every EMITTER_CONTROL_POLL_SECONDS: go on at the pace of a new request, from `now`."""
         if not self.follow_control or now < self.control_due:
             return
         self.control_due = now + settings.EMITTER_CONTROL_POLL_SECONDS
         control = self.control_read()
-        changed = control.version != self.control_version
-        if changed:
-            self.control_version = control.version
-            until = control.burst_until
-            multiplier = control.burst_multiplier or self.burst_multiplier
-            self.timed_burst = (multiplier, until) if until is not None and until > time.time() else None
-        elif self.timed_burst is not None and time.time() >= self.timed_burst[1]:
-            self.timed_burst = None
-        else:
+        if control.version == self.control_version:
             return
-        self.apply_control(rate=control.signals_per_second, burst=control.burst_mode)
-        burst = (
-            f", burst x{self.timed_burst[0]:g} for {self.timed_burst[1] - time.time():.0f} s"
-            if self.timed_burst
-            else ""
-        )
-        self.stdout.write(f"following the control: {self.effective_rate():g} events/s{burst}")
+        self.control_version = control.version
+        timed_burst = self.timed_burst_of(control)
+        self.pace.change(now, rate=control.signals_per_second, burst=control.burst_mode, timed_burst=timed_burst)
+        self.generator.rate_change(self.pace.rate_at(now))
+        burst = f", burst x{timed_burst.multiplier:g} for {timed_burst.until - now:.0f} s" if timed_burst else ""
+        self.pace_report(f"{self.pace.rate_at(now):g} events/s{burst}")
 
-    def apply_control(
-        self,
-        *,
-        rate: float | None = None,
-        burst: bool | None = None,
-        burst_multiplier: float | None = None,
-    ) -> None:
-        """Follow a runtime reconfiguration (POST /emitter/configure, /emitter/burst).
+    def timed_burst_of(self, control: EmitterControl) -> TimedBurst | None:
+        """The control's timed burst, if it is not over, with its end moved from the wall
+        clock (another process set it) onto the monotonic clock of the schedule."""
+        if control.burst_until is None:
+            return None
+        left = control.burst_until - time.time()
+        if left <= 0:
+            return None
+        return TimedBurst(control.burst_multiplier or self.pace.burst_multiplier, time.monotonic() + left)
 
-        The schedule restarts from now at the new rate, so the events already sent are
-        not made up for or taken back, and event times go on from where they were.
-        """
-        if rate is not None:
-            self.rate = rate
-        if burst is not None:
-            self.burst = burst
-        if burst_multiplier is not None:
-            self.burst_multiplier = burst_multiplier
-        self.generator.rate_change(self.effective_rate())
-        self.schedule_origin = time.monotonic()
-        self.schedule_sent = self.sent
-
-    def due(self, now: float) -> int:
-        """How many events should have been sent by `now` (monotonic seconds).
-
-        Event n after the origin of the schedule is due at origin + n / rate, the time
-        its virtual timestamp says. Pacing follows this schedule rather than sleeping
-        per event, so sleep overshoot and slow steps do not add up into a lower rate:
-        whatever a late tick missed, the next one produces.
-        """
-        if self.deadline is not None:
-            now = min(now, self.deadline)
-        # The epsilon keeps float rounding from adding an event at the end of a --duration run.
-        due = self.schedule_sent + math.ceil((now - self.schedule_origin) * self.effective_rate() - 1e-6)
-        return min(due, self.count) if self.count is not None else due
+    def pace_report(self, pace: str) -> None:
+        """Say the pace taken and the control version it follows: what an operator, and a
+        test, reads to know that the emitter follows a request."""
+        self.stdout.write(f"following the control: {pace} (version {self.control_version})")
 
     def produce_due(self, now: float) -> None:
-        pending = min(self.due(now) - self.sent, MAX_EVENTS_PER_STEP)
+        ended = self.pace.burst_end(now)
+        if ended is not None:
+            # The events of the burst keep its spacing in event time; those after it, the steady rate's.
+            self.produce_up_to(self.pace.due(ended))
+            self.generator.rate_change(self.pace.rate_at(ended))
+            self.pace_report(f"{self.pace.rate_at(ended):g} events/s, the burst is over")
+        self.produce_up_to(self.pace.due(now))
+
+    def produce_up_to(self, due: int) -> None:
+        pending = min(due - self.sent, MAX_EVENTS_PER_STEP)
         for _ in range(pending):
             event = self.generator.next()
             key, value = encode(event)
@@ -415,7 +390,7 @@ class Command(BaseCommand):
             return
         current_rate = (self.sent - self.progress_sent) / (now - self.progress_at)
         self.stdout.write(
-            f"\rsent {self.sent:,}  {current_rate:,.0f} events/s (asked {self.effective_rate():,.0f})  "
+            f"\rsent {self.sent:,}  {current_rate:,.0f} events/s (asked {self.pace.rate_at(now):,.0f})  "
             f"delivered {sum(self.delivered_by_type.values()):,}  errors {self.delivery_errors:,}   ",
             ending="",
         )
@@ -423,26 +398,10 @@ class Command(BaseCommand):
         self.progress_at = now
         self.progress_sent = self.sent
 
-    def finished(self, now: float) -> bool:
-        if self.count is not None:
-            return self.sent >= self.count
-        return self.deadline is not None and now >= self.deadline
-
     def tick_wait(self) -> None:
-        """Sleep until the next tick of the schedule, unless events are already due.
-
-        Below 1/TICK_SECONDS events per second the tick is stretched to when the next
-        event falls due, so a slow emitter does not wake up for nothing.
-        """
+        """Sleep until the schedule has something to do (Pace.wake_at)."""
         now = time.monotonic()
-        if self.due(now) > self.sent:
-            return
-        next_tick = self.schedule_origin + (int((now - self.schedule_origin) / TICK_SECONDS) + 1) * TICK_SECONDS
-        next_event = self.schedule_origin + (self.sent - self.schedule_sent) / self.effective_rate()
-        wake = min(max(next_tick, next_event), now + MAX_SLEEP_SECONDS)
-        if self.deadline is not None:
-            wake = min(wake, self.deadline)
-        time.sleep(max(0.0, wake - now))
+        time.sleep(max(0.0, self.pace.wake_at(now, self.sent) - now))
 
     def drain(self) -> int:
         """Wait (bounded) for the queued events to be delivered; return how many were not."""
