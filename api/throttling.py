@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import redis
@@ -18,11 +19,16 @@ logger = logging.getLogger(__name__)
 # A request is allowed while that stays within `burst` (the limit's intervals) of now, so
 # a user may send the limit's requests at once and then one per interval. Atomic in
 # Redis, one key per user, one round trip, whatever the rate. Times are microseconds of
-# the caller's clock, `now` among them. Returns 0 when allowed, else the microseconds to
+# Redis's own clock, which every api process asks, unless the caller passes `now` (a test's
+# clock). Returns 0 when allowed, else the microseconds to
 # wait. Numbers go back to Redis through string.format: Lua would print 1.7e15 as
 # "1.7e+15".
 THROTTLE_SCRIPT = """
 local now = tonumber(ARGV[1])
+if now == nil then
+  local clock = redis.call('TIME')
+  now = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+end
 local interval = tonumber(ARGV[2])
 local burst = tonumber(ARGV[3])
 local arrival = tonumber(redis.call('GET', KEYS[1]) or now)
@@ -44,21 +50,23 @@ def _throttle_script(redis_url: str) -> Any:
 
 
 class UserThrottle(UserRateThrottle):
+    # DRF's `timer` is time.time; None here means Redis's clock (see THROTTLE_SCRIPT).
+    timer: Callable[[], float] | None = None  # type: ignore[assignment]
+
     """`API_THROTTLE_RATE` requests per user, sustained, counted in Redis so that every api
     process shares the count.
 
     DRF's own throttle keeps the time of every request of the last period in a list that
-    it reads, unpickles, extends, pickles and writes back on each request: at 100 requests
-    a second that is 6,000 timestamps per request, and two processes doing it at once lose
-    each other's. This one keeps one number per user, changed atomically by a Lua script
-    (GCRA, above): a user who has been quiet may send a period's worth at once, then one
-    request per period/limit; Retry-After says when the next one is allowed. A period that
+    it reads, unpickles, extends, pickles and writes back on each request, and two
+    processes doing it at once lose each other's (docs/performance.md, "Throttling").
+    This one keeps one number per user, changed atomically by a Lua script (GCRA, above):
+    a user who has been quiet may send the limit's requests at once, then one request per
+    period/limit; Retry-After says when the next one is allowed. A period that
     starts with that burst can so see up to twice the rate; any longer stretch, the rate.
 
     The rate is read on each request rather than once at import, as DRF does, so that a
-    test can change the setting. The time is DRF's `timer` (time.time), which a test
-    replaces with a clock of its own; api processes on several hosts must so keep their
-    clocks in step (NTP), as a skew between two moves a user's allowance by as much. When
+    test can change the setting. The time is Redis's clock, one for every api process,
+    unless `timer` is set: a test sets it to a clock of its own. When
     Redis does not answer, the request goes through: the throttle guards against a
     runaway client, and losing it for a while costs less than refusing every reader of
     the API.
@@ -77,7 +85,7 @@ class UserThrottle(UserRateThrottle):
         # The limit's intervals rather than the period: with the interval rounded up, a
         # period would hold one request fewer than the limit at once.
         burst_us = num_requests * interval_us
-        now_us = round(self.timer() * 1_000_000)
+        now_us = "" if self.timer is None else round(self.timer() * 1_000_000)
         try:
             wait_us = _throttle_script(settings.REDIS_URL)(keys=[f"api:{key}"], args=[now_us, interval_us, burst_us])
         except redis.RedisError as error:

@@ -96,6 +96,16 @@ def test_the_limit_at_once_then_one_request_per_interval(
     assert asks(user, 2) == [0.0, interval], "exactly one interval on: one more, and only one"
 
 
+def test_without_a_clock_of_its_own_the_throttle_uses_redis_clock(settings: Any, user_ids: list[int]) -> None:
+    """As deployed: every api process reads the same clock, Redis's. (The margin is an
+    hour, so a slow machine cannot make this fail.)"""
+    assert UserThrottle.timer is None
+    settings.API_THROTTLE_RATE = "1/hour"
+    allowed, refused = asks(user_ids[0], 2)
+    assert allowed == 0.0
+    assert refused is not None and 3000 < refused <= 3600
+
+
 def test_a_steady_request_per_interval_is_never_refused(settings: Any, clock: Clock, user_ids: list[int]) -> None:
     settings.API_THROTTLE_RATE = "3/hour"
     user = user_ids[0]

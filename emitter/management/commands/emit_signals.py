@@ -36,8 +36,8 @@ from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
 # At most this many events per step, so that a loop running behind (rate above what the
 # machine can do) still serves delivery reports, progress and signals in between.
 MAX_EVENTS_PER_STEP = 2000
-# Observing the latency of every delivery cut the top rate from about 73,000 to 63,000
-# events/s on two cores; one delivery in this many is enough to draw the latency curve.
+# Observing every delivery's latency costs the emitter's top rate; one delivery in this
+# many is enough to draw the latency curve (docs/performance.md, "Emitter latency sampling").
 LATENCY_SAMPLE_EVERY = 10
 PROGRESS_EVERY_SECONDS = 1.0
 FLUSH_TIMEOUT_SECONDS = 30.0
