@@ -82,6 +82,7 @@ def window_of(signal_type: str, payload: dict[str, Any]) -> str | None:
 
 
 def is_failed_login(signal_type: str, payload: dict[str, Any]) -> bool:
+    """A login that did not succeed: what repeated_login_failures counts in a row."""
     return signal_type == "login" and not payload["success"]
 
 

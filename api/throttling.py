@@ -50,9 +50,6 @@ def _throttle_script(redis_url: str) -> Any:
 
 
 class UserThrottle(UserRateThrottle):
-    # DRF's `timer` is time.time; None here means Redis's clock (see THROTTLE_SCRIPT).
-    timer: Callable[[], float] | None = None  # type: ignore[assignment]
-
     """`API_THROTTLE_RATE` requests per user, sustained, counted in Redis so that every api
     process shares the count.
 
@@ -71,6 +68,9 @@ class UserThrottle(UserRateThrottle):
     runaway client, and losing it for a while costs less than refusing every reader of
     the API.
     """
+
+    # DRF's `timer` is time.time; None here means Redis's clock (see THROTTLE_SCRIPT).
+    timer: Callable[[], float] | None = None  # type: ignore[assignment]
 
     def get_rate(self) -> str:
         return str(settings.API_THROTTLE_RATE)

@@ -49,8 +49,10 @@ class Pace:
 
     A change of pace at a moment keeps the position reached, so the events due by then
     stay due (none taken back, none made up for at the new rate) and the next ones come at
-    the new rate. A timed burst ends at its `until` exactly, wherever that falls between
-    two calls.
+    the new rate; but an emitter that is behind is told how many it has `sent`, and its
+    backlog is not carried over: the new pace starts from what it sent, so it follows the
+    change at once instead of sending its backlog at full speed first. A timed burst ends
+    at its `until` exactly, wherever that falls between two calls.
     """
 
     def __init__(
@@ -117,33 +119,43 @@ class Pace:
         return self.origin + (position - self.position) / self.steady_rate()
 
     def change(
-        self, now: float, *, rate: float | None = None, burst: bool | None = None, timed_burst: TimedBurst | None
+        self,
+        now: float,
+        *,
+        rate: float | None = None,
+        burst: bool | None = None,
+        timed_burst: TimedBurst | None,
+        sent: int | None = None,
     ) -> None:
         """Go on at a new pace from `now`: a rate or burst mode of None stays as it is; the
-        timed burst is replaced (None: none)."""
+        timed burst is replaced (None: none). `sent`: how many the emitter sent, to drop
+        a backlog it did not keep up with."""
         if rate is not None:
             positive("rate", rate)
-        self.restart(now)
+        self.restart(now, sent)
         if rate is not None:
             self.rate = rate
         if burst is not None:
             self.burst = burst
         self.timed_burst = timed_burst
 
-    def burst_end(self, now: float) -> float | None:
+    def burst_end(self, now: float, sent: int | None = None) -> float | None:
         """End the timed burst if it is over by `now`, and say when it ended; from then on
         the schedule runs at the steady rate. Whether called at once or later, the same
-        events are due."""
+        events are due (but for a backlog of the burst's that `sent` says was not sent,
+        which is dropped, as at any change of pace)."""
         burst = self.timed_burst
         if burst is None or burst.until > now:
             return None
-        self.restart(burst.until)
+        self.restart(burst.until, sent)
         self.timed_burst = None
         return burst.until
 
-    def restart(self, now: float) -> None:
+    def restart(self, now: float, sent: int | None = None) -> None:
         now = max(now, self.origin)
         self.position = self.position_at(now)
+        if sent is not None:
+            self.position = min(self.position, float(sent))
         self.origin = now
 
     def wake_at(self, now: float, sent: int) -> float:

@@ -39,7 +39,7 @@ def batch_task_retry(
     bridge, which has not committed the batch's offsets, hands it over again. Returns only
     when the caller must give the batch up, in its own way."""
     if task.request.retries < max_retries:
-        raise task.retry(exc=error, countdown=min(2**task.request.retries, 30)) from error
+        raise task.retry(exc=error, countdown=min(2**task.request.retries, 30), max_retries=max_retries) from error
     if isinstance(error, unreachable):
         raise error
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import time
 from collections.abc import Iterable
 from typing import Any, NamedTuple
 
@@ -57,6 +58,7 @@ def produce_confirmed(
         if delivery_error is not None:
             failures.append(str(delivery_error))
 
+    deadline = time.monotonic() + CONFIRM_TIMEOUT_SECONDS
     produced = 0
     for record in records:
         while True:
@@ -65,10 +67,12 @@ def produce_confirmed(
                     topic, value=record.value, key=record.key, headers=record.headers, on_delivery=on_delivery
                 )
                 break
-            except BufferError:  # the producer's queue is full: let it send
+            except BufferError:  # the producer's queue is full: let it send, for a while
+                if time.monotonic() >= deadline:
+                    raise error(f"{what} not taken by the producer for {topic}: its queue stayed full") from None
                 producer.poll(0.1)
         produced += 1
-    undelivered = producer.flush(CONFIRM_TIMEOUT_SECONDS)
+    undelivered = producer.flush(max(0.0, deadline - time.monotonic()))
     if undelivered or failures:
         raise error(
             f"{undelivered + len(failures)} of {produced} {what} not confirmed by {topic}"

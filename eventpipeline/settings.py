@@ -362,7 +362,7 @@ CELERY_DB_REUSE_MAX = 1000
 CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
-        "task": "anomalies_app.tasks.cleanup_old_data",
+        "task": "eventpipeline.cleanup_old_data",
         "schedule": 3600.0,
     },
 }

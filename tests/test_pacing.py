@@ -132,6 +132,23 @@ def test_a_new_rate_keeps_what_was_due_neither_catching_up_nor_dropping(new_rate
     assert schedule.due(T0 + 1.01 + 10) == 51 + 10 * new_rate
 
 
+def test_an_emitter_behind_follows_a_change_at_once_instead_of_sending_its_backlog() -> None:
+    schedule = pace(1000)
+    schedule.change(T0 + 10, rate=10, timed_burst=None, sent=4000)  # 10,000 were due, 4,000 sent
+    assert schedule.due(T0 + 10) == 4000, "the backlog is dropped"
+    assert schedule.due(T0 + 11) == 4010, "the new rate from what was sent"
+    caught_up = pace(1000)
+    caught_up.change(T0 + 10, rate=10, timed_burst=None, sent=10_000)
+    assert caught_up.due(T0 + 11) == 10_010, "an emitter that kept up loses nothing"
+
+
+def test_a_burst_that_ends_while_the_emitter_is_behind_drops_its_backlog() -> None:
+    schedule = pace(100)
+    schedule.change(T0, timed_burst=TimedBurst(10, T0 + 2), sent=0)  # 2,000 due by its end
+    assert schedule.burst_end(T0 + 2.5, sent=700) == T0 + 2
+    assert schedule.due(T0 + 2.5) == 700 + 50, "the steady rate from what was sent, from the burst's end"
+
+
 def test_the_events_due_are_the_rates_each_over_its_own_stretch() -> None:
     schedule = pace(50)
     schedule.change(T0 + 2, rate=500, timed_burst=None)

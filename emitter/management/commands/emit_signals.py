@@ -307,7 +307,13 @@ class Command(BaseCommand):
             return
         self.control_version = control.version
         timed_burst = self.timed_burst_of(control)
-        self.pace.change(now, rate=control.signals_per_second, burst=control.burst_mode, timed_burst=timed_burst)
+        self.pace.change(
+            now,
+            rate=control.signals_per_second,
+            burst=control.burst_mode,
+            timed_burst=timed_burst,
+            sent=self.sent,
+        )
         self.generator.rate_change(self.pace.rate_at(now))
         burst = f", burst x{timed_burst.multiplier:g} for {timed_burst.until - now:.0f} s" if timed_burst else ""
         self.pace_report(f"{self.pace.rate_at(now):g} events/s{burst}")
@@ -328,7 +334,7 @@ class Command(BaseCommand):
         self.stdout.write(f"following the control: {pace} (version {self.control_version})")
 
     def produce_due(self, now: float) -> None:
-        ended = self.pace.burst_end(now)
+        ended = self.pace.burst_end(now, self.sent)
         if ended is not None:
             # The events of the burst keep its spacing in event time; those after it, the steady rate's.
             self.produce_up_to(self.pace.due(ended))
