@@ -20,6 +20,7 @@ from anomalies_app.rules import (
     RULES_BY_WINDOW,
     UNUSUAL_LOCATION_LOGIN,
     UNUSUAL_TIME_ACTIVITY,
+    WINDOWED_SIGNAL_TYPES,
     breaks,
     describe,
     fewest_to_break,
@@ -27,6 +28,7 @@ from anomalies_app.rules import (
     is_api_failure,
     window_of,
 )
+from signals_app.messages import SIGNAL_TYPES
 from tests.factories import PAYLOADS
 
 
@@ -59,6 +61,13 @@ def test_what_each_counting_rule_counts(signal_type: str) -> None:
         API_FAILURE: (HIGH_API_FAILURE_RATE,),
     }
     assert HIGH_VALUE_PURCHASE not in {rule for rules in RULES_BY_WINDOW.values() for rule in rules}
+
+
+def test_the_windowed_types_are_exactly_those_window_of_can_choose() -> None:
+    """The refill from PostgreSQL and the batch read only these types: a window that
+    `window_of` gave another type would never be counted."""
+    payloads = {**PAYLOADS, "api_call": {**PAYLOADS["api_call"], "status_code": 503}}
+    assert {t for t in SIGNAL_TYPES if window_of(t, payloads[t]) is not None} == set(WINDOWED_SIGNAL_TYPES)
 
 
 @pytest.mark.parametrize(
