@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import math
 import signal
 import time
 from collections.abc import Callable
@@ -20,8 +19,8 @@ from anomalies_app.rules import (
     HIGH_FREQUENCY_LOGIN,
     RAPID_SUCCESSIVE_PURCHASES,
     UNUSUAL_TIME_ACTIVITY,
-    Comparison,
     RuleSettings,
+    fewest_to_break,
 )
 from anomalies_app.selectors import rule_settings_list
 from emitter.generator import TYPE_MIX, SignalGenerator, encode
@@ -59,8 +58,7 @@ def positive_int(raw: str) -> int:
 
 def allowed(rule: RuleSettings) -> tuple[int, int]:
     """The most events a counting rule lets through in its window, and the window in ms."""
-    most = math.floor(rule.threshold) if rule.comparison is Comparison.MORE_THAN else math.ceil(rule.threshold) - 1
-    return most, rule.window_seconds * 1000
+    return fewest_to_break(rule) - 1, rule.window_seconds * 1000
 
 
 class Command(BaseCommand):
