@@ -6,7 +6,7 @@ from django.contrib import admin
 from django.http import HttpRequest
 
 from anomalies_app.models import Anomaly, Rule
-from anomalies_app.services import anomaly_triage
+from anomalies_app.triage import KEEP, anomalies_triage
 from signals_app.messages import ms_to_datetime
 
 
@@ -43,10 +43,14 @@ class AnomalyAdmin(admin.ModelAdmin):
     fields = [*readonly_fields, "status", "assigned_to", "triage_notes"]
 
     def save_model(self, request: HttpRequest, obj: Anomaly, form: Any, change: bool) -> None:
-        if change and "status" in form.changed_data:
-            anomaly_triage(anomaly=obj, status=obj.status, user=request.user)  # type: ignore[arg-type]
-        else:
-            super().save_model(request, obj, form, change)
+        data = form.cleaned_data
+        anomalies_triage(
+            anomaly_ids=[obj.pk],
+            by=request.user,  # type: ignore[arg-type]
+            status=data["status"] if "status" in form.changed_data else None,
+            assigned_to=data["assigned_to"] if "assigned_to" in form.changed_data else KEEP,
+            triage_notes=data["triage_notes"] if "triage_notes" in form.changed_data else None,
+        )
 
     @admin.display(description="episode (event time, UTC)")
     def episode(self, anomaly: Anomaly) -> str:

@@ -237,14 +237,16 @@ def new_location_findings(
     user_id: int,
     first_logins: dict[str, WindowEntry],
     batch_event_ids: set[str],
+    vouched: frozenset[str] = frozenset(),
 ) -> list[Finding]:
     """Successful logins from a place the user had not logged in from before.
 
     `first_logins` maps each place the user ever logged in from (successfully) to the first
     such login, by event time. The earliest place of all is the user's first login, which
-    has nothing to compare with; every other place is new at its first login. Only places
-    whose first login is in this batch are reported; if the user's earliest place is (a
-    late event moved it), every other place is reported again, since all are now new.
+    has nothing to compare with; every other place is new at its first login, unless an
+    analyst added it to the user's known places (`vouched`). Only places whose first login
+    is in this batch are reported; if the user's earliest place is (a late event moved
+    it), every other place is reported again, since all are now new.
     """
     ordered = sorted(first_logins.items(), key=lambda item: (item[1].timestamp, item[1].event_id))
     if len(ordered) < 2:
@@ -253,7 +255,7 @@ def new_location_findings(
     return [
         _single(rule, user_id, login, value=1, key=place)
         for place, login in ordered[1:]
-        if first_changed or login.event_id in batch_event_ids
+        if (first_changed or login.event_id in batch_event_ids) and place not in vouched
     ]
 
 

@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+
 from django.conf import settings
+from django.contrib.postgres.indexes import GinIndex, OpClass
 from django.core.exceptions import ValidationError
 from django.core.validators import MinValueValidator
 from django.db import models
+from django.db.models import F
 from django.utils import timezone
 
-from anomalies_app.rules import UNUSUAL_TIME_ACTIVITY
+from anomalies_app.rules import DEFAULT_RULES, UNUSUAL_TIME_ACTIVITY
+
+RULE_CHOICES = [(anomaly_type, anomaly_type) for anomaly_type in DEFAULT_RULES]
 
 
 class Severity(models.TextChoices):
@@ -22,6 +28,10 @@ class AnomalyStatus(models.TextChoices):
     ACKNOWLEDGED = "acknowledged"
     RESOLVED = "resolved"
     FALSE_POSITIVE = "false_positive"
+
+
+# Still to decide: an analyst's queue (docs/design.md, "Triage").
+OPEN_STATUSES = (AnomalyStatus.NEW, AnomalyStatus.ACKNOWLEDGED)
 
 
 class Rule(models.Model):
@@ -66,6 +76,15 @@ class Anomaly(models.Model):
     )
     triage_notes = models.TextField(blank=True, default="")
     triaged_at = models.DateTimeField(null=True, blank=True)
+    triaged_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+"
+    )
+    # Raised while a mute of its user and rule was on: recorded, so that the episode is
+    # not raised again when the mute ends, but neither published nor shown by default.
+    suppressed_by = models.ForeignKey(
+        "Mute", null=True, blank=True, on_delete=models.SET_NULL, related_name="suppressed"
+    )
+    suppressed = models.BooleanField(default=False, db_default=False)
     # The episode, in event time (ms since the epoch): from the moment the condition began
     # to the last moment it was seen to hold. Keyed episodes (one purchase, one place, one
     # night) are recognised by `episode_key`, the others by overlapping spans.
@@ -87,25 +106,82 @@ class Anomaly(models.Model):
             models.Index(fields=["detection_timestamp"], name="idx_anomalies_detected"),
             models.Index(fields=["user_id", "detection_timestamp"], name="idx_anomalies_user_time"),
             models.Index(fields=["user_id", "anomaly_type", "episode_start_ms"], name="idx_anomalies_episode"),
+            # The admin's search by event id: `evidence__event_ids__contains=[id]`.
+            GinIndex(OpClass(F("evidence__event_ids"), name="jsonb_path_ops"), name="idx_anomalies_event_ids"),
         ]
+        permissions = [("triage_anomaly", "Can triage anomalies (status, assignee, notes, mutes)")]
 
     def __str__(self) -> str:
         return f"{self.anomaly_type} ({self.severity}) for user {self.user_id}"
 
 
 class UserLocation(models.Model):
-    """Where a user has logged in from (successfully), with the first such login by event
-    time: the history unusual_location_login compares against, kept here so that losing
-    Redis does not make every next login look new."""
+    """A user's known places: where they have logged in from (successfully), with the first
+    such login by event time, and places an analyst vouched for. The history
+    unusual_location_login compares against, kept here so that losing Redis does not make
+    every next login look new. A place added by hand has no login until one comes, and a
+    login from it is never new (docs/design.md, "Mutes and known places")."""
 
     user_id = models.BigIntegerField()
     location = models.CharField(max_length=255)
-    first_seen_ms = models.BigIntegerField()
-    first_event_id = models.UUIDField()
+    first_seen_ms = models.BigIntegerField(null=True, blank=True, editable=False)
+    first_event_id = models.UUIDField(null=True, blank=True, editable=False)
+    added_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    added_at = models.DateTimeField(null=True, blank=True, editable=False)
+    note = models.TextField(blank=True, default="", db_default="")
 
     class Meta:
         db_table = "user_locations"
+        verbose_name = "known place"
         constraints = [models.UniqueConstraint(fields=["user_id", "location"], name="uniq_user_location")]
 
     def __str__(self) -> str:
         return f"user {self.user_id} from {self.location}"
+
+    @property
+    def vouched(self) -> bool:
+        return self.added_at is not None
+
+
+class MuteQuerySet(models.QuerySet["Mute"]):
+    def active(self, at: datetime | None = None) -> MuteQuerySet:
+        return self.filter(ended_at__isnull=True, until__gt=at or timezone.now())
+
+
+class Mute(models.Model):
+    """No new anomalies of one rule for one user until `until`, because an analyst found
+    them false positives (ElastAlert's silences, Sentry's "ignore until"). Detection reads
+    mutes like rules, every RULES_REFRESH_SECONDS. Ended early by setting `ended_at`;
+    never deleted, so what was muted, why and by whom stays known."""
+
+    user_id = models.BigIntegerField()
+    anomaly_type = models.CharField("rule", max_length=64, choices=RULE_CHOICES)
+    until = models.DateTimeField()
+    reason = models.TextField()
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+    created_at = models.DateTimeField(default=timezone.now, editable=False)
+    ended_at = models.DateTimeField(null=True, blank=True, editable=False)
+    ended_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL, related_name="+", editable=False
+    )
+
+    objects = MuteQuerySet.as_manager()
+
+    class Meta:
+        db_table = "anomaly_mutes"
+        ordering = ["-created_at"]
+        indexes = [
+            models.Index(fields=["user_id", "anomaly_type"], name="idx_mutes_user_rule"),
+            models.Index(fields=["until"], name="idx_mutes_until", condition=models.Q(ended_at__isnull=True)),
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.anomaly_type} muted for user {self.user_id} until {self.until:%Y-%m-%d %H:%M} UTC"
+
+    @property
+    def active(self) -> bool:
+        return self.ended_at is None and self.until > timezone.now()

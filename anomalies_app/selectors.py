@@ -6,7 +6,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import orjson
 from django.db import connection
@@ -14,12 +14,14 @@ from django.db.models import Count, QuerySet
 from django.db.models.functions import TruncHour
 
 from anomalies_app.detection import WindowEntry
-from anomalies_app.models import Anomaly, Rule, UserLocation
+from anomalies_app.models import Anomaly, Mute, Rule, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, WINDOWED_SIGNAL_TYPES, RuleSettings, is_failed_login, window_of
 from anomalies_app.windows import Windows
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
 from signals_app.selectors import hour_of
+
+T = TypeVar("T")
 
 
 def rule_settings_list() -> dict[str, RuleSettings]:
@@ -37,10 +39,29 @@ def rule_settings_list() -> dict[str, RuleSettings]:
     return {anomaly_type: stored.get(anomaly_type, default) for anomaly_type, default in DEFAULT_RULES.items()}
 
 
-class RuleBook:
-    """The rules a worker applies, read again at most every `refresh_seconds`: an edit in
-    the admin reaches every worker within that time, without a restart."""
+class Reread(Generic[T]):
+    """What `load` returns, read again at most every `refresh_seconds`: the rules and the
+    mutes a worker applies, so that an edit in the admin reaches every worker within that
+    time, without a restart, and without a query per event."""
 
+    def __init__(
+        self, *, refresh_seconds: float, load: Callable[[], T], clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.refresh_seconds = refresh_seconds
+        self.load = load
+        self.clock = clock
+        self._value: T | None = None
+        self._loaded_at: float | None = None
+
+    def get(self) -> T:
+        now = self.clock()
+        if self._value is None or self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds:
+            self._value = self.load()
+            self._loaded_at = now
+        return self._value
+
+
+class RuleBook(Reread[dict[str, RuleSettings]]):
     def __init__(
         self,
         *,
@@ -48,18 +69,10 @@ class RuleBook:
         load: Callable[[], dict[str, RuleSettings]] = rule_settings_list,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.refresh_seconds = refresh_seconds
-        self.load = load
-        self.clock = clock
-        self._rules: dict[str, RuleSettings] = {}
-        self._loaded_at: float | None = None
+        super().__init__(refresh_seconds=refresh_seconds, load=load, clock=clock)
 
     def rules(self) -> dict[str, RuleSettings]:
-        now = self.clock()
-        if self._loaded_at is None or now - self._loaded_at >= self.refresh_seconds:
-            self._rules = self.load()
-            self._loaded_at = now
-        return self._rules
+        return self.get()
 
 
 def signal_history(user_ids: list[int], since_ms: int) -> Windows:
@@ -90,14 +103,64 @@ def signals_exist() -> bool:
     return Signal.objects.exists()
 
 
-def user_first_logins(user_ids: list[int]) -> dict[int, dict[str, WindowEntry]]:
-    """Every place each user has logged in from, with the first login there."""
-    places: dict[int, dict[str, WindowEntry]] = defaultdict(dict)
-    for user_id, location, first_seen_ms, first_event_id in UserLocation.objects.filter(
+@dataclass(frozen=True)
+class KnownPlaces:
+    """A user's known places: where they logged in from, with the first login there, and
+    the places an analyst vouched for (with or without a login from them yet)."""
+
+    first_logins: dict[str, WindowEntry]
+    vouched: frozenset[str]
+
+
+def user_known_places(user_ids: list[int]) -> dict[int, KnownPlaces]:
+    """Every place each user has logged in from, with the first login there, and the
+    places added by hand."""
+    first_logins: dict[int, dict[str, WindowEntry]] = defaultdict(dict)
+    vouched: dict[int, set[str]] = defaultdict(set)
+    for user_id, location, first_seen_ms, first_event_id, added_at in UserLocation.objects.filter(
         user_id__in=user_ids
-    ).values_list("user_id", "location", "first_seen_ms", "first_event_id"):
-        places[user_id][location] = WindowEntry(first_seen_ms, str(first_event_id))
-    return dict(places)
+    ).values_list("user_id", "location", "first_seen_ms", "first_event_id", "added_at"):
+        if first_seen_ms is not None:
+            first_logins[user_id][location] = WindowEntry(first_seen_ms, str(first_event_id))
+        if added_at is not None:
+            vouched[user_id].add(location)
+    return {
+        user_id: KnownPlaces(first_logins.get(user_id, {}), frozenset(vouched.get(user_id, ())))
+        for user_id in first_logins.keys() | vouched.keys()
+    }
+
+
+def mutes_active() -> dict[tuple[int, str], tuple[int, float]]:
+    """The mutes on now: (user id, rule) to (mute id, until as a Unix time); the latest
+    ending if several overlap."""
+    active: dict[tuple[int, str], tuple[int, float]] = {}
+    for mute_id, user_id, anomaly_type, until in Mute.objects.active().values_list(
+        "id", "user_id", "anomaly_type", "until"
+    ):
+        key = (user_id, anomaly_type)
+        if key not in active or until.timestamp() > active[key][1]:
+            active[key] = (mute_id, until.timestamp())
+    return active
+
+
+class MuteBook(Reread[dict[tuple[int, str], tuple[int, float]]]):
+    """The mutes on, re-read like the rules."""
+
+    def __init__(
+        self,
+        *,
+        refresh_seconds: float,
+        load: Callable[[], dict[tuple[int, str], tuple[int, float]]] = mutes_active,
+        clock: Callable[[], float] = time.monotonic,
+        wall_clock: Callable[[], float] = time.time,
+    ) -> None:
+        super().__init__(refresh_seconds=refresh_seconds, load=load, clock=clock)
+        self.wall_clock = wall_clock
+
+    def mute_of(self, user_id: int, anomaly_type: str) -> int | None:
+        """The id of the mute that holds this user's findings of this rule back now, if any."""
+        found = self.get().get((user_id, anomaly_type))
+        return found[0] if found and found[1] > self.wall_clock() else None
 
 
 def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:

@@ -27,7 +27,6 @@ import orjson
 import redis
 from confluent_kafka import Producer
 from django.conf import settings
-from django.contrib.auth.base_user import AbstractBaseUser
 from django.db import connection, transaction
 from django.utils import timezone
 
@@ -61,10 +60,15 @@ from anomalies_app.rules import (
     is_failed_login,
     window_of,
 )
-from anomalies_app.selectors import RuleBook, signal_history, signals_exist, user_first_logins
+from anomalies_app.selectors import MuteBook, RuleBook, signal_history, signals_exist, user_known_places
 from anomalies_app.windows import Reach, Windows, WindowStore
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
-from eventpipeline.metrics import ACTIVE_USER_SESSIONS, ANOMALIES_DETECTED, ANOMALY_DETECTION_LATENCY
+from eventpipeline.metrics import (
+    ACTIVE_USER_SESSIONS,
+    ANOMALIES_DETECTED,
+    ANOMALIES_MUTED,
+    ANOMALY_DETECTION_LATENCY,
+)
 from signals_app.messages import ms_to_datetime
 
 logger = logging.getLogger(__name__)
@@ -81,6 +85,8 @@ class DetectResult:
     analysed: int = 0
     created: list[int] = field(default_factory=list)
     updated: list[int] = field(default_factory=list)
+    # Created under a mute: recorded, not raised (docs/design.md, "Mutes and known places").
+    muted: list[int] = field(default_factory=list)
 
 
 class BatchEvent(NamedTuple):
@@ -118,6 +124,11 @@ def rule_book() -> RuleBook:
 
 
 @functools.cache
+def mute_book() -> MuteBook:
+    return MuteBook(refresh_seconds=settings.RULES_REFRESH_SECONDS)
+
+
+@functools.cache
 def window_store() -> WindowStore:
     return WindowStore(
         redis.Redis.from_url(settings.DETECT_REDIS_URL),
@@ -132,17 +143,19 @@ def anomalies_detect_batch(
     rows: Sequence[Sequence[Any]],
     rules: dict[str, RuleSettings] | None = None,
     windows: WindowStore | None = None,
+    mutes: MuteBook | None = None,
     producer: Producer | None = None,
 ) -> DetectResult:
     """Analyse a batch of accepted events (SignalRows) and record what they show."""
     rules = rules if rules is not None else rule_book().rules()
     windows = windows or window_store()
+    mutes = mutes or mute_book()
     events = [_batch_event(row) for row in rows]
     findings = _per_event_findings(events, rules)
     window_findings, reviews = _window_findings(events, rules, windows)
     findings += window_findings
     result = DetectResult(analysed=len(events))
-    anomalies = _anomalies_from_findings(events, findings, reviews, rules, result, windows)
+    anomalies = _anomalies_from_findings(events, findings, reviews, rules, result, windows, mutes)
     ACTIVE_USER_SESSIONS.set(windows.active_users({event.user_id for event in events}))
     anomalies_publish(anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer())
     return result
@@ -235,6 +248,7 @@ def _anomalies_from_findings(
     rules: dict[str, RuleSettings],
     result: DetectResult,
     windows: WindowStore,
+    mutes: MuteBook,
 ) -> list[int]:
     """Step 3 of the module docstring, in one transaction. Returns the anomalies to publish."""
     location_rule = rules[UNUSUAL_LOCATION_LOGIN]
@@ -258,10 +272,13 @@ def _anomalies_from_findings(
         _lock_users(users)
         if first_logins:
             user_locations_record(first_logins=first_logins)
-            places = user_first_logins(sorted({user_id for user_id, _ in first_logins}))
+            known_by_user = user_known_places(sorted({user_id for user_id, _ in first_logins}))
+            places = {user_id: known_places.first_logins for user_id, known_places in known_by_user.items()}
             if location_rule.enabled:
-                for user_id, first_places in places.items():
-                    findings += new_location_findings(location_rule, user_id, first_places, set(signals))
+                for user_id, known_places in known_by_user.items():
+                    findings += new_location_findings(
+                        location_rule, user_id, known_places.first_logins, set(signals), known_places.vouched
+                    )
         if reviews or any(f.anomaly_type == REPEATED_LOGIN_FAILURES for f in findings):
             findings, reviews = _failure_runs_recheck(findings, reviews, rules[REPEATED_LOGIN_FAILURES], windows)
         if reviews:
@@ -269,11 +286,13 @@ def _anomalies_from_findings(
             failure_anomalies_review(reviews=reviews, rule=rules[REPEATED_LOGIN_FAILURES])
             findings += [run for review in reviews for run in review.runs]
         merged = findings_merge(findings)
-        recorded = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result)
+        recorded = anomaly_findings_record(findings=merged, rules=rules, signals=signals, result=result, mutes=mutes)
     if first_logins:
         windows.places_remember(places)
     for anomaly_id, finding, _ in recorded:
-        if anomaly_id in result.created:
+        if anomaly_id in result.muted:
+            ANOMALIES_MUTED.labels(anomaly_type=finding.anomaly_type).inc()
+        elif anomaly_id in result.created:
             ANOMALIES_DETECTED.labels(anomaly_type=finding.anomaly_type).inc()
             ANOMALY_DETECTION_LATENCY.observe(max(0.0, time.time() - finding.window_end_ms / 1000))
     return [anomaly_id for anomaly_id, _, unpublished in recorded if unpublished]
@@ -343,8 +362,9 @@ def user_locations_record(*, first_logins: dict[tuple[int, str], WindowEntry]) -
             SELECT * FROM unnest(%s::bigint[], %s::text[], %s::bigint[], %s::uuid[])
             ON CONFLICT (user_id, location) DO UPDATE
             SET first_seen_ms = excluded.first_seen_ms, first_event_id = excluded.first_event_id
-            WHERE (excluded.first_seen_ms, excluded.first_event_id::text)
-                < (user_locations.first_seen_ms, user_locations.first_event_id::text)
+            WHERE user_locations.first_seen_ms IS NULL
+                OR (excluded.first_seen_ms, excluded.first_event_id::text)
+                    < (user_locations.first_seen_ms, user_locations.first_event_id::text)
             """,
             [user_ids, locations, first_seen, event_ids],
         )
@@ -374,6 +394,7 @@ def anomaly_findings_record(
     rules: dict[str, RuleSettings],
     signals: dict[str, BatchEvent],
     result: DetectResult,
+    mutes: MuteBook,
 ) -> list[tuple[int, Finding, bool]]:
     """Merge each finding into the anomaly of its episode, or create one. Run inside a
     transaction holding the users' locks.
@@ -384,6 +405,10 @@ def anomaly_findings_record(
     partition on two workers at once). A merged anomaly that had been published is
     announced on ANOMALIES_TOPIC as `{"id": ..., "merged_into": ...}` before the
     transaction commits, so a failure there redoes both.
+
+    A new episode of a user and rule under a mute is recorded as suppressed: it is not
+    published, and a finding of the same episode after the mute ends merges into it
+    instead of raising it again.
     """
     if not findings:
         return []
@@ -400,7 +425,10 @@ def anomaly_findings_record(
         candidates = stored[(finding.user_id, finding.anomaly_type)]
         matches = [anomaly for anomaly in candidates if _finding_of(anomaly).same_episode(finding)]
         if not matches:
-            new.append((_anomaly_new(finding, rules[finding.anomaly_type], signals), finding))
+            anomaly = _anomaly_new(finding, rules[finding.anomaly_type], signals)
+            anomaly.suppressed_by_id = mutes.mute_of(finding.user_id, finding.anomaly_type)
+            anomaly.suppressed = anomaly.suppressed_by_id is not None
+            new.append((anomaly, finding))
             continue
         survivor = min(matches, key=lambda anomaly: (anomaly.status == AnomalyStatus.NEW, anomaly.pk))
         merged_away = [anomaly for anomaly in matches if anomaly is not survivor]
@@ -413,11 +441,13 @@ def anomaly_findings_record(
             anomalies_merge(survivor=survivor, merged_away=merged_away)
             for anomaly in merged_away:
                 candidates.remove(anomaly)
-        recorded.append((survivor.pk, merged, survivor.published_at is None))
+        recorded.append((survivor.pk, merged, survivor.published_at is None and not survivor.suppressed))
     Anomaly.objects.bulk_create([anomaly for anomaly, _ in new])
     for anomaly, finding in new:
         result.created.append(anomaly.pk)
-        recorded.append((anomaly.pk, finding, True))
+        if anomaly.suppressed:
+            result.muted.append(anomaly.pk)
+        recorded.append((anomaly.pk, finding, not anomaly.suppressed))
     return recorded
 
 
@@ -572,7 +602,9 @@ def anomaly_message(anomaly: Anomaly) -> bytes:
 # another worker claimed first is skipped once its claim commits (FOR UPDATE re-reads it).
 CLAIM_FOR_PUBLISHING_SQL = """
 UPDATE anomalies SET published_at = %s
-WHERE id IN (SELECT id FROM anomalies WHERE id = ANY(%s) AND published_at IS NULL ORDER BY id FOR UPDATE)
+WHERE id IN (
+    SELECT id FROM anomalies WHERE id = ANY(%s) AND published_at IS NULL AND NOT suppressed ORDER BY id FOR UPDATE
+)
 RETURNING *
 """
 
@@ -598,17 +630,6 @@ def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer)
             error=AnomalyPublishError,
         )
     return len(pending)
-
-
-def anomaly_triage(*, anomaly: Anomaly, status: str, user: AbstractBaseUser) -> Anomaly:
-    """An analyst moves an anomaly on (acknowledged, resolved, false positive): who and
-    when are kept; an anomaly nobody was assigned to becomes theirs."""
-    anomaly.status = status
-    anomaly.triaged_at = timezone.now()
-    if anomaly.assigned_to_id is None:
-        anomaly.assigned_to = user  # type: ignore[assignment]
-    anomaly.save()
-    return anomaly
 
 
 def data_cleanup_old(*, days: int) -> dict[str, int]:

@@ -36,6 +36,11 @@ BRIDGE_PAUSED = Gauge("bridge_paused", "1 while the bridge pauses consuming beca
 
 # detection
 ANOMALIES_DETECTED = Counter("anomalies_detected", "Anomalies raised, by rule.", ["anomaly_type"])
+ANOMALIES_MUTED = Counter(
+    "anomalies_muted",
+    "Episodes found while a mute of their user and rule was on: recorded, not raised.",
+    ["anomaly_type"],
+)
 ANOMALY_DETECTION_LATENCY = Histogram(
     "anomaly_detection_latency_seconds", "Event time to anomaly stored.", buckets=(0.1, 0.5, 1, 2, 5, 10, 30, 60, 300)
 )

@@ -24,7 +24,7 @@ from django.db import connection
 from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, UserLocation
 from anomalies_app.rules import DEFAULT_RULES
-from anomalies_app.selectors import signal_history, signals_exist
+from anomalies_app.selectors import MuteBook, signal_history, signals_exist
 from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
 from anomalies_app.windows import IDLE_GRACE_MS, WindowStore
 from eventpipeline.kafka import shared_producer, topics_ensure
@@ -97,6 +97,7 @@ class Detector:
         self.topic = topic
         self.prefix = f"test-dw-{uuid.uuid4().hex[:8]}"
         self.store = self.windows()
+        self.mutes = MuteBook(refresh_seconds=0)
 
     def windows(self) -> WindowStore:
         return WindowStore(self.client, prefix=self.prefix, load_history=signal_history, history_exists=signals_exist)
@@ -104,7 +105,9 @@ class Detector:
     def __call__(self, rows: list[list[Any]], *, store: bool = True) -> None:
         if store:
             signals_store_batch(topic="test", rows=rows)
-        anomalies_detect_batch(rows=rows, rules=DEFAULT_RULES, windows=self.store, producer=shared_producer())
+        anomalies_detect_batch(
+            rows=rows, rules=DEFAULT_RULES, windows=self.store, mutes=self.mutes, producer=shared_producer()
+        )
 
     def run(self, rows: list[list[Any]], size: int = 7) -> None:
         for batch in batches(rows, size):
