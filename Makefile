@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-api bench-indexes venv clean promtool hey
+.PHONY: run test test-here lint bench bench-api bench-indexes venv clean promtool hey chromium
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ run: $(VENV)/.local
 		sh -c 'python manage.py bootstrap --data-dir "$$DATA_DIR" && exec honcho start -f Procfile'
 
 ## test: lint, type-check, deploy checks, then the whole suite against real servers
-test: $(VENV)/.dev promtool
+test: $(VENV)/.dev promtool chromium
 	$(DEVSERVICES) --data-dir .data/test -- $(MAKE) --no-print-directory test-here
 
 # The suite itself, against servers named by KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, REDIS_URL.
@@ -70,6 +70,14 @@ promtool:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; \
 		else echo "promtool is missing: install the 'prometheus' package (it carries promtool)"; exit 1; fi; }
+
+# The browser test drives a headless Chromium through its driver (Debian packages
+# "chromium" and "chromium-driver"; selenium must not download a browser of its own).
+chromium:
+	@{ command -v chromium && command -v chromedriver; } >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
+		else echo "chromium or chromedriver is missing: install the 'chromium' and 'chromium-driver' packages"; exit 1; fi; }
 
 # bench-api's HTTP load generator (Debian package "hey").
 hey:

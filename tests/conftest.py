@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -28,6 +29,8 @@ from django.contrib.auth.models import User
 from django.db import connection
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
+from selenium.webdriver import Chrome, ChromeOptions
+from selenium.webdriver.chrome.service import Service as ChromeService
 
 from eventpipeline.kafka import topics_ensure
 
@@ -136,12 +139,12 @@ class Pipeline:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "worker") -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
         queues = f"{self.queue},{self.detect_queue}"
         command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
         command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
-        return self.start(name, command)
+        return self.start(name, command, **env)
 
     def start_bridge(self, name: str = "bridge", **env: str) -> subprocess.Popen[bytes]:
         return self.start(name, [sys.executable, "manage.py", "run_bridge"], **env)
@@ -280,6 +283,37 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
     report = yield
     setattr(item, f"rep_{report.when}", report)
     return report
+
+
+# --- the admin, as an analyst uses it: in a browser ------------------------------------
+@pytest.fixture
+def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chrome]:
+    """Headless Chromium, driven by the system's chromedriver (Debian's `chromium` and
+    `chromium-driver`, which `make test` installs): given the driver's path, selenium
+    never tries to download one. When the test fails, a screenshot and the page's HTML
+    are kept next to the test's other files, and their paths printed."""
+    chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
+    if chromium is None or chromedriver is None:
+        pytest.fail(
+            "chromium or chromedriver not found on PATH: install them (Debian: `apt-get install -y chromium "
+            "chromium-driver`, or `make chromium` as root) so that the admin can be tested in a browser"
+        )
+    options = ChromeOptions()
+    options.binary_location = chromium
+    for argument in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"):
+        options.add_argument(argument)
+    options.add_argument("--window-size=1400,1000")
+    driver = Chrome(options=options, service=ChromeService(chromedriver))
+    try:
+        yield driver
+    finally:
+        report = getattr(request.node, "rep_call", None)
+        if report is not None and report.failed:
+            screenshot, html = tmp_path / "browser.png", tmp_path / "browser.html"
+            driver.save_screenshot(str(screenshot))
+            html.write_text(driver.page_source)
+            print(f"browser at {driver.current_url}: screenshot {screenshot}, page {html}")
+        driver.quit()
 
 
 # --- the query API, as a client with a token uses it -----------------------------------
