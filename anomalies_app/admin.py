@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from datetime import UTC, datetime
 from typing import Any, cast
 
 from django import forms
@@ -84,6 +85,16 @@ def utc(timestamp_ms: int | None, *, milliseconds: bool = False) -> str:
     return f"{shown}.{timestamp_ms % 1000:03d} UTC" if milliseconds else f"{shown} UTC"
 
 
+def minute(moment: datetime) -> str:
+    """A wall-clock time (a mute's end, when something was added) for people, in UTC."""
+    return f"{moment.astimezone(UTC):%Y-%m-%d %H:%M} UTC"
+
+
+def person(user: User | None) -> str:
+    """Who did something, as plain text: analysts may not open user pages."""
+    return user.get_username() if user is not None else "someone since removed"
+
+
 def user_url(user_id: int) -> str:
     return reverse("admin:anomalies_app_anomaly_user", args=[user_id])
 
@@ -130,9 +141,7 @@ def place_first_login(place: UserLocation) -> str | SafeString:
 
 
 def place_added_by_hand(place: UserLocation) -> str:
-    if place.added_at is None:
-        return "no"
-    return f"by {place.added_by or 'someone since removed'}, {place.added_at:%Y-%m-%d %H:%M} UTC"
+    return "no" if place.added_at is None else f"by {person(place.added_by)}, {minute(place.added_at)}"
 
 
 def user_search(queryset: QuerySet[Any], search_term: str, by_event: Callable[[uuid.UUID], Q] | None = None) -> Any:
@@ -258,9 +267,8 @@ class AnomalyAdmin(admin.ModelAdmin):
     list_display = [
         "id",
         "user",
-        "rule",
+        "rule_and_description",
         "severity_badge",
-        "description",
         "status_shown",
         "assigned_to",
         "episode_start",
@@ -280,24 +288,23 @@ class AnomalyAdmin(admin.ModelAdmin):
         "severity_badge",
         "description",
         "episode",
-        "detection_timestamp",
+        "detected",
         "suppressed_shown",
         "rule_then",
         "window",
         "measured",
         "evidence_events",
-        "triaged_at",
-        "triaged_by",
+        "triaged",
         "evidence_json",
         "original_signal_json",
         "published_at",
     ]
     fieldsets = [
-        (None, {"fields": ["user", "rule", "severity_badge", "description", "episode", "detection_timestamp"]}),
+        (None, {"fields": ["user", "rule", "severity_badge", "description", "episode", "detected"]}),
         ("Evidence", {"fields": ["rule_then", "window", "measured", "evidence_events"]}),
         (
             "Triage",
-            {"fields": ["status", "assigned_to", "triage_notes", "triaged_at", "triaged_by", "suppressed_shown"]},
+            {"fields": ["status", "assigned_to", "triage_notes", "triaged", "suppressed_shown"]},
         ),
         ("Raw", {"classes": ["collapse"], "fields": ["evidence_json", "original_signal_json", "published_at"]}),
     ]
@@ -341,6 +348,10 @@ class AnomalyAdmin(admin.ModelAdmin):
     def rule(self, anomaly: Anomaly) -> str:
         return anomaly.anomaly_type
 
+    @admin.display(description="rule: what happened", ordering="anomaly_type")
+    def rule_and_description(self, anomaly: Anomaly) -> SafeString:
+        return format_html("<strong>{}</strong><br>{}", anomaly.anomaly_type, anomaly.description)
+
     @admin.display(description="severity", ordering="severity_rank")
     def severity_badge(self, anomaly: Anomaly) -> SafeString:
         return severity_badge(anomaly.severity)
@@ -350,13 +361,27 @@ class AnomalyAdmin(admin.ModelAdmin):
         status = anomaly.get_status_display()
         return f"{status} (suppressed)" if anomaly.suppressed else status
 
-    @admin.display(description="episode start (event time)", ordering="episode_start_ms")
-    def episode_start(self, anomaly: Anomaly) -> str:
-        return utc(anomaly.episode_start_ms)
+    @admin.display(description="episode start (UTC)", ordering="episode_start_ms")
+    def episode_start(self, anomaly: Anomaly) -> SafeString:
+        start = ms_to_datetime(anomaly.episode_start_ms).strftime("%Y-%m-%d %H:%M:%S")
+        return format_html('<span style="white-space:nowrap">{}</span>', start)
 
     @admin.display(description="age (since detection)", ordering="-detection_timestamp")
     def age(self, anomaly: Anomaly) -> str:
         return timesince(anomaly.detection_timestamp)
+
+    @admin.display(description="detected")
+    def detected(self, anomaly: Anomaly) -> str:
+        return f"{minute(anomaly.detection_timestamp)} ({timesince(anomaly.detection_timestamp)} ago)"
+
+    @admin.display(description="last triaged")
+    def triaged(self, anomaly: Anomaly) -> str:
+        if anomaly.triaged_at is None:
+            return "not yet"
+        return f"by {person(anomaly.triaged_by)}, {minute(anomaly.triaged_at)}"
+
+    def changelist_view(self, request: HttpRequest, extra_context: dict[str, Any] | None = None) -> Any:
+        return super().changelist_view(request, {"title": "Anomalies", **(extra_context or {})})
 
     # --- actions: each one decision of the triage service -----------------------------
     def triage_report(self, request: HttpRequest, result: TriageResult) -> None:
@@ -604,6 +629,10 @@ class AnomalyAdmin(admin.ModelAdmin):
             "opts": self.opts,
             "title": f"User {user_id}",
             "overview": overview,
+            "anomaly_rows": [
+                {"anomaly": anomaly, "severity": severity_badge(anomaly.severity)}
+                for anomaly in overview.open_anomalies
+            ],
             "can_triage": self.has_triage_permission(request),
             "action_choices": self.get_action_choices(request),
             "mute_form": user_forms["mute"],
@@ -692,13 +721,13 @@ class MuteAdmin(admin.ModelAdmin):
     """Mutes are added (here, from a false positive, or on the user page) and ended early,
     never edited or deleted: what was muted, why and by whom stays known."""
 
-    list_display = ["id", "user", "anomaly_type", "until", "reason", "created_by", "created_at", "state"]
+    list_display = ["id", "user", "anomaly_type", "until_utc", "reason", "created", "state"]
     list_select_related = ["created_by", "ended_by"]
     list_filter = ["anomaly_type", MuteActiveFilter]
     search_fields = ["=user_id"]
     search_help_text = "A user id."
     actions = ["end_now"]
-    readonly_fields = ("user", "anomaly_type", "until", "reason", "created_by", "created_at", "state", "ended_by")
+    readonly_fields = ("user", "anomaly_type", "until_utc", "reason", "created", "state")
     fields = readonly_fields
 
     def has_add_permission(self, request: HttpRequest) -> bool:
@@ -722,10 +751,18 @@ class MuteAdmin(admin.ModelAdmin):
     def user(self, mute: Mute) -> SafeString:
         return user_link(mute.user_id)
 
+    @admin.display(description="until", ordering="until")
+    def until_utc(self, mute: Mute) -> str:
+        return minute(mute.until)
+
+    @admin.display(description="added", ordering="created_at")
+    def created(self, mute: Mute) -> str:
+        return f"by {person(mute.created_by)}, {minute(mute.created_at)}"
+
     @admin.display(description="state")
     def state(self, mute: Mute) -> str:
         if mute.ended_at is not None:
-            return f"ended {mute.ended_at:%Y-%m-%d %H:%M} UTC by {mute.ended_by or 'someone since removed'}"
+            return f"ended {minute(mute.ended_at)} by {person(mute.ended_by)}"
         return "active" if mute.active else "ran out"
 
     @admin.action(description="End now", permissions=["triage"])
@@ -826,6 +863,7 @@ class KnownPlaceAdmin(admin.ModelAdmin):
     hand. Read-only once there; a place is added by hand through `known_place_add`."""
 
     list_display = ["user", "location", "first_login", "added_by_hand", "note"]
+    list_display_links = ["location"]
     list_select_related = ["added_by"]
     list_filter = [KnownPlaceSourceFilter]
     search_fields = ["=user_id"]

@@ -32,9 +32,8 @@ class FalsePositiveForm(TriageForm):
     mute_days = forms.IntegerField(
         label="Mute the rule for the user for (days)",
         required=False,
-        widget=forms.NumberInput(attrs={"placeholder": "30"}),
-        help_text="Blank: no mute. Otherwise no new anomalies of this rule for each user concerned for that "
-        "many days (1 to 365); detection records them as suppressed instead.",
+        help_text="Blank: no mute. Otherwise 1 to 365 (30 is a usual choice): no new anomalies of this rule for "
+        "each user concerned for that many days; detection records them as suppressed instead.",
     )
     mute_reason = forms.CharField(
         label="Why",
@@ -61,7 +60,7 @@ class MuteForm(TriageForm):
 
     service_fields = {"mute_days": "days", "mute_reason": "reason"}
 
-    anomaly_type = forms.ChoiceField(label="Rule", choices=RULE_CHOICES)
+    anomaly_type = forms.ChoiceField(label="Rule", choices=[("", "---------"), *RULE_CHOICES])
     days = forms.IntegerField(label="Days", help_text="1 to 365.")
     reason = forms.CharField(label="Why", widget=forms.TextInput(attrs={"size": 60}))
 
