@@ -140,17 +140,16 @@ def test_an_analyst_triages_in_the_browser_and_a_mute_holds_back_the_next_new_pl
     pipeline.start_worker(RULES_REFRESH_SECONDS=REFRESH_SECONDS)
     pipeline.start_bridge()
     t0 = noon_yesterday_ms()
-    pipeline.produce(
-        [
-            login(TRAVELLER, "Berlin, DE", t0),
-            login(TRAVELLER, "Lisbon, PT", t0 + 60_000),
-            login(OTHER, "Paris, FR", t0),
-            login(OTHER, "Madrid, ES", t0 + 60_000),
-            *(login(LOCKED_OUT, "Oslo, NO", t0 + n * 10_000, success=False) for n in range(3)),
-            signal_message("purchase", user_id=SPENDER, timestamp=t0, payload={**PAYLOADS["purchase"], "amount": 5000}),
-            login(PROBE, "Home town, XX", t0),
-        ]
-    )
+    first = [
+        login(TRAVELLER, "Berlin, DE", t0),
+        login(TRAVELLER, "Lisbon, PT", t0 + 60_000),
+        login(OTHER, "Paris, FR", t0),
+        login(OTHER, "Madrid, ES", t0 + 60_000),
+        *(login(LOCKED_OUT, "Oslo, NO", t0 + n * 10_000, success=False) for n in range(3)),
+        signal_message("purchase", user_id=SPENDER, timestamp=t0, payload={**PAYLOADS["purchase"], "amount": 5000}),
+        login(PROBE, "Home town, XX", t0),
+    ]
+    pipeline.produce(first)
     raised = {
         (TRAVELLER, UNUSUAL_LOCATION_LOGIN),
         (OTHER, UNUSUAL_LOCATION_LOGIN),
@@ -158,9 +157,12 @@ def test_an_analyst_triages_in_the_browser_and_a_mute_holds_back_the_next_new_pl
         (SPENDER, HIGH_VALUE_PURCHASE),
     }
     wait_for(
-        lambda: set(Anomaly.objects.values_list("user_id", "anomaly_type")) == raised,
+        lambda: (
+            Signal.objects.count() == len(first)
+            and set(Anomaly.objects.values_list("user_id", "anomaly_type")) == raised
+        ),
         timeout=90,
-        what="the first anomalies to be stored",
+        what="the first events and anomalies to be stored",
     )
     traveller_first, other_first = anomaly_of(TRAVELLER), anomaly_of(OTHER)
     high = {traveller_first.pk, other_first.pk, anomaly_of(LOCKED_OUT).pk}
