@@ -128,7 +128,15 @@ def anomaly_lines(now_ms: int) -> Iterator[str]:
         detected = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(detected_ms / 1000)) + f".{detected_ms % 1000:03d}+00"
         value = rule.threshold + 1 + rng.randrange(5)
         description = copy_text(describe(rule, value))
-        evidence = copy_text(orjson.dumps({"rule": {"threshold": rule.threshold}, "value": value}).decode())
+        # As detection writes it; the event ids are filled in from the user's signals after loading.
+        snapshot = {
+            "threshold": rule.threshold,
+            "window_seconds": rule.window_seconds,
+            "comparison": rule.comparison.value,
+            "severity": rule.severity,
+        }
+        window = {"window_start_ms": detected_ms - 60_000, "window_end_ms": detected_ms}
+        evidence = copy_text(orjson.dumps({"rule": snapshot, "value": value, **window, "event_ids": []}).decode())
         status = statuses[rng.randrange(len(statuses))]
         yield (
             f"{user_of(rng)}\t{rule.anomaly_type}\t{rule.severity}\t{description}\t{{}}\t{detected}\t{detected}\t"
@@ -159,9 +167,20 @@ def copy_lines(connection: psycopg.Connection, statement: str, lines: Iterator[s
             copy.write("".join(chunk))
 
 
+EVIDENCE_EVENTS_SQL = """
+UPDATE anomalies SET evidence = jsonb_set(evidence, '{event_ids}', coalesce((
+    SELECT jsonb_agg(recent.event_id::text) FROM (
+        SELECT event_id FROM signals WHERE signals.user_id = anomalies.user_id ORDER BY timestamp DESC LIMIT 5
+    ) AS recent
+), '[]'::jsonb))
+"""
+
+
 def dataset_load(database_url: str, *, reload: bool) -> None:
     """The rows of the bench, unless a previous run left exactly them."""
-    wanted = f"{SIGNALS} signals, {ANOMALIES} anomalies, {DEAD_LETTERS} dead letters, seed {SEED}"
+    wanted = (
+        f"{SIGNALS} signals, {ANOMALIES} anomalies with their evidence events, {DEAD_LETTERS} dead letters, seed {SEED}"
+    )
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("CREATE TABLE IF NOT EXISTS bench_api_dataset (description text NOT NULL)")
         loaded = connection.execute("SELECT description FROM bench_api_dataset").fetchone()
@@ -192,6 +211,8 @@ def dataset_load(database_url: str, *, reload: bool) -> None:
             dead_letter_lines(now_ms),
             DEAD_LETTERS,
         )
+        print("  evidence: the latest five signals of each anomaly's user", flush=True)
+        connection.execute(EVIDENCE_EVENTS_SQL)
         connection.execute("VACUUM ANALYZE signals")
         connection.execute("VACUUM ANALYZE anomalies")
         connection.execute("VACUUM ANALYZE dead_letters")
