@@ -7,6 +7,9 @@
 2. Starts the API as deployed (gunicorn, production settings) against it, with a token.
 3. Measures each endpoint with hey, a real HTTP load generator, at concurrency 1 and 16,
    after a warm-up: p50, p95 and requests/s. Any response other than 200 fails the bench.
+4. Measures the admin as an analyst uses it, one request at a time: the anomaly
+   changelist filtered, one anomaly, the page of an active user, and a bulk acknowledge
+   of 500 anomalies (put back afterwards).
 The table ends with one line per measurement scripts can read:
     endpoint=NAME concurrency=C p50_ms=X p95_ms=Y requests_per_s=Z
 Needs DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS (make bench-api starts local ones).
@@ -31,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -401,6 +405,115 @@ def measure_once(database_url: str, token: str, port: int, log: Path, *, request
     return results
 
 
+ADMIN = "/admin/anomalies_app/anomaly/"
+BULK = 500  # anomalies per bulk action
+
+
+def admin_analyst() -> tuple[str, str]:
+    """An analyst (group `analysts`) to measure the admin as analysts use it."""
+    from django.contrib.auth.models import Group, User
+
+    password = uuid.uuid4().hex
+    user, _ = User.objects.get_or_create(username="bench-analyst", defaults={"is_staff": True})
+    user.set_password(password)
+    user.save()
+    user.groups.add(Group.objects.get(name="analysts"))
+    return user.username, password
+
+
+def admin_session(base: str, username: str, password: str) -> Any:
+    """A logged-in browser session. The production settings mark cookies Secure; the
+    bench talks plain HTTP to 127.0.0.1, so it sends them anyway."""
+    import requests
+
+    session = requests.Session()
+    login = session.get(f"{base}/admin/login/", timeout=30)
+    token = login.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    for cookie in session.cookies:
+        cookie.secure = False
+    answer = session.post(
+        f"{base}/admin/login/?next=/admin/",
+        data={"csrfmiddlewaretoken": token, "username": username, "password": password},
+        allow_redirects=False,
+        timeout=30,
+    )
+    if answer.status_code != 302:
+        raise SystemExit(f"bench-api: the admin login failed ({answer.status_code})")
+    for cookie in session.cookies:
+        cookie.secure = False
+    return session
+
+
+def admin_pages() -> dict[str, str]:
+    from anomalies_app.models import Anomaly
+
+    anomaly = Anomaly.objects.filter(user_id=HEAVY_USER).order_by("-id").values_list("id", flat=True)[0]
+    return {
+        "admin: anomalies new+high": f"{ADMIN}?status__exact=new&severity__exact=high",
+        "admin: anomalies of a user": f"{ADMIN}?q={HEAVY_USER}",
+        "admin: one anomaly": f"{ADMIN}{anomaly}/change/",
+        "admin: user page (active user)": f"{ADMIN}user/{HEAVY_USER}/",
+    }
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, requests/s) of requests made one after another."""
+    p95 = statistics.quantiles(sorted(seconds), n=20, method="inclusive")[-1]
+    return statistics.median(seconds) * 1000, p95 * 1000, len(seconds) / sum(seconds)
+
+
+def admin_measure_once(database_url: str, port: int, log: Path, *, requests: int, bulk_runs: int) -> list[Measurement]:
+    """The admin pages an analyst uses most, and a bulk acknowledge of BULK anomalies, one
+    request at a time (an analyst is one person). The anomalies acknowledged are put back."""
+    from django.contrib.admin.models import LogEntry
+    from django.db import connection
+
+    from anomalies_app.models import Anomaly
+
+    base = f"http://127.0.0.1:{port}"
+    username, password = admin_analyst()
+    server = serve(database_url, port, log)
+    results = []
+    acknowledged: list[int] = []
+    try:
+        session = admin_session(base, username, password)
+        for name, path in admin_pages().items():
+            seconds = []
+            for attempt in range(5 + requests):
+                started = time.perf_counter()
+                answer = session.get(f"{base}{path}", timeout=60)
+                if answer.status_code != 200:
+                    raise SystemExit(f"bench-api: {path} answered {answer.status_code}")
+                if attempt >= 5:  # the first five warm up
+                    seconds.append(time.perf_counter() - started)
+            results.append(Measurement(name, 1, *percentiles(seconds)))
+        seconds = []
+        token = session.cookies.get("csrftoken")
+        for _ in range(bulk_runs):
+            ids = list(Anomaly.objects.filter(status="new").order_by("id").values_list("id", flat=True)[:BULK])
+            started = time.perf_counter()
+            answer = session.post(
+                f"{base}{ADMIN}",
+                data={"action": "acknowledge", "index": "0", "_selected_action": ids, "csrfmiddlewaretoken": token},
+                headers={"Referer": f"{base}{ADMIN}"},
+                allow_redirects=False,
+                timeout=60,
+            )
+            seconds.append(time.perf_counter() - started)
+            acknowledged += ids
+            if answer.status_code != 302 or Anomaly.objects.filter(id__in=ids, status="new").exists():
+                raise SystemExit(f"bench-api: the bulk action answered {answer.status_code} and left anomalies new")
+        results.append(Measurement(f"admin: acknowledge {BULK}", 1, *percentiles(seconds)))
+    finally:
+        stop(server)
+        Anomaly.objects.filter(id__in=acknowledged).update(
+            status="new", assigned_to=None, triaged_at=None, triaged_by=None
+        )
+        LogEntry.objects.filter(user__username=username).delete()
+        connection.close()
+    return results
+
+
 def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]:
     """The median of `runs` runs, each figure on its own."""
     port = int(os.environ.get("BENCH_API_PORT", "8099"))
@@ -409,7 +522,8 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
     token = token_make()
     every: list[list[Measurement]] = []
     for run in range(1, runs + 1):
-        every.append(measure_once(database_url, token, port, log, requests=requests))
+        measured = measure_once(database_url, token, port, log, requests=requests)
+        every.append(measured + admin_measure_once(database_url, port, log, requests=40, bulk_runs=10))
         print(f"run {run} of {runs} done", flush=True)
     results = [
         Measurement(
