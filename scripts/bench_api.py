@@ -514,7 +514,7 @@ def admin_measure_once(database_url: str, port: int, log: Path, *, requests: int
     return results
 
 
-def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]:
+def measure(database_url: str, *, requests: int, runs: int, parts: str = "all") -> list[Measurement]:
     """The median of `runs` runs, each figure on its own."""
     port = int(os.environ.get("BENCH_API_PORT", "8099"))
     log = REPO / ".data" / "bench" / "logs" / "bench-api.log"
@@ -522,8 +522,10 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
     token = token_make()
     every: list[list[Measurement]] = []
     for run in range(1, runs + 1):
-        measured = measure_once(database_url, token, port, log, requests=requests)
-        every.append(measured + admin_measure_once(database_url, port, log, requests=40, bulk_runs=10))
+        measured = measure_once(database_url, token, port, log, requests=requests) if parts != "admin" else []
+        if parts != "api":
+            measured += admin_measure_once(database_url, port, log, requests=40, bulk_runs=10)
+        every.append(measured)
         print(f"run {run} of {runs} done", flush=True)
     results = [
         Measurement(
@@ -538,7 +540,10 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
         )
         for same in zip(*every, strict=True)  # one measurement, as each run made it
     ]
-    print(f"median of {runs} runs; {requests} requests at concurrency 1, {requests * 4} at 16")
+    print(
+        f"median of {runs} runs; {requests} requests at concurrency 1, {requests * 4} at 16; "
+        f"admin: 40 requests per page and 10 bulk actions, one at a time"
+    )
     print("CPU ms per request at concurrency 16: " + ", ".join(CPU_PARTS))
     print(f"{'endpoint':32} {'c':>3} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}  CPU ms per request")
     for m in results:
@@ -559,6 +564,9 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help="load the dataset and stop")
     parser.add_argument("--requests", type=int, default=200, help="per endpoint at concurrency 1 (4x that at 16)")
     parser.add_argument("--runs", type=int, default=3, help="the figures are the medians of this many runs")
+    parser.add_argument(
+        "--only", choices=["api", "admin"], help="measure only the query API, or only the admin (default both)"
+    )
     args = parser.parse_args()
     if not shutil.which("hey"):
         raise SystemExit("bench-api: hey is missing (Debian package 'hey'; make bench-api installs it as root)")
@@ -567,7 +575,7 @@ def main() -> None:
     dataset_load(database_url, reload=args.reload)
     if args.load_only:
         return
-    measure(database_url, requests=args.requests, runs=args.runs)
+    measure(database_url, requests=args.requests, runs=args.runs, parts=args.only or "all")
 
 
 if __name__ == "__main__":
