@@ -80,6 +80,7 @@ def django_setup(database_url: str) -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
+    call_command("collectstatic", interactive=False, verbosity=0)  # the admin's pages, as deployed
 
 
 def user_of(rng: random.Random) -> int:
