@@ -80,7 +80,6 @@ def django_setup(database_url: str) -> None:
     from django.core.management import call_command
 
     call_command("migrate", interactive=False, verbosity=0)
-    call_command("collectstatic", interactive=False, verbosity=0)  # the admin's pages, as deployed
 
 
 def user_of(rng: random.Random) -> int:
@@ -285,8 +284,8 @@ def hey(url: str, token: str, *, requests: int, concurrency: int) -> tuple[float
     return statistics.median(seconds) * 1000, p95 * 1000, len(rows) / elapsed
 
 
-def serve(database_url: str, port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
-    env = {
+def server_environment(database_url: str, **settings: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "DEBUG": "false",
@@ -297,6 +296,16 @@ def serve(database_url: str, port: int, log: Path, **settings: str) -> subproces
         "LOG_LEVEL": "WARNING",
         **settings,
     }
+
+
+def static_collect(database_url: str) -> None:
+    """The admin's static files, hashed as deployed (its pages fail without them)."""
+    command = [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"]
+    subprocess.run(command, cwd=REPO, env=server_environment(database_url), check=True)
+
+
+def serve(database_url: str, port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
+    env = server_environment(database_url, **settings)
     # As the Dockerfile and docker-compose.yml run it.
     workers = os.environ.get("GUNICORN_WORKERS", "3")
     command = [sys.executable, "-m", "gunicorn", "eventpipeline.wsgi", "-b", f"127.0.0.1:{port}", "-w", workers]
@@ -576,6 +585,7 @@ def main() -> None:
     dataset_load(database_url, reload=args.reload)
     if args.load_only:
         return
+    static_collect(database_url)
     measure(database_url, requests=args.requests, runs=args.runs, parts=args.only or "all")
 
 
