@@ -436,11 +436,16 @@ def admin_session(base: str, username: str, password: str) -> Any:
     bench talks plain HTTP to 127.0.0.1, so it sends them anyway."""
     import requests
 
-    session = requests.Session()
+    class PlainHttpSession(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().request(*args, **kwargs)
+            for cookie in self.cookies:
+                cookie.secure = False
+            return response
+
+    session = PlainHttpSession()
     login = session.get(f"{base}/admin/login/", timeout=30)
     token = login.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
-    for cookie in session.cookies:
-        cookie.secure = False
     answer = session.post(
         f"{base}/admin/login/?next=/admin/",
         data={"csrfmiddlewaretoken": token, "username": username, "password": password},
@@ -449,8 +454,6 @@ def admin_session(base: str, username: str, password: str) -> Any:
     )
     if answer.status_code != 302:
         raise SystemExit(f"bench-api: the admin login failed ({answer.status_code})")
-    for cookie in session.cookies:
-        cookie.secure = False
     return session
 
 
