@@ -25,6 +25,7 @@ from anomalies_app.rules import (
     is_failed_login,
     window_of,
 )
+from anomalies_app.triage import TRIAGE_PERMISSION
 from anomalies_app.windows import Windows
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
@@ -222,16 +223,18 @@ def anomaly_evidence_events(*, anomaly: Anomaly) -> list[EvidenceEvent]:
         except ValueError:
             continue
     stored = {signal.event_id: signal for signal in Signal.objects.filter(event_id__in=set(ids.values()))}
-    found = [EvidenceEvent(event_id, stored[ids[event_id]]) for event_id in listed if ids.get(event_id) in stored]
-    found.sort(key=lambda event: (event.signal.timestamp, event.signal.pk) if event.signal else (0, 0))
+    found = sorted(
+        ((stored[ids[event_id]], event_id) for event_id in listed if ids.get(event_id) in stored),
+        key=lambda pair: (pair[0].timestamp, pair[0].pk),
+    )
     missing = [EvidenceEvent(event_id, None) for event_id in listed if ids.get(event_id) not in stored]
-    return found + missing
+    return [EvidenceEvent(event_id, signal) for signal, event_id in found] + missing
 
 
 def triager_list() -> QuerySet[User]:
     """The people who may triage anomalies, and so may be assigned one: active, and given
     the triage permission directly, through a group, or as superusers."""
-    app_label, codename = "anomalies_app", "triage_anomaly"
+    app_label, codename = TRIAGE_PERMISSION.split(".")
     return (
         User.objects.filter(is_active=True)
         .filter(
