@@ -517,7 +517,8 @@ def test_mutes_are_added_listed_filtered_and_ended_never_deleted(client: Client,
     response = act(client, "end_now", [mute, other], url=url)
     assert shown_messages(response) == [("warning", f"1 ended, 1 left as they were (mute {mute.pk}: ended already).")]
     assert client.post(f"{url}{other.pk}/delete/", {"post": "yes"}).status_code == 403
-    assert Mute.objects.count() == 2
+    assert client.post(f"{url}{other.pk}/change/", {"reason": "edited"}).status_code == 403
+    assert Mute.objects.count() == 2 and Mute.objects.get(pk=other.pk).reason == "other"
     assert "ended early (admin)" in text(client.get(f"{url}{mute.pk}/history/"))
 
 
