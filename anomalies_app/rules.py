@@ -131,12 +131,52 @@ def describe(rule: RuleSettings, value: float, detail: str = "") -> str:
     if rule.anomaly_type == HIGH_VALUE_PURCHASE:
         return f"purchase of {value:.2f}, threshold {threshold}"
     if rule.anomaly_type == UNUSUAL_TIME_ACTIVITY:
-        start = int(rule.threshold)
-        end_minute = int(rule.threshold * 60 + rule.window_seconds // 60) - 1
-        return f"activity at {detail} UTC, quiet hours {start:02d}:00-{end_minute // 60:02d}:{end_minute % 60:02d}"
+        return f"activity at {detail} UTC, quiet hours {_quiet_hours(rule)}"
     if rule.anomaly_type == UNUSUAL_LOCATION_LOGIN:
         return f"successful login from {detail}, never seen for this user"
     raise ValueError(f"unknown anomaly type {rule.anomaly_type!r}")
+
+
+_COMPARISON_WORDS = {Comparison.MORE_THAN: "more than", Comparison.AT_LEAST: "at least"}
+
+
+def rule_in_words(rule: RuleSettings) -> str:
+    """What breaks the rule, as a person reads it next to an anomaly's evidence: the
+    threshold, the window and how the two compare, in one phrase."""
+    threshold = f"{_COMPARISON_WORDS[rule.comparison]} {_number(rule.threshold)}"
+    if rule.anomaly_type in _COUNTED:
+        return f"{threshold} {_COUNTED[rule.anomaly_type]} within {rule.window_seconds} s"
+    if rule.anomaly_type == REPEATED_LOGIN_FAILURES:
+        return f"{threshold} failed logins in a row, each within {rule.window_seconds} s of the latest"
+    if rule.anomaly_type == HIGH_VALUE_PURCHASE:
+        return f"a purchase of {threshold}"
+    if rule.anomaly_type == UNUSUAL_TIME_ACTIVITY:
+        return f"any event in the quiet hours, {_quiet_hours(rule)} UTC"
+    if rule.anomaly_type == UNUSUAL_LOCATION_LOGIN:
+        return "a successful login from a place that is not one of the user's known places"
+    raise ValueError(f"unknown anomaly type {rule.anomaly_type!r}")
+
+
+def value_in_words(rule: RuleSettings, value: float, detail: str = "") -> str:
+    """What was seen against what the rule allows: the count or the amount, and the most
+    the rule lets through (counts are whole, so "more than 10" allows at most 10 and "at
+    least 5" at most 4). The two rules that count nothing say what happened instead."""
+    if rule.anomaly_type in _COUNTED:
+        seen = f"{_number(value)} {_COUNTED[rule.anomaly_type]} within {rule.window_seconds} s"
+    elif rule.anomaly_type == REPEATED_LOGIN_FAILURES:
+        seen = f"{_number(value)} failed logins in a row"
+    elif rule.anomaly_type == HIGH_VALUE_PURCHASE:
+        allowed = "at most" if rule.comparison is Comparison.MORE_THAN else "less than"
+        return f"a purchase of {value:.2f}, where the rule allows {allowed} {_number(rule.threshold)}"
+    else:
+        return describe(rule, value, detail)
+    return f"{seen}, where the rule allows at most {fewest_to_break(rule) - 1}"
+
+
+def _quiet_hours(rule: RuleSettings) -> str:
+    start = int(rule.threshold)
+    end_minute = int(rule.threshold * 60 + rule.window_seconds // 60) - 1
+    return f"{start:02d}:00-{end_minute // 60:02d}:{end_minute % 60:02d}"
 
 
 def _number(value: float) -> str:

@@ -3,23 +3,33 @@
 from __future__ import annotations
 
 import time
+import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Generic, TypeVar
 
 import orjson
+from django.contrib.auth.models import User
 from django.db import connection
-from django.db.models import Count, QuerySet
+from django.db.models import Count, F, Q, QuerySet
 from django.db.models.functions import TruncHour
 
 from anomalies_app.detection import WindowEntry
-from anomalies_app.models import Anomaly, Mute, Rule, UserLocation
-from anomalies_app.rules import DEFAULT_RULES, WINDOWED_SIGNAL_TYPES, RuleSettings, is_failed_login, window_of
+from anomalies_app.models import OPEN_STATUSES, Anomaly, Mute, Rule, UserLocation
+from anomalies_app.rules import (
+    DEFAULT_RULES,
+    WINDOWED_SIGNAL_TYPES,
+    Comparison,
+    RuleSettings,
+    is_failed_login,
+    window_of,
+)
+from anomalies_app.triage import TRIAGE_PERMISSION
 from anomalies_app.windows import Windows
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
-from signals_app.selectors import hour_of
+from signals_app.selectors import hour_of, signal_list
 
 T = TypeVar("T")
 
@@ -167,6 +177,108 @@ def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
     """Anomalies, latest detected first; one user's if `user_id` is given."""
     anomalies = Anomaly.objects.order_by("-detection_timestamp", "-id")
     return anomalies if user_id is None else anomalies.filter(user_id=user_id)
+
+
+def anomaly_open_list(*, user_id: int) -> QuerySet[Anomaly]:
+    """A user's anomalies still to be decided (new or acknowledged), without those a mute
+    held back: an analyst's work on that user."""
+    return anomaly_list(user_id=user_id).filter(status__in=OPEN_STATUSES, suppressed=False)
+
+
+def anomaly_rule_then(*, anomaly: Anomaly) -> RuleSettings | None:
+    """The rule as it was when the anomaly was raised (its evidence keeps a copy), or None
+    for an anomaly whose evidence does not say."""
+    rule = (anomaly.evidence or {}).get("rule")
+    if not isinstance(rule, dict):
+        return None
+    try:
+        return RuleSettings(
+            anomaly_type=anomaly.anomaly_type,
+            threshold=float(rule["threshold"]),
+            window_seconds=int(rule["window_seconds"]),
+            severity=str(rule["severity"]),
+            comparison=Comparison(rule["comparison"]),
+        )
+    except (KeyError, TypeError, ValueError):
+        return None
+
+
+@dataclass(frozen=True)
+class EvidenceEvent:
+    """One event of an anomaly's evidence, and its stored signal (None when `signals` does
+    not hold it: removed by retention, or not an event id at all)."""
+
+    event_id: str
+    signal: Signal | None
+
+
+def anomaly_evidence_events(*, anomaly: Anomaly) -> list[EvidenceEvent]:
+    """The events an anomaly's evidence names, as stored, in event-time order; those not
+    stored follow in the evidence's order. One query, on the unique index of event_id."""
+    listed = [str(event_id) for event_id in (anomaly.evidence or {}).get("event_ids") or []]
+    ids: dict[str, uuid.UUID] = {}
+    for event_id in listed:
+        try:
+            ids[event_id] = uuid.UUID(event_id)
+        except ValueError:
+            continue
+    stored = {signal.event_id: signal for signal in Signal.objects.filter(event_id__in=set(ids.values()))}
+    found = sorted(
+        ((stored[ids[event_id]], event_id) for event_id in listed if ids.get(event_id) in stored),
+        key=lambda pair: (pair[0].timestamp, pair[0].pk),
+    )
+    missing = [EvidenceEvent(event_id, None) for event_id in listed if ids.get(event_id) not in stored]
+    return [EvidenceEvent(event_id, signal) for signal, event_id in found] + missing
+
+
+def triager_list() -> QuerySet[User]:
+    """The people who may triage anomalies, and so may be assigned one: active, and given
+    the triage permission directly, through a group, or as superusers."""
+    app_label, codename = TRIAGE_PERMISSION.split(".")
+    return (
+        User.objects.filter(is_active=True)
+        .filter(
+            Q(is_superuser=True)
+            | Q(user_permissions__codename=codename, user_permissions__content_type__app_label=app_label)
+            | Q(groups__permissions__codename=codename, groups__permissions__content_type__app_label=app_label)
+        )
+        .distinct()
+        .order_by("username")
+    )
+
+
+@dataclass(frozen=True)
+class UserOverview:
+    """What an analyst needs to judge one user: risk, open anomalies, mutes, known places
+    and latest signals."""
+
+    user_id: int
+    risk: dict[str, Any]
+    open_anomalies: list[Anomaly]
+    more_open_anomalies: bool
+    mutes: list[Mute]
+    known_places: list[UserLocation]
+    signals: list[Signal]
+
+
+def user_overview(*, user_id: int, anomalies_max: int = 100, signals_max: int = 100) -> UserOverview:
+    """One user at a glance. The signals are the latest `signals_max` by event time, read
+    on the (user_id, timestamp) index; nothing here counts the user's signals but the risk
+    score's own SQL."""
+    open_anomalies = list(anomaly_open_list(user_id=user_id).select_related("assigned_to")[: anomalies_max + 1])
+    return UserOverview(
+        user_id=user_id,
+        risk=user_risk_score(user_id=user_id),
+        open_anomalies=open_anomalies[:anomalies_max],
+        more_open_anomalies=len(open_anomalies) > anomalies_max,
+        mutes=list(Mute.objects.active().filter(user_id=user_id).select_related("created_by").order_by("until")),
+        known_places=list(
+            UserLocation.objects.filter(user_id=user_id)
+            .select_related("added_by")
+            .order_by(F("first_seen_ms").asc(nulls_last=True), "location")
+        ),
+        signals=list(signal_list(user_id=user_id)[:signals_max]),
+    )
 
 
 def user_risk_score(*, user_id: int) -> dict[str, Any]:

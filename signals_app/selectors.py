@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from datetime import datetime
 
 from django.db.models import Count, F, QuerySet
 from django.db.models.functions import TruncHour
 
-from signals_app.messages import ms_to_datetime
+from signals_app.messages import BIGINT_MAX, ms_to_datetime
 from signals_app.models import DeadLetter, Signal
 
 HOUR_MS = 3_600_000
@@ -17,6 +18,19 @@ def signal_list(*, user_id: int | None = None) -> QuerySet[Signal]:
     """Signals, newest event first; one user's if `user_id` is given."""
     signals = Signal.objects.order_by("-timestamp", "-id")
     return signals if user_id is None else signals.filter(user_id=user_id)
+
+
+def search_term_parse(term: str) -> int | uuid.UUID | None:
+    """What a term typed in an admin search box names: a user id (a whole number a bigint
+    holds) or an event id (a UUID). None for anything else, which then matches nothing:
+    a search never scans a large table for a substring."""
+    term = term.strip()
+    if term.isascii() and term.isdigit():
+        return int(term) if int(term) <= BIGINT_MAX else None
+    try:
+        return uuid.UUID(term)
+    except ValueError:
+        return None
 
 
 def signal_counts(*, since_ms: int, until_ms: int) -> dict[tuple[int, str], int]:

@@ -8,6 +8,9 @@ import uuid
 from datetime import datetime
 from typing import Any
 
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group, User
+from django.db.models import Model
 from django.utils import timezone
 
 from anomalies_app.models import Anomaly
@@ -76,6 +79,7 @@ def anomaly_create(
     severity: str = "medium",
     status: str = "new",
     detection_timestamp: datetime | None = None,
+    description: str = "",
     **fields: Any,
 ) -> Anomaly:
     """A stored anomaly (as detection would have raised it)."""
@@ -84,7 +88,7 @@ def anomaly_create(
         anomaly_type=anomaly_type,
         severity=severity,
         status=status,
-        description=f"{anomaly_type} for user {user_id}",
+        description=description or f"{anomaly_type} for user {user_id}",
         detection_timestamp=timezone.now() if detection_timestamp is None else detection_timestamp,
         **fields,
     )
@@ -98,4 +102,25 @@ def dead_letter_create(*, offset: int, reason: str = "not JSON", received_at: da
         source_offset=offset,
         reason=reason,
         received_at=timezone.now() if received_at is None else received_at,
+    )
+
+
+def staff_create(name: str, *groups: str) -> User:
+    """A staff user in these groups ("analysts", "rule editors"), read back fresh:
+    permissions are cached per instance."""
+    user = User.objects.create_user(name, password="a-long-enough-password", is_staff=True)
+    user.groups.add(*Group.objects.filter(name__in=groups))
+    return User.objects.get(pk=user.pk)
+
+
+def analyst_create(name: str = "ana") -> User:
+    return staff_create(name, "analysts")
+
+
+def history(obj: Model) -> list[str]:
+    """The lines of an object's history in the admin (LogEntry), oldest first."""
+    return list(
+        LogEntry.objects.filter(object_id=str(obj.pk), content_type__model=obj._meta.model_name)
+        .order_by("id")
+        .values_list("change_message", flat=True)
     )

@@ -9,7 +9,6 @@ from datetime import timedelta
 from typing import Any
 
 import pytest
-from django.contrib.admin.models import LogEntry
 from django.contrib.auth.models import Group, User
 from django.core.management import CommandError, call_command
 from django.utils import timezone
@@ -26,7 +25,7 @@ from anomalies_app.triage import (
 )
 from eventpipeline.metrics import ANOMALIES_DETECTED, ANOMALIES_MUTED
 from tests.conftest import topic_values
-from tests.factories import anomaly_create
+from tests.factories import analyst_create, anomaly_create, history
 from tests.test_detect_service import BASE, Detector, detect, row
 
 __all__ = ["detect"]  # the fixture, shared with the detection tests
@@ -37,20 +36,6 @@ ACK, RESOLVED, FP, NEW = (
     AnomalyStatus.FALSE_POSITIVE,
     AnomalyStatus.NEW,
 )
-
-
-def analyst_create(name: str = "ana") -> User:
-    user = User.objects.create_user(name, password="a-long-enough-password", is_staff=True)
-    user.groups.add(Group.objects.get(name="analysts"))
-    return User.objects.get(pk=user.pk)  # fresh: permissions are cached per instance
-
-
-def history(obj: Any) -> list[str]:
-    return list(
-        LogEntry.objects.filter(object_id=str(obj.pk), content_type__model=obj._meta.model_name)
-        .order_by("id")
-        .values_list("change_message", flat=True)
-    )
 
 
 @pytest.mark.django_db
