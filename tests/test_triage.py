@@ -49,6 +49,7 @@ class TestTriage:
             done.pk: "false positive: reopen it (acknowledge) before marking it resolved",
             999_999: "no such anomaly",
         }
+        assert result.refused_fields == {done.pk: "status", 999_999: "id"}
         fresh.refresh_from_db()
         done.refresh_from_db()
         assert (fresh.status, fresh.triaged_by, fresh.assigned_to) == (RESOLVED, ana, ana)
