@@ -63,6 +63,7 @@ from anomalies_app.triage import (
 )
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
+from signals_app.paging import CappedCountPaginator
 from signals_app.selectors import search_term_parse
 
 SEVERITY_COLOURS = {"high": "#ba2121", "medium": "#b35900", "low": "#417690"}
@@ -260,8 +261,20 @@ class TriageRefused(Exception):
     """A triage from the change form that the service refused: nothing is saved."""
 
 
+class AnomalyChangeList(ChangeList):
+    """The list reads no JSON: its rows show none (docs/performance.md, "Triage at size")."""
+
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Anomaly]:
+        rows: QuerySet[Anomaly] = super().get_queryset(request, exclude_parameters)
+        return rows.defer("evidence", "original_signal_data", "triage_notes")
+
+
 @admin.register(Anomaly)
 class AnomalyAdmin(admin.ModelAdmin):
+    paginator = CappedCountPaginator  # counts no more than it shows
+    list_per_page = 50  # a page an analyst reads; rendering is most of its time (docs/performance.md, "Triage at size")
     list_display = [
         "id",
         "user",
@@ -322,6 +335,9 @@ class AnomalyAdmin(admin.ModelAdmin):
         return can_triage(request.user)
 
     # --- the list ---------------------------------------------------------------------
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AnomalyChangeList
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Anomaly]:
         severity_rank = Case(
             *(When(severity=severity, then=Value(rank)) for severity, rank in SEVERITY_RANK.items()),
@@ -859,6 +875,8 @@ class KnownPlaceSourceFilter(admin.SimpleListFilter):
 class KnownPlaceAdmin(admin.ModelAdmin):
     """Known places: those seen at logins (detection adds them) and those an analyst added by
     hand. Read-only once there; a place is added by hand through `known_place_add`."""
+
+    paginator = CappedCountPaginator  # counts no more than it shows
 
     list_display = ["user", "location", "first_login", "added_by_hand", "note"]
     list_display_links = ["location"]

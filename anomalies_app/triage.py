@@ -8,9 +8,10 @@ history (`LogEntry`) saying what changed and through which door.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
@@ -159,9 +160,7 @@ def anomalies_triage(
             anomaly.triaged_at, anomaly.triaged_by = now, by  # type: ignore[assignment]
             result.changed[anomaly.pk] = "; ".join(changes)
             decided.append(anomaly)
-        Anomaly.objects.bulk_update(
-            decided, ["status", "assigned_to", "triage_notes", "triaged_at", "triaged_by"], batch_size=1000
-        )
+        _decisions_save(decided, now, by)
         false_positives = [a for a in decided if status == AnomalyStatus.FALSE_POSITIVE]
         if mute_days is not None:
             _mutes_from(false_positives, by, mute_days, mute_reason, via, result)
@@ -169,6 +168,19 @@ def anomalies_triage(
             _places_from(false_positives, by, via, result)
         _history_write(by, CHANGE, [(a, f"{result.changed[a.pk]} ({via})") for a in decided])
     return result
+
+
+def _decisions_save(decided: list[Anomaly], now: datetime, by: User) -> None:
+    """One UPDATE per distinct outcome: a bulk decision has one or two (the assignee kept,
+    or given to the analyst). Django's bulk_update builds a CASE per row and field, which
+    costs seconds of Python for hundreds of rows (docs/performance.md, "Triage at size")."""
+    outcomes: dict[tuple[str, Any, str], list[int]] = defaultdict(list)
+    for anomaly in decided:
+        outcomes[(anomaly.status, anomaly.assigned_to_id, anomaly.triage_notes)].append(anomaly.pk)
+    for (status, assigned_to_id, notes), ids in outcomes.items():
+        Anomaly.objects.filter(pk__in=ids).update(
+            status=status, assigned_to_id=assigned_to_id, triage_notes=notes, triaged_at=now, triaged_by=by
+        )
 
 
 def _triage_request_check(
