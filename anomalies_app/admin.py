@@ -63,6 +63,7 @@ from anomalies_app.triage import (
 )
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
+from signals_app.paging import CappedCountPaginator
 from signals_app.selectors import search_term_parse
 
 SEVERITY_COLOURS = {"high": "#ba2121", "medium": "#b35900", "low": "#417690"}
@@ -76,11 +77,9 @@ def analyst(request: HttpRequest) -> User:
     return cast(User, request.user)
 
 
-def utc(timestamp_ms: int | None, *, milliseconds: bool = False) -> str:
+def utc(timestamp_ms: int, *, milliseconds: bool = False) -> str:
     """An event time for people: UTC, to the second (or the millisecond, where the order
     of events close together matters)."""
-    if timestamp_ms is None:
-        return "-"
     shown = ms_to_datetime(timestamp_ms).strftime("%Y-%m-%d %H:%M:%S")
     return f"{shown}.{timestamp_ms % 1000:03d} UTC" if milliseconds else f"{shown} UTC"
 
@@ -262,8 +261,20 @@ class TriageRefused(Exception):
     """A triage from the change form that the service refused: nothing is saved."""
 
 
+class AnomalyChangeList(ChangeList):
+    """The list reads no JSON: its rows show none (docs/performance.md, "Triage at size")."""
+
+    def get_queryset(
+        self, request: HttpRequest, exclude_parameters: list[str | None] | None = None
+    ) -> QuerySet[Anomaly]:
+        rows: QuerySet[Anomaly] = super().get_queryset(request, exclude_parameters)
+        return rows.defer("evidence", "original_signal_data", "triage_notes")
+
+
 @admin.register(Anomaly)
 class AnomalyAdmin(admin.ModelAdmin):
+    paginator = CappedCountPaginator  # counts no more than it shows
+    list_per_page = 50  # a page an analyst reads; rendering is most of its time (docs/performance.md, "Triage at size")
     list_display = [
         "id",
         "user",
@@ -324,6 +335,9 @@ class AnomalyAdmin(admin.ModelAdmin):
         return can_triage(request.user)
 
     # --- the list ---------------------------------------------------------------------
+    def get_changelist(self, request: HttpRequest, **kwargs: Any) -> type[ChangeList]:
+        return AnomalyChangeList
+
     def get_queryset(self, request: HttpRequest) -> QuerySet[Anomaly]:
         severity_rank = Case(
             *(When(severity=severity, then=Value(rank)) for severity, rank in SEVERITY_RANK.items()),
@@ -448,7 +462,7 @@ class AnomalyAdmin(admin.ModelAdmin):
                 else:
                     self.triage_report(request, result)
                     return None
-        anomalies = list(Anomaly.objects.filter(pk__in=anomaly_ids).order_by("-detection_timestamp", "-id"))
+        named = Anomaly.objects.filter(pk__in=anomaly_ids).order_by("-detection_timestamp", "-id")
         return form_page(
             self,
             request,
@@ -459,8 +473,8 @@ class AnomalyAdmin(admin.ModelAdmin):
             submit_name="apply",
             submit_label="Mark false positive",
             hidden=hidden,
-            anomalies=anomalies[:FORM_PAGE_ANOMALIES],
-            anomalies_more=max(len(anomalies) - FORM_PAGE_ANOMALIES, 0),
+            anomalies=list(named[:FORM_PAGE_ANOMALIES]),
+            anomalies_more=max(len(anomaly_ids) - FORM_PAGE_ANOMALIES, 0),
             cancel_url=cancel_url,
         )
 
@@ -495,7 +509,7 @@ class AnomalyAdmin(admin.ModelAdmin):
         if obj.pk in result.refused:
             raise TriageRefused(result.refused[obj.pk])
 
-    def log_change(self, request: HttpRequest, obj: Anomaly, message: Any) -> LogEntry:  # type: ignore[override]
+    def log_change(self, request: HttpRequest, obj: Anomaly, message: Any) -> LogEntry:
         """Nothing: the triage service wrote this change's history line already."""
         return None  # type: ignore[return-value]
 
@@ -678,12 +692,7 @@ class AnomalyAdmin(admin.ModelAdmin):
             mute = Mute.objects.filter(user_id=user_id, pk=int(mute_id)).first() if mute_id.isdigit() else None
             if mute is None:
                 raise Http404("no such mute of this user")
-            try:
-                mute_end(mute=mute, by=by)
-            except TriageError as error:
-                self.message_user(request, f"Mute {mute.pk}: {error.message}.", messages.ERROR)
-            else:
-                self.message_user(request, f"Ended: {mute}.", messages.SUCCESS)
+            mute_end_reported(self, request, mute)
             return back
         return self.response_action(request, queryset=anomaly_list(user_id=user_id)) or back
 
@@ -699,6 +708,16 @@ def service_form_apply(form: TriageForm, call: Callable[[dict[str, Any]], Any]) 
         form.add_triage_error(error)
         return False
     return True
+
+
+def mute_end_reported(model_admin: admin.ModelAdmin[Any], request: HttpRequest, mute: Mute) -> None:
+    """End a mute through `mute_end`, and say so, or why not."""
+    try:
+        mute_end(mute=mute, by=analyst(request))
+    except TriageError as error:
+        model_admin.message_user(request, f"Mute {mute.pk}: {error.message}.", messages.ERROR)
+    else:
+        model_admin.message_user(request, f"Ended: {mute}.", messages.SUCCESS)
 
 
 class MuteActiveFilter(admin.SimpleListFilter):
@@ -809,12 +828,7 @@ class MuteAdmin(admin.ModelAdmin):
             raise Http404(f"no mute {mute_id}")
         change_url = reverse("admin:anomalies_app_mute_change", args=[mute_id])
         if request.method == "POST":
-            try:
-                mute_end(mute=mute, by=analyst(request))
-            except TriageError as error:
-                self.message_user(request, f"Mute {mute.pk}: {error.message}.", messages.ERROR)
-            else:
-                self.message_user(request, f"Ended: {mute}.", messages.SUCCESS)
+            mute_end_reported(self, request, mute)
             return HttpResponseRedirect(change_url)
         return form_page(
             self,
@@ -861,6 +875,8 @@ class KnownPlaceSourceFilter(admin.SimpleListFilter):
 class KnownPlaceAdmin(admin.ModelAdmin):
     """Known places: those seen at logins (detection adds them) and those an analyst added by
     hand. Read-only once there; a place is added by hand through `known_place_add`."""
+
+    paginator = CappedCountPaginator  # counts no more than it shows
 
     list_display = ["user", "location", "first_login", "added_by_hand", "note"]
     list_display_links = ["location"]

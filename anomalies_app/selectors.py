@@ -25,6 +25,7 @@ from anomalies_app.rules import (
     is_failed_login,
     window_of,
 )
+from anomalies_app.triage import TRIAGE_PERMISSION
 from anomalies_app.windows import Windows
 from signals_app.messages import ms_to_datetime
 from signals_app.models import Signal
@@ -172,10 +173,15 @@ class MuteBook(Reread[dict[tuple[int, str], tuple[int, float]]]):
         return found[0] if found and found[1] > self.wall_clock() else None
 
 
-def anomaly_list(*, user_id: int | None = None) -> QuerySet[Anomaly]:
-    """Anomalies, latest detected first; one user's if `user_id` is given."""
+def anomaly_list(*, user_id: int | None = None, anomaly_id: int | None = None) -> QuerySet[Anomaly]:
+    """Anomalies, latest detected first; one user's if `user_id` is given, the one with
+    `anomaly_id` if that is."""
     anomalies = Anomaly.objects.order_by("-detection_timestamp", "-id")
-    return anomalies if user_id is None else anomalies.filter(user_id=user_id)
+    if user_id is not None:
+        anomalies = anomalies.filter(user_id=user_id)
+    if anomaly_id is not None:
+        anomalies = anomalies.filter(pk=anomaly_id)
+    return anomalies
 
 
 def anomaly_open_list(*, user_id: int) -> QuerySet[Anomaly]:
@@ -222,16 +228,18 @@ def anomaly_evidence_events(*, anomaly: Anomaly) -> list[EvidenceEvent]:
         except ValueError:
             continue
     stored = {signal.event_id: signal for signal in Signal.objects.filter(event_id__in=set(ids.values()))}
-    found = [EvidenceEvent(event_id, stored[ids[event_id]]) for event_id in listed if ids.get(event_id) in stored]
-    found.sort(key=lambda event: (event.signal.timestamp, event.signal.pk) if event.signal else (0, 0))
+    found = sorted(
+        ((stored[ids[event_id]], event_id) for event_id in listed if ids.get(event_id) in stored),
+        key=lambda pair: (pair[0].timestamp, pair[0].pk),
+    )
     missing = [EvidenceEvent(event_id, None) for event_id in listed if ids.get(event_id) not in stored]
-    return found + missing
+    return [EvidenceEvent(event_id, signal) for signal, event_id in found] + missing
 
 
 def triager_list() -> QuerySet[User]:
     """The people who may triage anomalies, and so may be assigned one: active, and given
     the triage permission directly, through a group, or as superusers."""
-    app_label, codename = "anomalies_app", "triage_anomaly"
+    app_label, codename = TRIAGE_PERMISSION.split(".")
     return (
         User.objects.filter(is_active=True)
         .filter(
@@ -295,12 +303,21 @@ class AnomalyCount:
     anomalies: int
 
 
+def _raised_between(since_ms: int, until_ms: int) -> QuerySet[Anomaly]:
+    """Anomalies detected in [since_ms, until_ms), less those recorded under a mute, which
+    no report counts (docs/design.md, "Mutes and known places")."""
+    return Anomaly.objects.filter(
+        detection_timestamp__gte=ms_to_datetime(since_ms),
+        detection_timestamp__lt=ms_to_datetime(until_ms),
+        suppressed=False,
+    )
+
+
 def anomaly_counts(*, since_ms: int, until_ms: int) -> list[AnomalyCount]:
-    """Anomalies detected in [since_ms, until_ms), per hour since the epoch, type, severity and status."""
+    """Anomalies detected in [since_ms, until_ms), not suppressed, per hour since the epoch,
+    type, severity and status."""
     rows = (
-        Anomaly.objects.filter(
-            detection_timestamp__gte=ms_to_datetime(since_ms), detection_timestamp__lt=ms_to_datetime(until_ms)
-        )
+        _raised_between(since_ms, until_ms)
         .annotate(hour=TruncHour("detection_timestamp"))
         .values_list("hour", "anomaly_type", "severity", "status")
         .annotate(anomalies=Count("*"))
@@ -310,11 +327,10 @@ def anomaly_counts(*, since_ms: int, until_ms: int) -> list[AnomalyCount]:
 
 
 def anomaly_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple[int, int]]:
-    """(user_id, anomalies) of the users with the most anomalies detected in [since_ms, until_ms)."""
+    """(user_id, anomalies) of the users with the most anomalies detected in [since_ms, until_ms),
+    not suppressed."""
     rows = (
-        Anomaly.objects.filter(
-            detection_timestamp__gte=ms_to_datetime(since_ms), detection_timestamp__lt=ms_to_datetime(until_ms)
-        )
+        _raised_between(since_ms, until_ms)
         .values_list("user_id")
         .annotate(anomalies=Count("*"))
         .order_by("-anomalies", "user_id")[:limit]

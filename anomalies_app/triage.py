@@ -8,9 +8,10 @@ history (`LogEntry`) saying what changed and through which door.
 
 from __future__ import annotations
 
+from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any, Final
 
 from django.contrib.admin.models import ADDITION, CHANGE, LogEntry
@@ -59,8 +60,16 @@ class TriageResult:
 
     changed: dict[int, str] = field(default_factory=dict)
     refused: dict[int, str] = field(default_factory=dict)
+    # For each refused anomaly, the part of the request it was refused on: "id" (no such
+    # anomaly), "status", "assigned_to", "triage_notes", or "request" when nothing was
+    # asked. The API names it in its answers.
+    refused_fields: dict[int, str] = field(default_factory=dict)
     mutes: list[Mute] = field(default_factory=list)
     places: list[UserLocation] = field(default_factory=list)
+
+    def refuse(self, anomaly_id: int, field_name: str, reason: str) -> None:
+        self.refused[anomaly_id] = reason
+        self.refused_fields[anomaly_id] = field_name
 
     def summary(self) -> str:
         parts = [f"{len(self.changed)} changed"]
@@ -141,19 +150,17 @@ def anomalies_triage(
         anomalies = {a.pk: a for a in Anomaly.objects.select_for_update().filter(pk__in=anomaly_ids).order_by("pk")}
         for anomaly_id in anomaly_ids:
             if anomaly_id not in anomalies:
-                result.refused[anomaly_id] = "no such anomaly"
+                result.refuse(anomaly_id, "id", "no such anomaly")
         decided: list[Anomaly] = []
         for anomaly in anomalies.values():
             changes, refusal = _triage_changes(anomaly, by, status, assigned_to, triage_notes)
             if refusal:
-                result.refused[anomaly.pk] = refusal
+                result.refuse(anomaly.pk, *refusal)
                 continue
             anomaly.triaged_at, anomaly.triaged_by = now, by  # type: ignore[assignment]
             result.changed[anomaly.pk] = "; ".join(changes)
             decided.append(anomaly)
-        Anomaly.objects.bulk_update(
-            decided, ["status", "assigned_to", "triage_notes", "triaged_at", "triaged_by"], batch_size=1000
-        )
+        _decisions_save(decided, now, by)
         false_positives = [a for a in decided if status == AnomalyStatus.FALSE_POSITIVE]
         if mute_days is not None:
             _mutes_from(false_positives, by, mute_days, mute_reason, via, result)
@@ -161,6 +168,19 @@ def anomalies_triage(
             _places_from(false_positives, by, via, result)
         _history_write(by, CHANGE, [(a, f"{result.changed[a.pk]} ({via})") for a in decided])
     return result
+
+
+def _decisions_save(decided: list[Anomaly], now: datetime, by: User) -> None:
+    """One UPDATE per distinct outcome: a bulk decision has one or two (the assignee kept,
+    or given to the analyst). Django's bulk_update builds a CASE per row and field, which
+    costs seconds of Python for hundreds of rows (docs/performance.md, "Triage at size")."""
+    outcomes: dict[tuple[str, Any, str], list[int]] = defaultdict(list)
+    for anomaly in decided:
+        outcomes[(anomaly.status, anomaly.assigned_to_id, anomaly.triage_notes)].append(anomaly.pk)
+    for (status, assigned_to_id, notes), ids in outcomes.items():
+        Anomaly.objects.filter(pk__in=ids).update(
+            status=status, assigned_to_id=assigned_to_id, triage_notes=notes, triaged_at=now, triaged_by=by
+        )
 
 
 def _triage_request_check(
@@ -198,13 +218,14 @@ def _triage_changes(
     status: str | None,
     assigned_to: User | _Keep | None,
     triage_notes: str | None,
-) -> tuple[list[str], str | None]:
-    """The changes a decision makes to one anomaly (applied to it), or why it makes none."""
+) -> tuple[list[str], tuple[str, str] | None]:
+    """The changes a decision makes to one anomaly (applied to it), or why it makes none:
+    the field the refusal is about, and the reason."""
     changes: list[str] = []
     if status is not None:
         refusal = _transition_refusal(anomaly.status, status)
         if refusal:
-            return [], refusal
+            return [], ("status", refusal)
         changes.append(f"status: {_status_label(anomaly.status)} → {_status_label(status)}")
         anomaly.status = status
         if isinstance(assigned_to, _Keep) and anomaly.assigned_to_id is None:
@@ -213,16 +234,18 @@ def _triage_changes(
     if not isinstance(assigned_to, _Keep):
         if _pk(assigned_to) != anomaly.assigned_to_id:
             if assigned_to is not None and anomaly.status not in OPEN_STATUSES:
-                return [], f"{_status_label(anomaly.status)}: reopen it (acknowledge) before assigning it"
+                reopen = f"{_status_label(anomaly.status)}: reopen it (acknowledge) before assigning it"
+                return [], ("assigned_to", reopen)
             changes.append(f"assigned to: {_who(anomaly.assigned_to)} → {_who(assigned_to)}")
             anomaly.assigned_to = assigned_to  # type: ignore[assignment]
         elif status is None and triage_notes is None:
-            return [], f"already assigned to {_who(assigned_to)}" if assigned_to else "not assigned to anyone"
+            same = f"already assigned to {_who(assigned_to)}" if assigned_to else "not assigned to anyone"
+            return [], ("assigned_to", same)
     if triage_notes is not None and triage_notes != anomaly.triage_notes:
         changes.append("notes changed")
         anomaly.triage_notes = triage_notes
     if not changes:
-        return [], "nothing to change"
+        return [], ("triage_notes" if triage_notes is not None else "request", "nothing to change")
     return changes, None
 
 

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 from django import forms
 from django.db.models import QuerySet
 from django_filters import rest_framework as filters
+from django_filters.filters import BooleanFilter
 from rest_framework import serializers
 from rest_framework.exceptions import ValidationError
 from rest_framework.filters import OrderingFilter
@@ -44,12 +45,21 @@ class FilterSet(filters.FilterSet):
             type(self)._form_class = made
         return made  # type: ignore[no-any-return]
 
+    @classmethod
+    def defaults_apply(cls, queryset: QuerySet[Any]) -> QuerySet[Any]:
+        """`queryset` as the filters leave it when the request names none of them: only
+        the filters with a default (StrictBooleanFilter) do anything."""
+        for filter_ in cls.base_filters.values():
+            if isinstance(filter_, StrictBooleanFilter):
+                queryset = filter_.filter(queryset, None)
+        return queryset
+
 
 class FilterBackend(filters.DjangoFilterBackend):
     """django-filter's backend, which leaves a request that names none of the filters
     alone, sparing the CPU of making and validating the filter set and its form for no
     filter at all (docs/performance.md, "Filters"): with no filter parameter the form has
-    nothing to refuse and the filter set nothing to apply. (A parameter is
+    nothing to refuse and the filter set nothing to apply but its defaults. (A parameter is
     taken as a filter's when it starts with the filter's name, so a widget's
     `<name>_min`-style parameters count too.)"""
 
@@ -58,7 +68,7 @@ class FilterBackend(filters.DjangoFilterBackend):
         if filterset_class is not None and not any(
             parameter.startswith(name) for parameter in request.query_params for name in filterset_class.base_filters
         ):
-            return queryset
+            return filterset_class.defaults_apply(queryset)  # type: ignore[no-any-return]
         return super().filter_queryset(request, queryset, view)  # type: ignore[no-any-return]
 
 
@@ -74,16 +84,51 @@ class BigIntegerFilter(filters.NumberFilter):
         super().__init__(*args, **kwargs)
 
 
-_USER_ID = serializers.IntegerField(min_value=BIGINT_MIN, max_value=BIGINT_MAX, error_messages=_WHOLE_NUMBER)
+class StrictBooleanField(forms.Field):
+    """`true` or `false`; anything else is refused, where django-filter's boolean fields
+    take a value they do not know for no value at all (`suppressed=yes` would quietly
+    show the default)."""
+
+    widget = forms.Select(choices=[("", "default"), ("true", "true"), ("false", "false")])
+
+    def to_python(self, value: Any) -> bool | None:
+        if value in self.empty_values:
+            return None
+        if value in ("true", "false"):
+            return bool(value == "true")
+        raise forms.ValidationError("must be true or false", code="invalid")
+
+
+class StrictBooleanFilter(BooleanFilter):
+    """A boolean filter with a default that applies when the parameter is not given. (Not
+    django-filter's REST framework BooleanFilter: its widget reads a value it does not
+    know as no value.)"""
+
+    field_class = StrictBooleanField
+
+    def __init__(self, *args: Any, default: bool, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.default = default
+
+    def filter(self, qs: QuerySet[Any], value: bool | None) -> QuerySet[Any]:
+        return super().filter(qs, self.default if value is None else value)  # type: ignore[no-any-return]
+
+
+_WHOLE_NUMBER_FIELD = serializers.IntegerField(min_value=BIGINT_MIN, max_value=BIGINT_MAX, error_messages=_WHOLE_NUMBER)
+
+
+def whole_number_from_path(name: str, raw: str) -> int:
+    """An id in a path (`{user_id}`, an anomaly's `{id}`). The URL takes any text so that a
+    bad id is a 400 naming the parameter, as in a query string, rather than a bare 404."""
+    try:
+        return int(_WHOLE_NUMBER_FIELD.run_validation(raw))
+    except serializers.ValidationError as error:
+        raise ValidationError({name: error.detail}) from error
 
 
 def user_id_from_path(raw: str) -> int:
-    """The `{user_id}` of a /users/ path. The URL takes any text so that a bad id is a
-    400 naming the parameter, as in a query string, rather than a bare 404."""
-    try:
-        return int(_USER_ID.run_validation(raw))
-    except serializers.ValidationError as error:
-        raise ValidationError({"user_id": error.detail}) from error
+    """The `{user_id}` of a /users/ path."""
+    return whole_number_from_path("user_id", raw)
 
 
 class StrictOrderingFilter(OrderingFilter):
@@ -162,6 +207,11 @@ class UserAnomalyFilter(FilterSet):
         choices=[(anomaly_type, anomaly_type) for anomaly_type in DEFAULT_RULES], help_text="The rule that raised it."
     )
     status = filters.ChoiceFilter(choices=AnomalyStatus.choices, help_text="Where triage has got to.")
+    suppressed = StrictBooleanFilter(
+        default=False,
+        help_text="false (the default): leave out the anomalies recorded while a mute of their user and rule "
+        "was on; true: only those.",
+    )
 
     class Meta:
         model = Anomaly

@@ -1,4 +1,4 @@
-"""OpenAPI pieces shared by the API's views: the error bodies and the user id in a path."""
+"""OpenAPI pieces shared by the API's views: the error bodies and the ids in paths."""
 
 from __future__ import annotations
 
@@ -30,11 +30,35 @@ UNSUPPORTED_MEDIA_TYPE = OpenApiResponse(
     response=_DETAIL, description="The body is not sent as JSON (`Content-Type: application/json`)."
 )
 
+# The triage endpoints' answers besides 200 and those of every endpoint.
+BAD_TRIAGE = OpenApiResponse(
+    response=BAD_BODY.response,
+    description="A request that cannot be carried out at all, changing nothing: each bad field with the reasons, "
+    'e.g. `{"assigned_to": ["no user has the id 99"]}` or `{"severity": ["is read-only"]}`, or a body that is '
+    "not JSON.",
+)
+FORBIDDEN = OpenApiResponse(
+    response=_DETAIL,
+    description="The user may not triage anomalies (the permission anomalies_app.triage_anomaly, which the "
+    "analysts group gives).",
+)
+NOT_FOUND = OpenApiResponse(response=_DETAIL, description='No such anomaly: `{"detail": "no anomaly has the id 5"}`.')
+CONFLICT = OpenApiResponse(
+    response=BAD_PARAMETERS.response,
+    description="The decision makes no sense for this anomaly as it now is, and changed nothing; the field it "
+    'was refused on, with the reason: `{"status": ["false positive: reopen it (acknowledge) before marking '
+    'it resolved"]}`.',
+)
+
 # Every endpoint that needs a user answers these besides its own 200 and 400.
 AUTHENTICATED_ERRORS: dict[int, Any] = {
     401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),
     429: OpenApiResponse(response=_DETAIL, description="Too many requests from this user (API_THROTTLE_RATE)."),
 }
+
+ANOMALY_ID_PATH_PARAMETER = OpenApiParameter(
+    "id", OpenApiTypes.INT64, OpenApiParameter.PATH, description="The anomaly's id."
+)
 
 USER_ID_PATH_PARAMETER = OpenApiParameter(
     "user_id", OpenApiTypes.INT64, OpenApiParameter.PATH, description="The user's id; a user with no rows is no error."

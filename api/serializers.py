@@ -10,12 +10,17 @@ from datetime import datetime
 from typing import Any
 
 import orjson
+from django.contrib.auth import get_user_model
 from django.core.exceptions import FieldDoesNotExist
 from django.db.models import F, JSONField, Model, QuerySet, TextField
 from django.db.models.functions import Cast
 from rest_framework import serializers
+from rest_framework.fields import empty
 
-from anomalies_app.models import Anomaly
+from anomalies_app.models import Anomaly, AnomalyStatus, Mute, UserLocation
+from anomalies_app.triage import MUTE_MAX_DAYS
+from api.filters import BIGINT_MIN
+from signals_app.messages import BIGINT_MAX
 from signals_app.models import Signal
 
 
@@ -210,12 +215,25 @@ class SignalSerializer(ListRowSerializer):
 
 
 class _NoUnknownFields(serializers.Serializer):
-    """A misspelt field is a 400 naming it, not a request that silently does nothing."""
+    """A misspelt field is a 400 naming it, not a request that silently does nothing. It
+    is named with the other bad fields, if any."""
 
-    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
-        unknown = sorted(set(self.initial_data) - set(self.fields))
+    # Fields the answer shows but a request may not change.
+    read_only_names: tuple[str, ...] = ()
+
+    def to_internal_value(self, data: Any) -> dict[str, Any]:
+        unknown = {
+            name: ["is read-only" if name in self.read_only_names else "is not a field of this request"]
+            for name in sorted(set(data) - set(self.fields) if isinstance(data, Mapping) else ())
+        }
+        try:
+            attrs: dict[str, Any] = super().to_internal_value(data)
+        except serializers.ValidationError as error:
+            if unknown and isinstance(error.detail, dict):
+                raise serializers.ValidationError({**error.detail, **unknown}) from error
+            raise
         if unknown:
-            raise serializers.ValidationError({name: ["is not a field of this request"] for name in unknown})
+            raise serializers.ValidationError(unknown)
         return attrs
 
 
@@ -281,10 +299,14 @@ class EmitterControlSerializer(serializers.Serializer):
 
 class AnomalySerializer(ListRowSerializer):
     assigned_to: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
-        slug_field="username", read_only=True, allow_null=True
+        slug_field="username", read_only=True, allow_null=True, help_text="The analyst's username."
+    )
+    triaged_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+        slug_field="username", read_only=True, allow_null=True, help_text="Who made the latest triage decision."
     )
 
-    computed = {"assigned_to": F("assigned_to__username")}  # the analyst's username
+    # The analysts' usernames.
+    computed = {"assigned_to": F("assigned_to__username"), "triaged_by": F("triaged_by__username")}
 
     class Meta:
         model = Anomaly
@@ -304,7 +326,10 @@ class AnomalySerializer(ListRowSerializer):
             "assigned_to",
             "triage_notes",
             "triaged_at",
+            "triaged_by",
+            "suppressed",
         ]
+        extra_kwargs = {"suppressed": {"help_text": "Recorded while a mute of its user and rule was on: not raised."}}
 
 
 class RiskScoreSerializer(serializers.Serializer):
@@ -318,3 +343,175 @@ class RiskScoreSerializer(serializers.Serializer):
     low_severity = serializers.IntegerField()
     risk_score = serializers.IntegerField(min_value=0, max_value=100)
     risk_level = serializers.ChoiceField(choices=["low", "medium", "high"])
+
+
+class WholeNumberField(serializers.IntegerField):
+    """A JSON integer: `"12"`, `12.5`, `12.0` and `true` are refused, as no id is written so."""
+
+    default_error_messages = {
+        "invalid": "must be a whole number",
+        "max_value": "must be at most {max_value}",
+        "min_value": "must be at least {min_value}",
+    }
+
+    def __init__(self, **kwargs: Any) -> None:
+        kwargs.setdefault("min_value", BIGINT_MIN)
+        kwargs.setdefault("max_value", BIGINT_MAX)
+        super().__init__(**kwargs)
+
+    def to_internal_value(self, data: Any) -> int:
+        if isinstance(data, bool) or not isinstance(data, int):
+            self.fail("invalid")
+        return int(super().to_internal_value(data))
+
+
+class _AnalystField(WholeNumberField):
+    """A user, by id: who an anomaly is assigned to."""
+
+    def run_validation(self, data: Any = empty) -> Any:
+        user_id = super().run_validation(data)  # the number checked, validators included
+        if user_id is None:
+            return None
+        user = get_user_model().objects.filter(pk=user_id).first()
+        if user is None:
+            raise serializers.ValidationError(f"no user has the id {user_id}")
+        return user
+
+
+def _text_field(**kwargs: Any) -> serializers.CharField:
+    """Free text as written (blank allowed, no trimming), that PostgreSQL can store: DRF
+    already refuses NUL; a lone surrogate (`"\\ud800"` in JSON) is refused too."""
+    return serializers.CharField(
+        required=False, allow_blank=True, trim_whitespace=False, validators=[_encodable], **kwargs
+    )
+
+
+def _encodable(text: str) -> None:
+    try:
+        text.encode()
+    except UnicodeEncodeError as error:
+        raise serializers.ValidationError("must be text that UTF-8 can encode (no lone surrogates)") from error
+
+
+class AnomalyTriageSerializer(_NoUnknownFields):
+    """A triage decision: give at least one field. Each is checked by the triage service
+    (docs/design.md, "Triage")."""
+
+    read_only_names = tuple(AnomalySerializer.Meta.fields)
+
+    status = serializers.ChoiceField(
+        choices=AnomalyStatus.choices,
+        required=False,
+        help_text="Where it goes: new → acknowledged, resolved or false_positive; acknowledged → resolved or "
+        "false_positive; resolved or false_positive → acknowledged (reopened). Nothing goes back to new.",
+        error_messages={"invalid_choice": f"must be one of {', '.join(AnomalyStatus.values)}; got {{input!r}}"},
+    )
+    assigned_to = _AnalystField(
+        required=False,
+        allow_null=True,
+        help_text="The id of a user who may triage, or null to unassign; only open (new or acknowledged) "
+        "anomalies can be assigned. Left out: an anomaly nobody was assigned to becomes yours when its "
+        "status changes.",
+    )
+    triage_notes = _text_field(help_text="Replaces the notes.")
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        if not attrs.keys() & {"status", "assigned_to", "triage_notes"}:
+            raise serializers.ValidationError("give status, assigned_to, triage_notes or several of them")
+        return attrs
+
+
+MAX_TRIAGE_IDS = 1000
+
+
+class _IdList(serializers.ListField):
+    """A list whose bad items are named by their place in it, as plain messages like
+    every other field's (DRF keys them by index in an object)."""
+
+    def run_child_validation(self, data: list[Any]) -> list[Any]:
+        try:
+            return super().run_child_validation(data)  # type: ignore[no-any-return]
+        except serializers.ValidationError as error:
+            if not isinstance(error.detail, dict):
+                raise
+            raise serializers.ValidationError(
+                [f"item {index}: {message}" for index, messages in error.detail.items() for message in messages]
+            ) from error
+
+
+class AnomaliesTriageSerializer(AnomalyTriageSerializer):
+    """One decision for many anomalies, each taken on its own merits."""
+
+    ids = _IdList(
+        child=WholeNumberField(),
+        allow_empty=False,
+        min_length=1,
+        max_length=MAX_TRIAGE_IDS,
+        help_text=f"The anomalies' ids, at most {MAX_TRIAGE_IDS}; an id given twice counts once.",
+        error_messages={
+            "empty": "give at least one anomaly id",
+            "min_length": "give at least one anomaly id",
+            "max_length": f"at most {MAX_TRIAGE_IDS} ids at once; send the rest in another request",
+            "not_a_list": "must be a list of anomaly ids",
+        },
+    )
+    mute_days = WholeNumberField(
+        required=False,
+        min_value=1,
+        max_value=MUTE_MAX_DAYS,
+        error_messages={
+            "min_value": f"a mute lasts 1 to {MUTE_MAX_DAYS} days",
+            "max_value": f"a mute lasts 1 to {MUTE_MAX_DAYS} days",
+        },
+        help_text=f"With status false_positive: mute the rule for each user concerned, 1 to {MUTE_MAX_DAYS} days.",
+    )
+    mute_reason = _text_field(help_text="Why the rule is muted; needed with mute_days.")
+    add_known_place = serializers.BooleanField(
+        required=False,
+        help_text="With status false_positive: the place of each unusual_location_login becomes one of its "
+        "user's known places.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        attrs = dict(attrs)
+        ids = list(dict.fromkeys(attrs.pop("ids")))
+        super().validate(attrs)
+        if "mute_reason" in attrs and "mute_days" not in attrs:
+            raise serializers.ValidationError({"mute_reason": ["comes with mute_days"]})
+        return {"ids": ids, **attrs}
+
+
+class _Changed(serializers.Serializer):
+    id = serializers.IntegerField()
+    change = serializers.CharField(help_text="What changed: the line written in the anomaly's history.")
+
+
+class _Refused(serializers.Serializer):
+    id = serializers.IntegerField()
+    field = serializers.CharField(
+        help_text="What it was refused on: id (no such anomaly), status, assigned_to or triage_notes "
+        "(nothing to change)."
+    )
+    reason = serializers.CharField()
+
+
+class _Mute(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = Mute
+        fields = ["id", "user_id", "anomaly_type", "until", "reason"]
+
+
+class _KnownPlace(serializers.ModelSerializer):  # type: ignore[type-arg]
+    class Meta:
+        model = UserLocation
+        fields = ["id", "user_id", "location"]
+
+
+class TriageResultSerializer(serializers.Serializer):
+    """What a bulk decision did: every id given is in `changed` or in `refused`."""
+
+    changed = _Changed(many=True)
+    refused = _Refused(many=True)
+    mutes = _Mute(many=True, help_text="The mutes added (mute_days).")
+    known_places = _KnownPlace(many=True, help_text="The places added to their users' known places.")
+    summary = serializers.CharField(help_text="The same in a sentence, as the admin says it.")

@@ -1,24 +1,28 @@
-"""HTTP doors of the query API, /metrics, /health and the emitter control: each parses its
-input, calls one selector or service and shapes the output (docs/design.md, "Query API")."""
+"""HTTP doors of the query API, triage, /metrics, /health and the emitter control: each
+parses its input, calls one selector or service and shapes the output (docs/design.md,
+"Query API")."""
 
 from __future__ import annotations
 
 import time
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, cast
 
 from django.conf import settings
+from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
 from rest_framework import generics
+from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import JSONParser
-from rest_framework.permissions import AllowAny
+from rest_framework.permissions import AllowAny, IsAuthenticated
 from rest_framework.request import Request
 from rest_framework.response import Response
 from rest_framework.views import APIView
 
 from anomalies_app.models import Anomaly
 from anomalies_app.selectors import anomaly_list, user_risk_score
+from anomalies_app.triage import TriageError, TriageResult, anomalies_triage
 from api.filters import (
     AnomalyFilter,
     FilterBackend,
@@ -27,11 +31,26 @@ from api.filters import (
     UserAnomalyFilter,
     UserSignalFilter,
     user_id_from_path,
+    whole_number_from_path,
 )
-from api.schema import AUTHENTICATED_ERRORS, BAD_BODY, BAD_PARAMETERS, UNSUPPORTED_MEDIA_TYPE, USER_ID_PATH_PARAMETER
+from api.permissions import CanTriage
+from api.schema import (
+    ANOMALY_ID_PATH_PARAMETER,
+    AUTHENTICATED_ERRORS,
+    BAD_BODY,
+    BAD_PARAMETERS,
+    BAD_TRIAGE,
+    CONFLICT,
+    FORBIDDEN,
+    NOT_FOUND,
+    UNSUPPORTED_MEDIA_TYPE,
+    USER_ID_PATH_PARAMETER,
+)
 from api.selectors import health_check, pipeline_metrics_recent
 from api.serializers import (
+    AnomaliesTriageSerializer,
     AnomalySerializer,
+    AnomalyTriageSerializer,
     EmitterBurstSerializer,
     EmitterConfigureSerializer,
     EmitterControlSerializer,
@@ -40,6 +59,7 @@ from api.serializers import (
     MetricsSerializer,
     RiskScoreSerializer,
     SignalSerializer,
+    TriageResultSerializer,
 )
 from emitter.selectors import EmitterControl
 from emitter.services import emitter_burst, emitter_configure
@@ -146,6 +166,89 @@ class UserAnomalyListView(AnomalyListView):
 
     def get_queryset(self) -> QuerySet[Anomaly, dict[str, Any]]:
         return AnomalySerializer.rows(anomaly_list(user_id=user_id_from_path(self.kwargs["user_id"])))
+
+
+def _triage(request: Request, *, anomaly_ids: list[int], asked: dict[str, Any]) -> TriageResult:
+    """The triage service with what the request asked; a request it refuses as a whole is
+    a 400 naming the field."""
+    try:
+        return anomalies_triage(anomaly_ids=anomaly_ids, by=cast(User, request.user), via="API", **asked)
+    except TriageError as error:
+        if error.field == "user":  # the user lost the permission since DRF checked it
+            raise PermissionDenied(error.message) from error
+        raise ValidationError({error.field: [error.message]}) from error
+
+
+class AnomalyView(APIView):
+    """Triage one anomaly: its status, assignee and notes; the anomaly as the lists show it."""
+
+    permission_classes = [IsAuthenticated, CanTriage]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        parameters=[ANOMALY_ID_PATH_PARAMETER],
+        request=AnomalyTriageSerializer,
+        responses={
+            200: AnomalySerializer,
+            400: BAD_TRIAGE,
+            403: FORBIDDEN,
+            404: NOT_FOUND,
+            409: CONFLICT,
+            415: UNSUPPORTED_MEDIA_TYPE,
+            **AUTHENTICATED_ERRORS,
+        },
+    )
+    def patch(self, request: Request, id: str) -> Response:  # `id`: the path is /anomalies/{id}
+        anomaly_id = whole_number_from_path("id", id)
+        asked = AnomalyTriageSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        result = _triage(request, anomaly_ids=[anomaly_id], asked=dict(asked.validated_data))
+        if anomaly_id in result.refused:
+            field, reason = result.refused_fields[anomaly_id], result.refused[anomaly_id]
+            if field == "id":
+                raise NotFound(f"no anomaly has the id {anomaly_id}")
+            return Response({field: [reason]}, status=409)
+        row = AnomalySerializer.rows(anomaly_list(anomaly_id=anomaly_id)).first()
+        if row is None:  # removed by retention since
+            raise NotFound(f"no anomaly has the id {anomaly_id}")
+        return Response(AnomalySerializer(row).data)
+
+
+class AnomaliesTriageView(APIView):
+    """One triage decision for many anomalies, each taken on its own merits: the answer
+    names every id as changed (with what changed) or refused (with why)."""
+
+    permission_classes = [IsAuthenticated, CanTriage]
+    parser_classes = [JSONParser]
+
+    @extend_schema(
+        request=AnomaliesTriageSerializer,
+        responses={
+            200: TriageResultSerializer,
+            400: BAD_TRIAGE,
+            403: FORBIDDEN,
+            415: UNSUPPORTED_MEDIA_TYPE,
+            **AUTHENTICATED_ERRORS,
+        },
+    )
+    def post(self, request: Request) -> Response:
+        asked = AnomaliesTriageSerializer(data=request.data)
+        asked.is_valid(raise_exception=True)
+        decision = dict(asked.validated_data)
+        anomaly_ids = decision.pop("ids")
+        result = _triage(request, anomaly_ids=anomaly_ids, asked=decision)
+        answer = {
+            "changed": [{"id": pk, "change": result.changed[pk]} for pk in anomaly_ids if pk in result.changed],
+            "refused": [
+                {"id": pk, "field": result.refused_fields[pk], "reason": result.refused[pk]}
+                for pk in anomaly_ids
+                if pk in result.refused
+            ],
+            "mutes": result.mutes,
+            "known_places": result.places,
+            "summary": result.summary(),
+        }
+        return Response(TriageResultSerializer(answer).data)
 
 
 class UserRiskView(APIView):

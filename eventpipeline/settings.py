@@ -290,6 +290,8 @@ SPECTACULAR_SETTINGS = {
         "A bad parameter gets 400 with a JSON object naming each bad parameter and the reasons."
     ),
     "VERSION": "1",
+    # One name for the statuses that the anomaly and both triage requests share.
+    "ENUM_NAME_OVERRIDES": {"AnomalyStatusEnum": "anomalies_app.models.AnomalyStatus"},
     "SERVE_INCLUDE_SCHEMA": False,
     "SERVE_PERMISSIONS": ["rest_framework.permissions.AllowAny"],
     # Swagger UI's files are served from this server: the UI must work with no CDN in reach.

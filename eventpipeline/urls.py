@@ -5,7 +5,9 @@ from django.urls import include, path
 from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
 
 from api.views import (
+    AnomaliesTriageView,
     AnomalyListView,
+    AnomalyView,
     EmitterBurstView,
     EmitterConfigureView,
     HealthView,
@@ -16,10 +18,13 @@ from api.views import (
     UserSignalListView,
 )
 
-# `<str:user_id>`: a user id that is not a number is a 400 naming it, not a 404.
+# `<str:user_id>`, `<str:id>`: an id that is not a number is a 400 naming it, not a 404.
+# "anomalies/triage" comes before "anomalies/<str:id>", which would take it too.
 urlpatterns = [
     path("signals", SignalListView.as_view(), name="signal-list"),
     path("anomalies", AnomalyListView.as_view(), name="anomaly-list"),
+    path("anomalies/triage", AnomaliesTriageView.as_view(), name="anomalies-triage"),
+    path("anomalies/<str:id>", AnomalyView.as_view(), name="anomaly"),
     path("users/<str:user_id>/signals", UserSignalListView.as_view(), name="user-signal-list"),
     path("users/<str:user_id>/anomalies", UserAnomalyListView.as_view(), name="user-anomaly-list"),
     path("users/<str:user_id>/risk", UserRiskView.as_view(), name="user-risk"),

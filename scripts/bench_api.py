@@ -7,6 +7,9 @@
 2. Starts the API as deployed (gunicorn, production settings) against it, with a token.
 3. Measures each endpoint with hey, a real HTTP load generator, at concurrency 1 and 16,
    after a warm-up: p50, p95 and requests/s. Any response other than 200 fails the bench.
+4. Measures the admin as an analyst uses it, one request at a time: the anomaly
+   changelist filtered, one anomaly, the page of an active user, and a bulk acknowledge
+   of 500 anomalies (put back afterwards).
 The table ends with one line per measurement scripts can read:
     endpoint=NAME concurrency=C p50_ms=X p95_ms=Y requests_per_s=Z
 Needs DATABASE_URL, REDIS_URL and KAFKA_BOOTSTRAP_SERVERS (make bench-api starts local ones).
@@ -31,6 +34,7 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import orjson
@@ -128,7 +132,15 @@ def anomaly_lines(now_ms: int) -> Iterator[str]:
         detected = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(detected_ms / 1000)) + f".{detected_ms % 1000:03d}+00"
         value = rule.threshold + 1 + rng.randrange(5)
         description = copy_text(describe(rule, value))
-        evidence = copy_text(orjson.dumps({"rule": {"threshold": rule.threshold}, "value": value}).decode())
+        # As detection writes it; the event ids are filled in from the user's signals after loading.
+        snapshot = {
+            "threshold": rule.threshold,
+            "window_seconds": rule.window_seconds,
+            "comparison": rule.comparison.value,
+            "severity": rule.severity,
+        }
+        window = {"window_start_ms": detected_ms - 60_000, "window_end_ms": detected_ms}
+        evidence = copy_text(orjson.dumps({"rule": snapshot, "value": value, **window, "event_ids": []}).decode())
         status = statuses[rng.randrange(len(statuses))]
         yield (
             f"{user_of(rng)}\t{rule.anomaly_type}\t{rule.severity}\t{description}\t{{}}\t{detected}\t{detected}\t"
@@ -159,9 +171,20 @@ def copy_lines(connection: psycopg.Connection, statement: str, lines: Iterator[s
             copy.write("".join(chunk))
 
 
+EVIDENCE_EVENTS_SQL = """
+UPDATE anomalies SET evidence = jsonb_set(evidence, '{event_ids}', coalesce((
+    SELECT jsonb_agg(recent.event_id::text) FROM (
+        SELECT event_id FROM signals WHERE signals.user_id = anomalies.user_id ORDER BY timestamp DESC LIMIT 5
+    ) AS recent
+), '[]'::jsonb))
+"""
+
+
 def dataset_load(database_url: str, *, reload: bool) -> None:
     """The rows of the bench, unless a previous run left exactly them."""
-    wanted = f"{SIGNALS} signals, {ANOMALIES} anomalies, {DEAD_LETTERS} dead letters, seed {SEED}"
+    wanted = (
+        f"{SIGNALS} signals, {ANOMALIES} anomalies with their evidence events, {DEAD_LETTERS} dead letters, seed {SEED}"
+    )
     with psycopg.connect(database_url, autocommit=True) as connection:
         connection.execute("CREATE TABLE IF NOT EXISTS bench_api_dataset (description text NOT NULL)")
         loaded = connection.execute("SELECT description FROM bench_api_dataset").fetchone()
@@ -192,6 +215,8 @@ def dataset_load(database_url: str, *, reload: bool) -> None:
             dead_letter_lines(now_ms),
             DEAD_LETTERS,
         )
+        print("  evidence: the latest five signals of each anomaly's user", flush=True)
+        connection.execute(EVIDENCE_EVENTS_SQL)
         connection.execute("VACUUM ANALYZE signals")
         connection.execute("VACUUM ANALYZE anomalies")
         connection.execute("VACUUM ANALYZE dead_letters")
@@ -259,8 +284,8 @@ def hey(url: str, token: str, *, requests: int, concurrency: int) -> tuple[float
     return statistics.median(seconds) * 1000, p95 * 1000, len(rows) / elapsed
 
 
-def serve(database_url: str, port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
-    env = {
+def server_environment(database_url: str, **settings: str) -> dict[str, str]:
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "DEBUG": "false",
@@ -271,6 +296,16 @@ def serve(database_url: str, port: int, log: Path, **settings: str) -> subproces
         "LOG_LEVEL": "WARNING",
         **settings,
     }
+
+
+def static_collect(database_url: str) -> None:
+    """The admin's static files, hashed as deployed (its pages fail without them)."""
+    command = [sys.executable, "manage.py", "collectstatic", "--noinput", "--verbosity", "0"]
+    subprocess.run(command, cwd=REPO, env=server_environment(database_url), check=True)
+
+
+def serve(database_url: str, port: int, log: Path, **settings: str) -> subprocess.Popen[bytes]:
+    env = server_environment(database_url, **settings)
     # As the Dockerfile and docker-compose.yml run it.
     workers = os.environ.get("GUNICORN_WORKERS", "3")
     command = [sys.executable, "-m", "gunicorn", "eventpipeline.wsgi", "-b", f"127.0.0.1:{port}", "-w", workers]
@@ -380,7 +415,119 @@ def measure_once(database_url: str, token: str, port: int, log: Path, *, request
     return results
 
 
-def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]:
+ADMIN = "/admin/anomalies_app/anomaly/"
+BULK = 500  # anomalies per bulk action
+
+
+def admin_analyst() -> tuple[str, str]:
+    """An analyst (group `analysts`) to measure the admin as analysts use it."""
+    from django.contrib.auth.models import Group, User
+
+    password = uuid.uuid4().hex
+    user, _ = User.objects.get_or_create(username="bench-analyst", defaults={"is_staff": True})
+    user.set_password(password)
+    user.save()
+    user.groups.add(Group.objects.get(name="analysts"))
+    return user.username, password
+
+
+def admin_session(base: str, username: str, password: str) -> Any:
+    """A logged-in browser session. The production settings mark cookies Secure; the
+    bench talks plain HTTP to 127.0.0.1, so it sends them anyway."""
+    import requests
+
+    class PlainHttpSession(requests.Session):
+        def request(self, *args: Any, **kwargs: Any) -> Any:
+            response = super().request(*args, **kwargs)
+            for cookie in self.cookies:
+                cookie.secure = False
+            return response
+
+    session = PlainHttpSession()
+    login = session.get(f"{base}/admin/login/", timeout=30)
+    token = login.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    answer = session.post(
+        f"{base}/admin/login/?next=/admin/",
+        data={"csrfmiddlewaretoken": token, "username": username, "password": password},
+        allow_redirects=False,
+        timeout=30,
+    )
+    if answer.status_code != 302:
+        raise SystemExit(f"bench-api: the admin login failed ({answer.status_code})")
+    return session
+
+
+def admin_pages() -> dict[str, str]:
+    from anomalies_app.models import Anomaly
+
+    anomaly = Anomaly.objects.filter(user_id=HEAVY_USER).order_by("-id").values_list("id", flat=True)[0]
+    return {
+        "admin: anomalies new+high": f"{ADMIN}?status__exact=new&severity__exact=high",
+        "admin: anomalies of a user": f"{ADMIN}?q={HEAVY_USER}",
+        "admin: one anomaly": f"{ADMIN}{anomaly}/change/",
+        "admin: user page (active user)": f"{ADMIN}user/{HEAVY_USER}/",
+    }
+
+
+def percentiles(seconds: list[float]) -> tuple[float, float, float]:
+    """(p50 ms, p95 ms, requests/s) of requests made one after another."""
+    p95 = statistics.quantiles(sorted(seconds), n=20, method="inclusive")[-1]
+    return statistics.median(seconds) * 1000, p95 * 1000, len(seconds) / sum(seconds)
+
+
+def admin_measure_once(database_url: str, port: int, log: Path, *, requests: int, bulk_runs: int) -> list[Measurement]:
+    """The admin pages an analyst uses most, and a bulk acknowledge of BULK anomalies, one
+    request at a time (an analyst is one person). The anomalies acknowledged are put back."""
+    from django.contrib.admin.models import LogEntry
+    from django.db import connection
+
+    from anomalies_app.models import Anomaly
+
+    base = f"http://127.0.0.1:{port}"
+    username, password = admin_analyst()
+    server = serve(database_url, port, log)
+    results = []
+    acknowledged: list[int] = []
+    try:
+        session = admin_session(base, username, password)
+        for name, path in admin_pages().items():
+            seconds = []
+            for attempt in range(5 + requests):
+                started = time.perf_counter()
+                answer = session.get(f"{base}{path}", timeout=60)
+                if answer.status_code != 200:
+                    raise SystemExit(f"bench-api: {path} answered {answer.status_code}")
+                if attempt >= 5:  # the first five warm up
+                    seconds.append(time.perf_counter() - started)
+            results.append(Measurement(name, 1, *percentiles(seconds)))
+        seconds = []
+        token = session.cookies.get("csrftoken")
+        for _ in range(bulk_runs):
+            ids = list(Anomaly.objects.filter(status="new").order_by("id").values_list("id", flat=True)[:BULK])
+            started = time.perf_counter()
+            answer = session.post(
+                f"{base}{ADMIN}",
+                data={"action": "acknowledge", "index": "0", "_selected_action": ids, "csrfmiddlewaretoken": token},
+                headers={"Referer": f"{base}{ADMIN}"},
+                allow_redirects=False,
+                timeout=60,
+            )
+            seconds.append(time.perf_counter() - started)
+            acknowledged += ids
+            if answer.status_code != 302 or Anomaly.objects.filter(id__in=ids, status="new").exists():
+                raise SystemExit(f"bench-api: the bulk action answered {answer.status_code} and left anomalies new")
+        results.append(Measurement(f"admin: acknowledge {BULK}", 1, *percentiles(seconds)))
+    finally:
+        stop(server)
+        Anomaly.objects.filter(id__in=acknowledged).update(
+            status="new", assigned_to=None, triaged_at=None, triaged_by=None
+        )
+        LogEntry.objects.filter(user__username=username).delete()
+        connection.close()
+    return results
+
+
+def measure(database_url: str, *, requests: int, runs: int, parts: str = "all") -> list[Measurement]:
     """The median of `runs` runs, each figure on its own."""
     port = int(os.environ.get("BENCH_API_PORT", "8099"))
     log = REPO / ".data" / "bench" / "logs" / "bench-api.log"
@@ -388,7 +535,10 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
     token = token_make()
     every: list[list[Measurement]] = []
     for run in range(1, runs + 1):
-        every.append(measure_once(database_url, token, port, log, requests=requests))
+        measured = measure_once(database_url, token, port, log, requests=requests) if parts != "admin" else []
+        if parts != "api":
+            measured += admin_measure_once(database_url, port, log, requests=40, bulk_runs=10)
+        every.append(measured)
         print(f"run {run} of {runs} done", flush=True)
     results = [
         Measurement(
@@ -403,7 +553,10 @@ def measure(database_url: str, *, requests: int, runs: int) -> list[Measurement]
         )
         for same in zip(*every, strict=True)  # one measurement, as each run made it
     ]
-    print(f"median of {runs} runs; {requests} requests at concurrency 1, {requests * 4} at 16")
+    print(
+        f"median of {runs} runs; {requests} requests at concurrency 1, {requests * 4} at 16; "
+        f"admin: 40 requests per page and 10 bulk actions, one at a time"
+    )
     print("CPU ms per request at concurrency 16: " + ", ".join(CPU_PARTS))
     print(f"{'endpoint':32} {'c':>3} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>8}  CPU ms per request")
     for m in results:
@@ -424,6 +577,9 @@ def main() -> None:
     parser.add_argument("--load-only", action="store_true", help="load the dataset and stop")
     parser.add_argument("--requests", type=int, default=200, help="per endpoint at concurrency 1 (4x that at 16)")
     parser.add_argument("--runs", type=int, default=3, help="the figures are the medians of this many runs")
+    parser.add_argument(
+        "--only", choices=["api", "admin"], help="measure only the query API, or only the admin (default both)"
+    )
     args = parser.parse_args()
     if not shutil.which("hey"):
         raise SystemExit("bench-api: hey is missing (Debian package 'hey'; make bench-api installs it as root)")
@@ -432,7 +588,8 @@ def main() -> None:
     dataset_load(database_url, reload=args.reload)
     if args.load_only:
         return
-    measure(database_url, requests=args.requests, runs=args.runs)
+    static_collect(database_url)
+    measure(database_url, requests=args.requests, runs=args.runs, parts=args.only or "all")
 
 
 if __name__ == "__main__":

@@ -9,12 +9,14 @@ from django.db.models import QuerySet
 from django.http import HttpRequest
 
 from signals_app.models import DeadLetter, Signal
+from signals_app.paging import CappedCountPaginator
 from signals_app.selectors import search_term_parse
 from signals_app.services import dead_letters_replay
 
 
 @admin.register(Signal)
 class SignalAdmin(admin.ModelAdmin):
+    paginator = CappedCountPaginator  # counts no more than it shows
     list_display = ["id", "user_id", "type", "timestamp", "created_at"]
     list_filter = ["type"]
     search_fields = ["=user_id", "=event_id"]

@@ -386,6 +386,33 @@ def test_the_signal_list_searches_on_its_indexes(client: Client, ana: User) -> N
     assert f"/admin/signals_app/signal/{signal.pk}/change/" in by_event
 
 
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/admin/signals_app/signal/",
+        "/admin/signals_app/signal/?type__exact=login",
+        "/admin/signals_app/signal/?q=77",
+        f"{ADMIN}",
+        f"{ADMIN}?status__exact=new&severity__exact=high",
+        "/admin/anomalies_app/userlocation/",
+    ],
+)
+def test_large_lists_count_no_more_than_they_show(
+    client: Client, ana: User, path: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("signals_app.paging.COUNT_CAP", 3)
+    for at in range(5):
+        signal_create(user_id=77, signal_type="login", timestamp=T0 + at)
+        anomaly_create(user_id=77, severity="high")
+        UserLocation.objects.create(user_id=77, location=f"place {at}", first_seen_ms=T0, first_event_id=uuid.uuid4())
+    with CaptureQueriesContext(connection) as queries:
+        page = text(client.get(path))
+    counts = [q["sql"] for q in queries.captured_queries if "COUNT(" in q["sql"].upper()]
+    assert counts, "the paginator counted something"
+    assert all("LIMIT 4" in sql for sql in counts), counts
+    assert "more than 3 " in page, "past the cap the list says so"
+
+
 def explain_without_seqscan(queryset: Any) -> str:
     """The plan PostgreSQL picks when a sequential scan is the last resort (the test tables
     are too small for it to prefer an index on its own)."""
@@ -517,7 +544,8 @@ def test_mutes_are_added_listed_filtered_and_ended_never_deleted(client: Client,
     response = act(client, "end_now", [mute, other], url=url)
     assert shown_messages(response) == [("warning", f"1 ended, 1 left as they were (mute {mute.pk}: ended already).")]
     assert client.post(f"{url}{other.pk}/delete/", {"post": "yes"}).status_code == 403
-    assert Mute.objects.count() == 2
+    assert client.post(f"{url}{other.pk}/change/", {"reason": "edited"}).status_code == 403
+    assert Mute.objects.count() == 2 and Mute.objects.get(pk=other.pk).reason == "other"
     assert "ended early (admin)" in text(client.get(f"{url}{mute.pk}/history/"))
 
 

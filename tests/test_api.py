@@ -15,7 +15,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from django.contrib.auth.models import User
+from django.contrib.admin.models import LogEntry
+from django.contrib.auth.models import Group, Permission, User
 from django.core.cache import cache
 from django.db import connection
 from django.test.utils import CaptureQueriesContext
@@ -23,7 +24,7 @@ from django.utils import timezone
 from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 
-from anomalies_app.models import Anomaly
+from anomalies_app.models import Anomaly, Mute, UserLocation
 from signals_app.models import Signal
 from tests.conftest import REPO, free_port, wait_for
 from tests.factories import anomaly_create, dead_letter_create, signal_create
@@ -249,6 +250,7 @@ def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> Non
         original_signal_data={"type": "login"},
         assigned_to=user,
         triaged_at=timezone.now(),
+        triaged_by=user,
     )
     anomaly.refresh_from_db()
 
@@ -259,6 +261,9 @@ def test_list_rows_are_what_drf_itself_writes(api: APIClient, user: User) -> Non
 
     class DRFAnomaly(serializers.ModelSerializer):  # type: ignore[type-arg]
         assigned_to: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
+            slug_field="username", read_only=True
+        )
+        triaged_by: serializers.SlugRelatedField[Any] = serializers.SlugRelatedField(
             slug_field="username", read_only=True
         )
 
@@ -320,6 +325,40 @@ def test_user_anomalies(api: APIClient, anomalies: list[Anomaly]) -> None:
     assert ids(get(api, "/users/42/anomalies", severity="high")) == [
         a.id for a in reversed(anomalies) if a.user_id == 42 and a.severity == "high"
     ]
+
+
+@pytest.fixture
+def suppressed() -> list[Anomaly]:
+    """Anomalies of user 42 recorded while a mute was on, between those of the `anomalies` fixture."""
+    mute = Mute.objects.create(user_id=42, anomaly_type="high_value_purchase", until=timezone.now(), reason="test")
+    return [
+        anomaly_create(
+            user_id=42,
+            suppressed=True,
+            suppressed_by=mute,
+            status=status,
+            detection_timestamp=timezone.now() - timedelta(minutes=minutes),
+        )
+        for minutes, status in [(25, "new"), (5, "acknowledged")]
+    ]
+
+
+def test_suppressed_anomalies_are_left_out_unless_asked_for(
+    api: APIClient, anomalies: list[Anomaly], suppressed: list[Anomaly]
+) -> None:
+    shown = [a.id for a in reversed(anomalies)]
+    assert ids(get(api, "/anomalies")) == shown
+    assert ids(get(api, "/anomalies", suppressed="false")) == shown
+    assert ids(get(api, "/anomalies", cursor="")) == shown
+    assert ids(get(api, "/anomalies", suppressed="true")) == [suppressed[1].id, suppressed[0].id]
+    assert ids(get(api, "/anomalies", status="new")) == [a.id for a in reversed(anomalies) if a.status == "new"]
+    assert ids(get(api, "/anomalies", status="new", suppressed="true")) == [suppressed[0].id]
+    assert ids(get(api, "/users/42/anomalies")) == [a.id for a in reversed(anomalies) if a.user_id == 42]
+    assert ids(get(api, "/users/42/anomalies", suppressed="true")) == [suppressed[1].id, suppressed[0].id]
+    assert ids(get(api, "/users/7/anomalies", suppressed="true")) == []
+    rows = get(api, "/anomalies", suppressed="true")["results"]
+    assert [row["suppressed"] for row in rows] == [True, True]
+    assert {row["suppressed"] for row in get(api, "/anomalies")["results"]} == {False}
 
 
 def test_risk_is_the_sql_functions_row(api: APIClient, anomalies: list[Anomaly], signals: list[Signal]) -> None:
@@ -476,6 +515,8 @@ def test_rows_added_while_walking_do_not_shift_a_cursor_walk(api: APIClient, man
         ("/anomalies?anomaly_type=fraud", "anomaly_type", "Select a valid choice. fraud is not one of"),
         ("/anomalies?status=closed", "status", "Select a valid choice. closed is not one of"),
         ("/anomalies?user_id=x", "user_id", "must be a whole number"),
+        ("/anomalies?suppressed=yes", "suppressed", "must be true or false"),
+        ("/users/7/anomalies?suppressed=1", "suppressed", "must be true or false"),
         ("/anomalies?ordering=severity", "ordering", "must be one of detection_timestamp, -detection_timestamp"),
         ("/users/abc/signals", "user_id", "must be a whole number"),
         ("/users/abc/anomalies", "user_id", "must be a whole number"),
@@ -601,11 +642,322 @@ def test_a_report_is_computed_once_per_cache_period_for_every_process(api: APICl
     cache.delete("metrics-report:2")
 
 
+def test_metrics_leave_out_suppressed_anomalies(api: APIClient) -> None:
+    mute = Mute.objects.create(user_id=20, anomaly_type="high_value_purchase", until=timezone.now(), reason="test")
+    anomaly_create(user_id=21, severity="high")
+    for _ in range(3):
+        anomaly_create(user_id=20, severity="low", suppressed=True, suppressed_by=mute)
+    anomalies = get(api, "/metrics", hours=1)["anomalies"]
+    assert (anomalies["total"], anomalies["by_severity"]) == (1, {"low": 0, "medium": 0, "high": 1})
+    assert anomalies["by_type"]["high_value_purchase"] == 1
+    assert anomalies["by_status"]["new"] == 1
+    body = get(api, "/metrics", hours=1)
+    assert body["top_users"]["by_anomalies"] == [{"user_id": 21, "anomalies": 1}]
+    assert sum(hour["anomalies"] for hour in body["by_hour"]) == 1
+
+
 def test_metrics_of_an_empty_period(api: APIClient) -> None:
     body = get(api, "/metrics", hours=1)
     assert body["signals"]["total"] == 0
     assert body["anomalies"]["per_1000_signals"] is None
     assert body["top_users"] == {"by_signals": [], "by_anomalies": []}
+
+
+# --- triage: PATCH /anomalies/{id}, POST /anomalies/triage ------------------------------
+@pytest.fixture
+def ana() -> User:
+    """An analyst: in the analysts group, which gives the triage permission."""
+    analyst = User.objects.create_user("ana", password="a-long-enough-password")
+    analyst.groups.add(Group.objects.get(name="analysts"))
+    return analyst
+
+
+@pytest.fixture
+def triage_api(ana: User) -> APIClient:
+    client = APIClient()
+    client.credentials(HTTP_AUTHORIZATION=f"Token {Token.objects.create(user=ana).key}")
+    return client
+
+
+# Stand-ins in parametrized bodies for ids known only once the test runs.
+ANA_ID, PLAIN_USER_ID = "<ana's id>", "<the id of a user who may not triage>"
+
+
+def patch(client: APIClient, anomaly_id: int | str, body: Any) -> Any:
+    # json.dumps escapes what DRF's test renderer would fail to encode (a lone surrogate).
+    return client.patch(f"/anomalies/{anomaly_id}", json.dumps(body), content_type="application/json")
+
+
+def bulk(client: APIClient, body: Any) -> Any:
+    return client.post("/anomalies/triage", json.dumps(body), content_type="application/json")
+
+
+def with_ids(body: Any, **ids: int) -> Any:
+    """`body` with the stand-ins ANA_ID and PLAIN_USER_ID replaced by these ids."""
+    if not isinstance(body, dict):
+        return body
+    stand_ins = {ANA_ID: ids["ana"], PLAIN_USER_ID: ids["plain"]}
+    return {key: stand_ins.get(value, value) if isinstance(value, str) else value for key, value in body.items()}
+
+
+def history(anomaly: Anomaly) -> list[str]:
+    return list(
+        LogEntry.objects.filter(object_id=str(anomaly.pk), content_type__model="anomaly")
+        .order_by("id")
+        .values_list("change_message", flat=True)
+    )
+
+
+def test_patch_triages_an_anomaly_and_answers_it_as_the_list_shows_it(triage_api: APIClient, ana: User) -> None:
+    anomaly = anomaly_create(user_id=5)
+    response = patch(triage_api, anomaly.pk, {"status": "acknowledged", "triage_notes": "calling the user"})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert body == get(triage_api, "/users/5/anomalies")["results"][0]
+    assert (body["id"], body["status"], body["triage_notes"]) == (anomaly.pk, "acknowledged", "calling the user")
+    assert (body["assigned_to"], body["triaged_by"], body["suppressed"]) == ("ana", "ana", False)
+    anomaly.refresh_from_db()
+    assert (anomaly.status, anomaly.assigned_to, anomaly.triaged_by) == ("acknowledged", ana, ana)
+    assert anomaly.triaged_at is not None and body["triaged_at"] is not None
+    assert history(anomaly) == ["status: new → acknowledged; assigned to: nobody → ana; notes changed (API)"]
+
+
+def test_patch_assigns_to_an_analyst_by_id_and_unassigns_with_null(triage_api: APIClient, ana: User) -> None:
+    bob = User.objects.create_user("bob")
+    bob.groups.add(Group.objects.get(name="analysts"))
+    anomaly = anomaly_create()
+    assert patch(triage_api, anomaly.pk, {"assigned_to": bob.pk}).json()["assigned_to"] == "bob"
+    response = patch(triage_api, anomaly.pk, {"assigned_to": None})
+    assert (response.status_code, response.json()["assigned_to"]) == (200, None)
+    anomaly.refresh_from_db()
+    assert (anomaly.assigned_to, anomaly.status) == (None, "new")
+    assert history(anomaly) == ["assigned to: nobody → bob (API)", "assigned to: bob → nobody (API)"]
+
+
+@pytest.mark.parametrize(
+    ("status", "body", "expected"),
+    [
+        (
+            "false_positive",
+            {"status": "resolved"},
+            {"status": ["false positive: reopen it (acknowledge) before marking it resolved"]},
+        ),
+        ("acknowledged", {"status": "acknowledged", "triage_notes": "again"}, {"status": ["already acknowledged"]}),
+        ("acknowledged", {"status": "new"}, {"status": ["an anomaly someone has looked at cannot be new again"]}),
+        (
+            "resolved",
+            {"assigned_to": ANA_ID},
+            {"assigned_to": ["resolved: reopen it (acknowledge) before assigning it"]},
+        ),
+        ("new", {"assigned_to": None}, {"assigned_to": ["not assigned to anyone"]}),
+        ("new", {"triage_notes": ""}, {"triage_notes": ["nothing to change"]}),
+    ],
+)
+def test_a_decision_that_makes_no_sense_for_the_anomaly_is_a_409_naming_the_field(
+    triage_api: APIClient, ana: User, status: str, body: dict[str, Any], expected: dict[str, list[str]]
+) -> None:
+    anomaly = anomaly_create(status=status)
+    response = patch(triage_api, anomaly.pk, with_ids(body, ana=ana.pk, plain=0))
+    assert (response.status_code, response.json()) == (409, expected)
+    anomaly.refresh_from_db()
+    assert (anomaly.status, anomaly.triaged_by, anomaly.triage_notes) == (status, None, ""), "nothing changed"
+    assert history(anomaly) == []
+
+
+def test_patch_of_no_such_anomaly_is_a_404_and_a_bad_id_a_400(triage_api: APIClient) -> None:
+    missing = anomaly_create().pk + 1000
+    response = patch(triage_api, missing, {"status": "acknowledged"})
+    assert (response.status_code, response.json()) == (404, {"detail": f"no anomaly has the id {missing}"})
+    for bad, reason in [("abc", "must be a whole number"), ("9223372036854775808", "must be at most")]:
+        response = patch(triage_api, bad, {"status": "acknowledged"})
+        assert response.status_code == 400
+        assert response.json()["id"][0].startswith(reason)
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"status": "closed"}, "status", "must be one of new, acknowledged, resolved, false_positive; got 'closed'"),
+        ({"assigned_to": 2_000_000_000}, "assigned_to", "no user has the id 2000000000"),
+        ({"assigned_to": 2**62}, "assigned_to", f"no user has the id {2**62}"),
+        ({"assigned_to": "ana"}, "assigned_to", "must be a whole number"),
+        ({"assigned_to": "12"}, "assigned_to", "must be a whole number"),
+        ({"assigned_to": True}, "assigned_to", "must be a whole number"),
+        ({"assigned_to": 1.5}, "assigned_to", "must be a whole number"),
+        ({"assigned_to": PLAIN_USER_ID}, "assigned_to", "analyst may not triage anomalies, so cannot be assigned one"),
+        ({"triage_notes": None}, "triage_notes", "This field may not be null."),
+        ({"triage_notes": "nul \x00"}, "triage_notes", "Null characters are not allowed."),
+        ({"triage_notes": "\ud800"}, "triage_notes", "must be text that UTF-8 can encode"),
+        ({"severity": "low", "status": "resolved"}, "severity", "is read-only"),
+        ({"colour": "red"}, "colour", "is not a field of this request"),
+        ({}, "non_field_errors", "give status, assigned_to, triage_notes or several of them"),
+        ([1, 2], "non_field_errors", "Invalid data. Expected a dictionary, but got list."),
+    ],
+)
+def test_a_bad_triage_request_is_a_400_naming_the_field_and_changes_nothing(
+    triage_api: APIClient, user: User, body: Any, field: str, reason: str
+) -> None:
+    anomaly = anomaly_create()
+    body = with_ids(body, ana=0, plain=user.pk)  # the `user` fixture has no triage permission
+    response = patch(triage_api, anomaly.pk, body)
+    assert response.status_code == 400, response.content
+    assert response.json()[field][0].startswith(reason), response.json()
+    if isinstance(body, dict):
+        response = bulk(triage_api, {"ids": [anomaly.pk], **body})
+        assert response.status_code == 400, response.content
+        assert response.json()[field][0].startswith(reason), response.json()
+    anomaly.refresh_from_db()
+    assert (anomaly.status, anomaly.triaged_at, anomaly.triage_notes) == ("new", None, "")
+
+
+def test_every_bad_field_is_named_at_once(triage_api: APIClient) -> None:
+    response = patch(triage_api, anomaly_create().pk, {"status": "closed", "severity": "low", "colour": "red"})
+    assert response.status_code == 400
+    assert set(response.json()) == {"status", "severity", "colour"}
+
+
+def test_a_triage_body_must_be_json(triage_api: APIClient) -> None:
+    anomaly = anomaly_create()
+    response = triage_api.patch(f"/anomalies/{anomaly.pk}", "status=resolved", content_type="text/plain")
+    assert response.status_code == 415
+    response = triage_api.post("/anomalies/triage", "{not json", content_type="application/json")
+    assert response.status_code == 400 and "JSON parse error" in response.json()["detail"]
+
+
+def test_triage_needs_the_permission_403_and_a_user_401(api: APIClient) -> None:
+    """`api` is a user in no group, without the triage permission."""
+    anomaly = anomaly_create()
+    for client, status, detail in [
+        (api, 403, "you may not triage anomalies: that takes the permission anomalies_app.triage_anomaly"),
+        (APIClient(), 401, "Authentication credentials were not provided."),
+    ]:
+        for response in (
+            patch(client, anomaly.pk, {"status": "resolved"}),
+            bulk(client, {"ids": [anomaly.pk], "status": "resolved"}),
+            patch(client, anomaly.pk + 1000, {"status": "resolved"}),  # no such anomaly: still 403 / 401
+        ):
+            assert response.status_code == status, response.content
+            assert response.json()["detail"].startswith(detail)
+    anomaly.refresh_from_db()
+    assert (anomaly.status, history(anomaly)) == ("new", [])
+
+
+def test_a_user_given_the_permission_itself_may_triage(api: APIClient, user: User) -> None:
+    user.user_permissions.add(Permission.objects.get(codename="triage_anomaly"))
+    anomaly = anomaly_create()
+    assert patch(api, anomaly.pk, {"status": "resolved"}).status_code == 200
+
+
+def test_bulk_triage_changes_what_it_can_and_names_every_refusal(triage_api: APIClient, ana: User) -> None:
+    fresh, seen, closed = (
+        anomaly_create(),
+        anomaly_create(status="acknowledged"),
+        anomaly_create(status="false_positive"),
+    )
+    missing = closed.pk + 1000
+    ids = [closed.pk, fresh.pk, missing, seen.pk, fresh.pk]  # fresh twice: counted once
+    response = bulk(triage_api, {"ids": ids, "status": "resolved", "triage_notes": "batch 7"})
+    assert response.status_code == 200, response.content
+    assert response.json() == {
+        "changed": [
+            {"id": fresh.pk, "change": "status: new → resolved; assigned to: nobody → ana; notes changed"},
+            {"id": seen.pk, "change": "status: acknowledged → resolved; assigned to: nobody → ana; notes changed"},
+        ],
+        "refused": [
+            {
+                "id": closed.pk,
+                "field": "status",
+                "reason": "false positive: reopen it (acknowledge) before marking it resolved",
+            },
+            {"id": missing, "field": "id", "reason": "no such anomaly"},
+        ],
+        "mutes": [],
+        "known_places": [],
+        "summary": "2 changed, 2 left as they were (1 false positive: reopen it (acknowledge) before marking it "
+        "resolved; 1 no such anomaly).",
+    }
+    assert dict(Anomaly.objects.filter(pk__in=ids).values_list("id", "status")) == {
+        fresh.pk: "resolved",
+        seen.pk: "resolved",
+        closed.pk: "false_positive",
+    }
+    assert history(fresh) == ["status: new → resolved; assigned to: nobody → ana; notes changed (API)"]
+    assert history(closed) == []
+
+
+def test_bulk_false_positive_mutes_the_rule_and_adds_known_places(triage_api: APIClient, ana: User) -> None:
+    lisbon = anomaly_create(user_id=7, anomaly_type="unusual_location_login", episode_key="Lisbon, PT")
+    porto = anomaly_create(user_id=7, anomaly_type="unusual_location_login", episode_key="Porto, PT")
+    purchase = anomaly_create(user_id=8)
+    response = bulk(
+        triage_api,
+        {
+            "ids": [lisbon.pk, porto.pk, purchase.pk],
+            "status": "false_positive",
+            "mute_days": 7,
+            "mute_reason": "travels for work",
+            "add_known_place": True,
+        },
+    )
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [row["id"] for row in body["changed"]] == [lisbon.pk, porto.pk, purchase.pk]
+    assert body["refused"] == []
+    mutes = {(mute.user_id, mute.anomaly_type): mute for mute in Mute.objects.all()}
+    assert set(mutes) == {(7, "unusual_location_login"), (8, "high_value_purchase")}
+    assert all(mute.reason == "travels for work" and mute.created_by == ana for mute in mutes.values())
+    assert sorted((m["user_id"], m["anomaly_type"], m["reason"]) for m in body["mutes"]) == [
+        (7, "unusual_location_login", "travels for work"),
+        (8, "high_value_purchase", "travels for work"),
+    ]
+    muted = mutes[(8, "high_value_purchase")]
+    answered = next(m for m in body["mutes"] if m["user_id"] == 8)
+    assert (answered["id"], answered["until"]) == (muted.pk, muted.until.isoformat().replace("+00:00", "Z"))
+    assert timedelta(days=7) - timedelta(minutes=1) < muted.until - timezone.now() <= timedelta(days=7)
+    assert sorted((p["user_id"], p["location"]) for p in body["known_places"]) == [(7, "Lisbon, PT"), (7, "Porto, PT")]
+    assert UserLocation.objects.filter(user_id=7, added_by=ana).count() == 2
+    assert "unusual_location_login muted for user 7 until" in body["changed"][0]["change"]
+    assert "Lisbon, PT added to the user's known places" in history(lisbon)[0]
+    assert history(lisbon)[0].endswith("(API)")
+    assert body["summary"] == "3 changed, 2 mutes added, 2 known places added."
+
+
+@pytest.mark.parametrize(
+    ("body", "field", "reason"),
+    [
+        ({"ids": list(range(1, 1002)), "status": "resolved"}, "ids", "at most 1000 ids at once"),
+        ({"ids": [], "status": "resolved"}, "ids", "give at least one anomaly id"),
+        ({"ids": 5, "status": "resolved"}, "ids", "must be a list of anomaly ids"),
+        ({"ids": [1, "2", 3.5], "status": "resolved"}, "ids", "item 1: must be a whole number"),
+        ({"status": "resolved"}, "ids", "This field is required."),
+        ({"ids": [1], "status": "resolved", "mute_days": 7, "mute_reason": "x"}, "mute_days", "comes with marking"),
+        (
+            {"ids": [1], "status": "false_positive", "mute_days": 0, "mute_reason": "x"},
+            "mute_days",
+            "a mute lasts 1 to 365 days",
+        ),
+        ({"ids": [1], "status": "false_positive", "mute_days": 7}, "mute_reason", "say why the rule is muted"),
+        ({"ids": [1], "status": "false_positive", "mute_reason": "x"}, "mute_reason", "comes with mute_days"),
+        ({"ids": [1], "status": "resolved", "add_known_place": True}, "add_known_place", "comes with marking"),
+        ({"ids": [1], "mute_days": 3}, "non_field_errors", "give status, assigned_to, triage_notes"),
+    ],
+)
+def test_a_bad_bulk_request_is_a_400_naming_the_field(
+    triage_api: APIClient, body: dict[str, Any], field: str, reason: str
+) -> None:
+    response = bulk(triage_api, body)
+    assert response.status_code == 400, response.content
+    assert response.json()[field][0].startswith(reason), response.json()
+    assert not Mute.objects.exists()
+
+
+def test_a_thousand_ids_are_taken_at_once(triage_api: APIClient) -> None:
+    first = anomaly_create().pk
+    response = bulk(triage_api, {"ids": list(range(first, first + 1000)), "status": "acknowledged"})
+    assert response.status_code == 200, response.content
+    body = response.json()
+    assert [row["id"] for row in body["changed"]] == [first]
+    assert len(body["refused"]) == 999
 
 
 # --- docs and the browsable API ---------------------------------------------------------
@@ -623,7 +975,15 @@ def test_the_schema_describes_every_endpoint() -> None:
         "/health",
         "/emitter/configure",
         "/emitter/burst",
+        "/anomalies/{id}",
+        "/anomalies/triage",
     }
+    assert set(paths["/anomalies/{id}"]) == {"patch"} and set(paths["/anomalies/triage"]) == {"post"}
+    for operation in (paths["/anomalies/{id}"]["patch"], paths["/anomalies/triage"]["post"]):
+        assert {"200", "400", "401", "403", "415", "429"} <= set(operation["responses"])
+        assert "requestBody" in operation
+    assert {"404", "409"} <= set(paths["/anomalies/{id}"]["patch"]["responses"])
+    assert "suppressed" in {p["name"] for p in paths["/anomalies"]["get"]["parameters"]}
     parameters = {p["name"] for p in paths["/signals"]["get"]["parameters"]}
     assert parameters == {
         "user_id",

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 import schemathesis
-from django.contrib.auth.models import User
+from django.contrib.auth.models import Group, User
 from django.core.signals import request_finished, request_started
 from django.core.wsgi import get_wsgi_application
 from django.db import close_old_connections
@@ -53,19 +53,23 @@ def requests_keep_the_test_transaction(settings: Any) -> Iterator[None]:
 
 @pytest.fixture
 def token() -> str:
-    """A user, and rows of every kind for the lists to return (one anomaly triaged)."""
+    """An analyst, who may triage, and rows of every kind for the lists to return (one
+    anomaly triaged, one suppressed)."""
     analyst = User.objects.create_user("schemathesis")
+    analyst.groups.add(Group.objects.get(name="analysts"))
     for n, signal_type in enumerate(["login", "purchase", "click", "api_call", "file_access"]):
         signal_create(user_id=n, signal_type=signal_type)
     anomaly_create(user_id=1)
     anomaly_create(user_id=2, severity="high", status="acknowledged", assigned_to=analyst, triage_notes="looked")
+    anomaly_create(user_id=3, suppressed=True)
     dead_letter_create(offset=1)
     return Token.objects.create(user=analyst).key
 
 
 @schema.parametrize()
-# The fixtures' rows are shared by every generated request on purpose: the API only reads
-# them (the emitter endpoints write to Redis only).
+# The fixtures' rows are shared by every generated request on purpose: the lists read them,
+# and the triage endpoints change them as an analyst would (the emitter endpoints write
+# to Redis only).
 @hypothesis_settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 def test_no_500_and_every_response_as_documented(case: Any, token: str) -> None:
     # /health answers a documented 503 here (no worker runs): any other 5xx is a failure.

@@ -101,6 +101,7 @@ COUNTERS = {
     "signals_produced_total",
     "events_processed_total",
     "anomalies_detected_total",
+    "anomalies_muted_total",
     "api_requests_total",
     "django_http_requests_total_by_view_transport_method_total",
 }
@@ -130,6 +131,7 @@ PIPELINE_METRICS = {
     "bridge_batches_in_flight",
     "bridge_paused",
     "anomalies_detected",
+    "anomalies_muted",
     "anomaly_detection_latency_seconds",
     "active_user_sessions",
 }
@@ -774,6 +776,7 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         ("in-flight batches", r"bridge_batches_in_flight"),
         ("bridge paused", r"bridge_paused"),
         ("anomalies/s by type", r"sum by \(anomaly_type\) \(rate\(anomalies_detected_total"),
+        ("muted findings by type", r"sum by \(anomaly_type\) \(rate\(anomalies_muted_total"),
         ("detection latency p95", r"histogram_quantile\(0\.95, .*anomaly_detection_latency_seconds_bucket"),
         ("API request rate", r"rate\(django_http_requests_total_by_view_transport_method_total"),
         ("API p95 latency", r"histogram_quantile\(0\.95, .*django_http_requests_latency_seconds_by_view_method_bucket"),

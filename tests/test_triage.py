@@ -3,12 +3,14 @@ detection does with mutes and known places (against real PostgreSQL, Redis and K
 
 from __future__ import annotations
 
+import io
 import json
 from datetime import timedelta
 from typing import Any
 
 import pytest
 from django.contrib.auth.models import Group, User
+from django.core.management import CommandError, call_command
 from django.utils import timezone
 
 from anomalies_app.models import Anomaly, AnomalyStatus, Mute, UserLocation
@@ -47,6 +49,7 @@ class TestTriage:
             done.pk: "false positive: reopen it (acknowledge) before marking it resolved",
             999_999: "no such anomaly",
         }
+        assert result.refused_fields == {done.pk: "status", 999_999: "id"}
         fresh.refresh_from_db()
         done.refresh_from_db()
         assert (fresh.status, fresh.triaged_by, fresh.assigned_to) == (RESOLVED, ana, ana)
@@ -253,3 +256,26 @@ def test_the_mute_book_rereads_after_its_period() -> None:
     assert loads == [0.0, 5.0]
     expired = MuteBook(refresh_seconds=5, load=load, clock=lambda: 0.0, wall_clock=lambda: 2_000.0)
     assert expired.mute_of(1, "high_value_purchase") is None, "a mute that ran out holds nothing back"
+
+
+@pytest.mark.django_db
+def test_create_analyst_makes_a_staff_user_in_the_group(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("ANALYST_PASSWORD", "a-long-enough-password")
+    call_command("create_analyst", "alice", "--no-input", stdout=io.StringIO())
+    alice = User.objects.get(username="alice")
+    assert alice.is_staff and not alice.is_superuser
+    assert alice.check_password("a-long-enough-password")
+    assert alice.has_perm("anomalies_app.triage_anomaly") and not alice.has_perm("anomalies_app.change_rule")
+    call_command("create_analyst", "alice", "--rule-editor", "--no-input", stdout=io.StringIO())
+    assert User.objects.get(username="alice").has_perm("anomalies_app.change_rule")
+
+
+@pytest.mark.django_db
+def test_create_analyst_refuses_a_new_user_without_a_good_password(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("ANALYST_PASSWORD", raising=False)
+    with pytest.raises(CommandError, match="needs a password"):
+        call_command("create_analyst", "bob", "--no-input")
+    monkeypatch.setenv("ANALYST_PASSWORD", "bob")
+    with pytest.raises(CommandError, match="password: "):
+        call_command("create_analyst", "bob", "--no-input")
+    assert not User.objects.filter(username="bob").exists()

@@ -39,6 +39,8 @@ class Command(BaseCommand):
                     f"  API       http://{host}:8000/signals (browsable when logged in to the admin)",
                     f"  Docs      http://{host}:8000/docs   health http://{host}:8000/health",
                     f"  Admin     http://{host}:8000/admin/   user demo, password {password}",
+                    "  Analysts  who triage anomalies but may not edit rules, in another terminal:",
+                    f"    DATABASE_URL={settings.DATABASE_URL} .venv/bin/python manage.py create_analyst alice",
                     f"  Flower    http://{host}:5555/",
                     f"  Metrics   http://{host}:8000/prometheus/metrics; emitter :8011, bridge :8012, worker :8013",
                     f"  Kafka     {settings.KAFKA_BOOTSTRAP_SERVERS}, topic {settings.SIGNALS_TOPIC}",
