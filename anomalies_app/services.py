@@ -44,6 +44,7 @@ from anomalies_app.detection import (
     quiet_hours_finding,
     view_radius_ms,
 )
+from anomalies_app.locks import users_lock
 from anomalies_app.models import Anomaly, AnomalyStatus
 from anomalies_app.rules import (
     HIGH_VALUE_PURCHASE,
@@ -269,7 +270,7 @@ def _anomalies_from_findings(
     )
     places: dict[int, dict[str, WindowEntry]] = {}
     with transaction.atomic():
-        _lock_users(users)
+        users_lock(users)
         if first_logins:
             user_locations_record(first_logins=first_logins)
             known_by_user = user_known_places(sorted({user_id for user_id, _ in first_logins}))
@@ -335,16 +336,6 @@ def _failure_runs_recheck(
         if run.same_episode(finding)
     ]
     return checked, [replace(review, runs=runs[review.user_id]) for review in reviews]
-
-
-def _lock_users(user_ids: list[int]) -> None:
-    """Transaction-scoped advisory locks, one per user, taken in one order by everyone."""
-    with connection.cursor() as cursor:
-        cursor.execute(
-            "SELECT count(pg_advisory_xact_lock(hashtextextended('eventpipeline.detect.user:' || u, 0))) "
-            "FROM (SELECT u FROM unnest(%s::bigint[]) AS u ORDER BY u) AS users",
-            [user_ids],
-        )
 
 
 def user_locations_record(*, first_logins: dict[tuple[int, str], WindowEntry]) -> None:
@@ -430,7 +421,9 @@ def anomaly_findings_record(
             anomaly.suppressed = anomaly.suppressed_by_id is not None
             new.append((anomaly, finding))
             continue
-        survivor = min(matches, key=lambda anomaly: (anomaly.status == AnomalyStatus.NEW, anomaly.pk))
+        # An anomaly raised survives one held back by a mute (else what was raised, and
+        # maybe published, would vanish into it); then a triaged one; then the oldest.
+        survivor = min(matches, key=lambda a: (a.suppressed, a.status == AnomalyStatus.NEW, a.pk))
         merged_away = [anomaly for anomaly in matches if anomaly is not survivor]
         merged = reduce(finding_merge, [_finding_of(anomaly) for anomaly in merged_away], finding)
         merged = finding_merge(_finding_of(survivor), merged)
@@ -458,10 +451,17 @@ def failure_anomalies_review(*, reviews: list[FailureReview], rule: RuleSettings
     other settings was right under them. A withdrawn anomaly that had been published is
     announced as `{"id": ..., "withdrawn": reason}`."""
     raised: dict[int, list[Anomaly]] = defaultdict(list)
-    for anomaly in Anomaly.objects.select_for_update().filter(
-        user_id__in={review.user_id for review in reviews},
-        anomaly_type=REPEATED_LOGIN_FAILURES,
-        status=AnomalyStatus.NEW,
+    for anomaly in (
+        Anomaly.objects.select_for_update()
+        .filter(
+            user_id__in={review.user_id for review in reviews},
+            anomaly_type=REPEATED_LOGIN_FAILURES,
+            status=AnomalyStatus.NEW,
+            # One held back by a mute stays: the runs recorded again merge into it, so a
+            # mute's past is not raised once the mute ends.
+            suppressed=False,
+        )
+        .order_by("pk")
     ):
         raised[anomaly.user_id].append(anomaly)
     for review in reviews:

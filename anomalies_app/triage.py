@@ -21,6 +21,7 @@ from django.db import models, transaction
 from django.utils import timezone
 
 from anomalies_app.detection import place_key
+from anomalies_app.locks import users_lock
 from anomalies_app.models import OPEN_STATUSES, Anomaly, AnomalyStatus, Mute, UserLocation
 from anomalies_app.rules import DEFAULT_RULES, UNUSUAL_LOCATION_LOGIN
 
@@ -147,6 +148,9 @@ def anomalies_triage(
     result = TriageResult()
     now = timezone.now()
     with transaction.atomic():
+        # The users' detection locks first, as detection takes them, then the rows in id
+        # order: a decision and a batch of the same users take turns instead of deadlocking.
+        users_lock(sorted(set(Anomaly.objects.filter(pk__in=anomaly_ids).values_list("user_id", flat=True))))
         anomalies = {a.pk: a for a in Anomaly.objects.select_for_update().filter(pk__in=anomaly_ids).order_by("pk")}
         for anomaly_id in anomaly_ids:
             if anomaly_id not in anomalies:
@@ -222,6 +226,7 @@ def _triage_changes(
     """The changes a decision makes to one anomaly (applied to it), or why it makes none:
     the field the refusal is about, and the reason."""
     changes: list[str] = []
+    was_open = anomaly.status in OPEN_STATUSES
     if status is not None:
         refusal = _transition_refusal(anomaly.status, status)
         if refusal:
@@ -233,7 +238,7 @@ def _triage_changes(
             anomaly.assigned_to = by
     if not isinstance(assigned_to, _Keep):
         if _pk(assigned_to) != anomaly.assigned_to_id:
-            if assigned_to is not None and anomaly.status not in OPEN_STATUSES:
+            if assigned_to is not None and not was_open:
                 reopen = f"{_status_label(anomaly.status)}: reopen it (acknowledge) before assigning it"
                 return [], ("assigned_to", reopen)
             changes.append(f"assigned to: {_who(anomaly.assigned_to)} → {_who(assigned_to)}")
@@ -264,14 +269,15 @@ def _mutes_from(anomalies: list[Anomaly], by: User, days: int, reason: str, via:
 
 def _places_from(anomalies: list[Anomaly], by: User, via: str, result: TriageResult) -> None:
     for anomaly in anomalies:
-        if anomaly.anomaly_type != UNUSUAL_LOCATION_LOGIN or not anomaly.episode_key:
+        if anomaly.anomaly_type != UNUSUAL_LOCATION_LOGIN or not anomaly.episode_key.strip():
             continue
         known = UserLocation.objects.filter(user_id=anomaly.user_id, location=anomaly.episode_key).first()
         if known is not None and known.vouched:
             continue
-        place = known_place_add(
+        # The place exactly as detection keyed it, spaces and all, so that its logins match.
+        place = _known_place_vouch(
             user_id=anomaly.user_id,
-            location=anomaly.episode_key,
+            key=anomaly.episode_key,
             by=by,
             note=f"from the false positive anomaly {anomaly.pk}",
             via=via,
@@ -325,7 +331,10 @@ def known_place_add(*, user_id: int, location: str, by: User, note: str = "", vi
     location = location.strip()
     if not location:
         raise TriageError("location", "say which place, as logins name it (for example 'Lisbon, PT')")
-    key = place_key(location)
+    return _known_place_vouch(user_id=user_id, key=place_key(location), by=by, note=note, via=via)
+
+
+def _known_place_vouch(*, user_id: int, key: str, by: User, note: str, via: str) -> UserLocation:
     now = timezone.now()
     place, created = UserLocation.objects.get_or_create(
         user_id=user_id, location=key, defaults={"added_by": by, "added_at": now, "note": note}

@@ -279,3 +279,39 @@ def test_create_analyst_refuses_a_new_user_without_a_good_password(monkeypatch: 
     with pytest.raises(CommandError, match="password: "):
         call_command("create_analyst", "bob", "--no-input")
     assert not User.objects.filter(username="bob").exists()
+
+
+@pytest.mark.django_db
+def test_resolving_and_assigning_an_open_anomaly_at_once_is_one_decision() -> None:
+    ana, bob = analyst_create(), analyst_create("bob")
+    anomaly = anomaly_create()
+    result = anomalies_triage(anomaly_ids=[anomaly.pk], by=ana, status=RESOLVED, assigned_to=bob)
+    assert anomaly.pk in result.changed, result.refused
+    anomaly.refresh_from_db()
+    assert (anomaly.status, anomaly.assigned_to) == (RESOLVED, bob)
+
+
+@pytest.mark.django_db
+def test_a_false_positive_vouches_for_the_place_exactly_as_logins_name_it() -> None:
+    ana = analyst_create()
+    spaced = anomaly_create(user_id=9, anomaly_type="unusual_location_login", episode_key=" Lisbon, PT ")
+    blank = anomaly_create(user_id=9, anomaly_type="unusual_location_login", episode_key="  ")
+    result = anomalies_triage(anomaly_ids=[spaced.pk, blank.pk], by=ana, status=FP, add_known_place=True)
+    assert len(result.changed) == 2, result.refused
+    assert list(UserLocation.objects.filter(user_id=9).values_list("location", flat=True)) == [" Lisbon, PT "]
+
+
+def test_an_episode_raised_after_a_mute_survives_a_merge_with_one_held_back(detect: Detector) -> None:
+    ana = analyst_create()
+    mute = mute_add(user_id=21, anomaly_type="high_frequency_login", days=1, reason="load test", by=ana)
+    detect([row(21, BASE + i * 1_000, "login") for i in range(11)])  # a burst, held back
+    mute_end(mute=mute, by=ana)
+    detect([row(21, BASE + 120_000 + i * 1_000, "login") for i in range(11)])  # another, raised
+    assert sorted(Anomaly.objects.values_list("suppressed", flat=True)) == [False, True]
+    raised = Anomaly.objects.get(suppressed=False)
+    # Late logins that fill the gap make the two bursts one episode.
+    detect([row(21, BASE + 10_000 + i * 5_000, "login") for i in range(1, 22)])
+    (survivor,) = Anomaly.objects.all()
+    assert (survivor.pk, survivor.suppressed) == (raised.pk, False), "what was raised does not vanish"
+    assert survivor.published_at is not None
+    assert survivor.episode_start_ms == BASE + 10_000, "from the first burst: the 11th login"
