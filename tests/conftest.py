@@ -31,6 +31,7 @@ from rest_framework.authtoken.models import Token
 from rest_framework.test import APIClient
 from selenium.webdriver import Chrome, ChromeOptions
 from selenium.webdriver.chrome.service import Service as ChromeService
+from selenium.webdriver.common.by import By
 
 from eventpipeline.kafka import topics_ensure
 
@@ -290,8 +291,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) ->
 def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chrome]:
     """Headless Chromium, driven by the system's chromedriver (Debian's `chromium` and
     `chromium-driver`, which `make test` installs): given the driver's path, selenium
-    never tries to download one. When the test fails, a screenshot and the page's HTML
-    are kept next to the test's other files, and their paths printed."""
+    never tries to download one. When the test fails, the page's address and text are
+    printed, and a screenshot and its HTML kept next to the test's other files."""
     chromium, chromedriver = shutil.which("chromium"), shutil.which("chromedriver")
     if chromium is None or chromedriver is None:
         pytest.fail(
@@ -313,6 +314,7 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Chrome]:
             driver.save_screenshot(str(screenshot))
             html.write_text(driver.page_source)
             print(f"browser at {driver.current_url}: screenshot {screenshot}, page {html}")
+            print(driver.find_element(By.TAG_NAME, "body").text)
         driver.quit()
 
 
