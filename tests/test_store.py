@@ -101,7 +101,7 @@ def test_the_task_reports_what_it_stored() -> None:
     assert store_signals.apply(args=(TOPIC, rows)).get() == {"stored": 0, "duplicates": 5, "dead_letters": 0}
 
 
-@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)  # as every test that leaves a transaction
 @override_settings(STORE_STATEMENT_TIMEOUT_MS=300)
 def test_a_store_blocked_by_a_lock_gives_up_after_the_statement_timeout() -> None:
     """The threads pool enforces no task time limit: the statement timeout bounds a COPY
