@@ -106,6 +106,14 @@ class Anomaly(models.Model):
             models.Index(fields=["detection_timestamp"], name="idx_anomalies_detected"),
             models.Index(fields=["user_id", "detection_timestamp"], name="idx_anomalies_user_time"),
             models.Index(fields=["user_id", "anomaly_type", "episode_start_ms"], name="idx_anomalies_episode"),
+            # The analysts' queue: the list filtered by status (and severity), newest first,
+            # and its days (`date_hierarchy`) from the index alone (docs/performance.md,
+            # "Triage at size").
+            models.Index(
+                fields=["status", "severity", "detection_timestamp"],
+                name="idx_anomalies_triage_queue",
+                condition=models.Q(suppressed=False),
+            ),
             # The admin's search by event id: `evidence__event_ids__contains=[id]`.
             GinIndex(OpClass(F("evidence__event_ids"), name="jsonb_path_ops"), name="idx_anomalies_event_ids"),
         ]
