@@ -1,7 +1,8 @@
 """Synthetic user-behaviour signals for load generation: pure, deterministic, no I/O.
 
-Every random choice comes from one `random.Random(seed)`, in a fixed order, so the same
-seed gives the same events, byte for byte. Event times come from a virtual clock, not the
+Every random choice comes from one `random.Random(seed)`, in a fixed order (a trip is a
+hash of a salt drawn from it first), so the same seed gives the same events, byte for
+byte; a user's places are a hash of its id alone. Event times come from a virtual clock, not the
 wall clock: event *i* is stamped `start_ms + int(i * 1000 / rate)`. With the same seed,
 start and rate, a run is therefore fully reproducible (`emit_signals --seed --start-ms`);
 without `--start-ms` the command starts the clock at "now". What a user does can depend
