@@ -359,3 +359,18 @@ def test_an_hour_of_the_realistic_mix_raises_few_anomalies(start: str) -> None:
     events = [generator.next() for _ in range(50 * 3600)]
     broken = rules_broken(events)
     assert sum(broken.values()) / len(events) * 1000 < 0.5, broken
+
+
+def test_clean_traffic_has_no_trips_nights_or_incidents(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(generator_module, "INCIDENT_EVERY", 1)
+    monkeypatch.setattr(generator_module, "AWAY_SHARE", 1.0)
+    users = 500
+    generator = SignalGenerator(seed=11, users=users, start_ms=at("2026-03-01T02:00:00"), rate=100, clean=True)
+    events = [generator.next() for _ in range(5000)]
+    assert not generator.pending
+    logins = [event for event in events if event["type"] == "login"]
+    assert logins
+    assert all(login["payload"]["location"] == home_location(login["user_id"]) for login in logins)
+    assert len({event["user_id"] for event in events}) > 2 * users // NIGHT_OWL_EVERY
+    realistic = SignalGenerator(seed=11, users=users, start_ms=at("2026-03-01T02:00:00"), rate=100)
+    assert [realistic.next() for _ in range(100)] and realistic.pending, "the realistic mix does have them"
