@@ -32,6 +32,7 @@ DESIGN_SECTIONS = [
     "Dead letters",
     "Delivery promise",
     "Anomaly rules",
+    "Synthetic traffic",
     "Query API",
     "Prometheus metrics",
     "Database extras",
