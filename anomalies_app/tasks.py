@@ -29,8 +29,11 @@ DETECT_UNREACHABLE = (
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
-def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
+def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None) -> dict[str, int]:
     """Analyse a batch of accepted events (SignalRows from `topic`) for anomalies.
+
+    `batch_id` is the bridge's name for the batch, for the logs (eventpipeline/logs.py);
+    messages queued before there was one have none.
 
     Safe to run any number of times on the same batch. When it fails:
     - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, DETECT_MAX_RETRIES times, then the task
@@ -48,6 +51,20 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str,
         EVENTS_PROCESSED.labels(status="detect_failed").inc(len(rows))
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
     EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
+    logger.info(
+        "batch %s: analysed %d events, anomalies raised %s, updated %s, muted %s",
+        batch_id,
+        result.analysed,
+        result.created or "none",
+        result.updated or "none",
+        result.muted or "none",
+        extra={
+            "analysed": result.analysed,
+            "anomalies_raised": result.created,
+            "anomalies_updated": result.updated,
+            "anomalies_muted": result.muted,
+        },
+    )
     return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}
 
 

@@ -7,7 +7,8 @@ from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_init, worker_process_shutdown
+from celery.apps.beat import Beat
+from celery.signals import celeryd_init, worker_init, worker_process_shutdown
 from django.db import close_old_connections
 
 from eventpipeline.serialization import register_orjson_for_json
@@ -21,6 +22,31 @@ register_orjson_for_json()
 app = Celery("eventpipeline")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+def _log_format() -> str:
+    from django.conf import settings
+
+    return str(settings.LOG_FORMAT)
+
+
+# The worker and beat print a banner (their queues, their schedule) straight to stdout,
+# outside logging: with LOG_FORMAT=json those would be the only lines that are not JSON,
+# so they print none then, as with --quiet.
+@celeryd_init.connect
+def quiet_worker_banner(instance: Any, **_: Any) -> None:
+    if _log_format() == "json":
+        instance.quiet = True
+
+
+class QuietBeat(Beat):
+    """`celery beat`; it has no signal before its banner, hence a class of its own."""
+
+    def __init__(self, *, quiet: bool = False, **kwargs: Any) -> None:
+        super().__init__(quiet=quiet or _log_format() == "json", **kwargs)
+
+
+app.Beat = app.subclass_with_self(QuietBeat)  # type: ignore[misc]  # a cached property, which may be set
 
 
 def batch_task_start(task: Task) -> None:

@@ -17,8 +17,11 @@ logger = logging.getLogger(__name__)
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
-def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
+def store_signals(self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None) -> dict[str, int]:
     """Store a batch of accepted events (SignalRows from `topic`) exactly once.
+
+    `batch_id` is the bridge's name for the batch, for the logs (eventpipeline/logs.py);
+    messages queued before there was one have none.
 
     What happens when it does not go in, by cause:
     - PostgreSQL refuses an event's content: that event alone becomes a dead letter (the
@@ -46,4 +49,12 @@ def store_signals(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, in
     EVENTS_PROCESSED.labels(status="duplicate").inc(result.duplicates)
     EVENTS_PROCESSED.labels(status="dead_letter").inc(result.dead_letters)
     PROCESSING_LATENCY.observe(time.perf_counter() - started)
+    logger.info(
+        "batch %s: stored %d events, %d duplicates, %d dead letters",
+        batch_id,
+        result.stored,
+        result.duplicates,
+        result.dead_letters,
+        extra={"stored": result.stored, "duplicates": result.duplicates, "dead_letters": result.dead_letters},
+    )
     return {"stored": result.stored, "duplicates": result.duplicates, "dead_letters": result.dead_letters}
