@@ -98,8 +98,9 @@ class Bridge:
         self.dlq_producer = dlq_producer
         self.clock = clock
         self.tracker = OffsetTracker()
-        # Batch ids that a person can read and grep: this bridge's own prefix, then a count.
-        self.batch_ids = (f"{secrets.token_hex(4)}-{number}" for number in itertools.count(1))
+        # Batch ids that a person can read and grep: a prefix of this bridge's own, then a count.
+        prefix = secrets.token_hex(4)
+        self.batch_ids = (f"{prefix}-{number}" for number in itertools.count(1))
         self.in_flight: dict[str, InFlightBatch] = {}
         self.paused = False
         self.shutdown = False
