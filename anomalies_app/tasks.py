@@ -52,12 +52,12 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: st
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
     EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
     logger.info(
-        "batch %s: analysed %d events, anomalies raised %s, updated %s, muted %s",
+        "batch %s: analysed %d events, raised anomalies %s, updated %d, muted %d",
         batch_id,
         result.analysed,
         result.created or "none",
-        result.updated or "none",
-        result.muted or "none",
+        len(result.updated),
+        len(result.muted),
         extra={
             "analysed": result.analysed,
             "anomalies_raised": result.created,

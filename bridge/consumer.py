@@ -284,16 +284,16 @@ class Bridge:
             logger.warning("offset commit failed, will retry: %s", error)
             return
         batch_ids = [str(batch_id) for batch_id in self.tracker.covered()]
+        positions = sorted((partition, offset) for (_, partition), offset in offsets.items())
         logger.info(
-            "committed %s, done with batches %s",
-            " ".join(f"{topic}[{partition}]@{offset}" for (topic, partition), offset in sorted(offsets.items())),
+            "committed %s %s, done with batches %s",
+            self.options.topic,
+            " ".join(f"[{partition}]@{offset}" for partition, offset in positions),
             ", ".join(batch_ids) or "(none)",
             extra={
                 "batch_ids": batch_ids,
-                "commit": [
-                    {"topic": topic, "partition": partition, "offset": offset}
-                    for (topic, partition), offset in sorted(offsets.items())
-                ],
+                "topic": self.options.topic,
+                "committed": [{"partition": partition, "offset": offset} for partition, offset in positions],
             },
         )
         self.tracker.committed(offsets)

@@ -140,7 +140,7 @@ def test_a_batch_can_be_followed_from_its_offsets_to_its_rows_and_anomalies(pipe
     assert sum(batch["events"] for batch in batches) == 600
     stores = {r["batch_id"]: r for r in logs["worker"] if r["logger"] == "signals_app.tasks"}
     detects = {r["batch_id"]: r for r in logs["worker"] if r["logger"] == "anomalies_app.tasks"}
-    committed = {batch_id for record in logs["bridge"] if "commit" in record for batch_id in record["batch_ids"]}
+    committed = {batch_id for record in logs["bridge"] if "committed" in record for batch_id in record["batch_ids"]}
     for batch in batches:
         batch_id = batch["batch_id"]
         assert batch["topic"] == pipeline.topic and batch["offsets"], batch
