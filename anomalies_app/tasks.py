@@ -47,7 +47,7 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: st
         result = anomalies_detect_batch(rows=rows)
     except Exception as error:
         batch_task_retry(self, error, max_retries=settings.DETECT_MAX_RETRIES, unreachable=DETECT_UNREACHABLE)
-        logger.exception("giving up analysing a batch of %d events from %s", len(rows), topic)
+        logger.exception("batch %s: giving up analysing its %d events from %s", batch_id, len(rows), topic)
         EVENTS_PROCESSED.labels(status="detect_failed").inc(len(rows))
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
     EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
