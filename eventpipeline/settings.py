@@ -95,10 +95,13 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", "dev-insecure-change-me" if DEBUG else "")
+# Closed by default: a deployment that forgets DEBUG runs as production, and one that
+# forgets SECRET_KEY does not start. `make run` and `make test` supply development values
+# (scripts/devservices.py); nothing else does.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "")
 if not SECRET_KEY:
-    _refuse("SECRET_KEY", "is required when DEBUG is false")
+    _refuse("SECRET_KEY", "is required (make run and make test supply a development one)")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 
 # --- Infrastructure -------------------------------------------------------------------
@@ -156,6 +159,12 @@ DETECT_LATENESS_SECONDS = env_int("DETECT_LATENESS_SECONDS", 300, minimum=0)
 # active_user_sessions counts the users with an event analysed within this many minutes.
 ACTIVE_SESSION_MINUTES = env_int("ACTIVE_SESSION_MINUTES", 5, minimum=1, maximum=60)
 
+# Where the api (under `make run`), Flower and the metrics endpoints listen. Containers
+# set 0.0.0.0 and publish their ports on the host's 127.0.0.1 (docker-compose.yml).
+BIND_ADDRESS = env_str("BIND_ADDRESS", "127.0.0.1")
+# "user:password" (several: comma-separated). Flower reads it itself; `make run` and
+# docker-compose.yml refuse to start Flower without it, and `make run` prints it.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 8013, maximum=65535)

@@ -169,7 +169,7 @@ class Command(BaseCommand):
             ) from error
         if options["metrics_port"]:
             try:
-                start_http_server(options["metrics_port"])
+                start_http_server(options["metrics_port"], addr=settings.BIND_ADDRESS)
             except OSError as error:
                 problem = f"cannot serve metrics on port {options['metrics_port']}: {error}"
                 if options["count"] is None and options["duration"] is None:
