@@ -42,6 +42,11 @@ FORBIDDEN = OpenApiResponse(
     description="The user may not triage anomalies (the permission anomalies_app.triage_anomaly, which the "
     "analysts group gives).",
 )
+FORBIDDEN_EMITTER = OpenApiResponse(
+    response=_DETAIL,
+    description="The user may not steer the emitters (the permission emitter.control_emitter, which no group "
+    "gives by default).",
+)
 NOT_FOUND = OpenApiResponse(response=_DETAIL, description='No such anomaly: `{"detail": "no anomaly has the id 5"}`.')
 CONFLICT = OpenApiResponse(
     response=BAD_PARAMETERS.response,

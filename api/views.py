@@ -5,6 +5,7 @@ parses its input, calls one selector or service and shapes the output (docs/desi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any, cast
 
@@ -33,7 +34,7 @@ from api.filters import (
     user_id_from_path,
     whole_number_from_path,
 )
-from api.permissions import CanTriage
+from api.permissions import CanControlEmitter, CanTriage
 from api.schema import (
     ANOMALY_ID_PATH_PARAMETER,
     AUTHENTICATED_ERRORS,
@@ -42,6 +43,7 @@ from api.schema import (
     BAD_TRIAGE,
     CONFLICT,
     FORBIDDEN,
+    FORBIDDEN_EMITTER,
     NOT_FOUND,
     UNSUPPORTED_MEDIA_TYPE,
     USER_ID_PATH_PARAMETER,
@@ -62,7 +64,7 @@ from api.serializers import (
     TriageResultSerializer,
 )
 from emitter.selectors import EmitterControl
-from emitter.services import emitter_burst, emitter_configure
+from emitter.services import EmitterControlRefused, emitter_burst, emitter_configure
 from signals_app.models import Signal
 from signals_app.selectors import signal_list
 
@@ -111,35 +113,48 @@ def _control_body(control: EmitterControl) -> dict[str, object]:
     return dict(EmitterControlSerializer(body).data)
 
 
+def _emitter_control(change: Callable[..., EmitterControl], asked: dict[str, Any]) -> Response:
+    try:
+        control = change(**asked)
+    except EmitterControlRefused as refused:
+        raise ValidationError({refused.field: [refused.message]}) from refused
+    return Response(_control_body(control))
+
+
+_EMITTER_RESPONSES = {
+    200: EmitterControlSerializer,
+    400: BAD_BODY,
+    403: FORBIDDEN_EMITTER,
+    415: UNSUPPORTED_MEDIA_TYPE,
+    **AUTHENTICATED_ERRORS,
+}
+
+
 class EmitterConfigureView(APIView):
     """Set the running emitters' rate and burst mode; a field left out stays as it is.
     They follow within `follows_within_seconds`."""
 
+    permission_classes = [IsAuthenticated, CanControlEmitter]
     parser_classes = [JSONParser]  # the body is JSON, as docs/design.md's examples send it
 
-    @extend_schema(
-        request=EmitterConfigureSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
-    )
+    @extend_schema(request=EmitterConfigureSerializer, responses=_EMITTER_RESPONSES)
     def post(self, request: Request) -> Response:
         asked = EmitterConfigureSerializer(data=request.data)
         asked.is_valid(raise_exception=True)
-        return Response(_control_body(emitter_configure(**asked.validated_data)))
+        return _emitter_control(emitter_configure, dict(asked.validated_data))
 
 
 class EmitterBurstView(APIView):
     """Multiply the running emitters' rate for a while, then go back to it."""
 
+    permission_classes = [IsAuthenticated, CanControlEmitter]
     parser_classes = [JSONParser]
 
-    @extend_schema(
-        request=EmitterBurstSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
-    )
+    @extend_schema(request=EmitterBurstSerializer, responses=_EMITTER_RESPONSES)
     def post(self, request: Request) -> Response:
         asked = EmitterBurstSerializer(data=request.data)
         asked.is_valid(raise_exception=True)
-        return Response(_control_body(emitter_burst(**asked.validated_data)))
+        return _emitter_control(emitter_burst, dict(asked.validated_data))
 
 
 @extend_schema(responses={200: AnomalySerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS})

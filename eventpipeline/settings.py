@@ -146,6 +146,10 @@ BURST_MODE = env_bool("BURST_MODE", False)
 # POST /emitter/configure and /emitter/burst write here (on REDIS_URL); running emitters
 # read it every EMITTER_CONTROL_POLL_SECONDS.
 EMITTER_CONTROL_KEY = env_str("EMITTER_CONTROL_KEY", "eventpipeline:emitter:control")
+# The fastest POST /emitter/configure and /emitter/burst may make the emitters go, bursts
+# included (rate x multiplier): a request beyond it is a 400. The default is 20 times the
+# 1,000 events/s of the system this replaces.
+EMITTER_MAX_RATE = env_int("EMITTER_MAX_RATE", 20_000, minimum=1)
 EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, minimum=0.05)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
