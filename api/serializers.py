@@ -111,20 +111,19 @@ def _computed_key(name: str) -> str:
     return f"{name}_computed"
 
 
-MAX_HOURS = 720
+# The periods /metrics reports on, each computed at most once per METRICS_CACHE_SECONDS:
+# a few, so that a client asking for every number of hours in turn cannot make PostgreSQL
+# count a month of signals hundreds of times per cache period.
+METRICS_HOURS = (1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720)
+_METRICS_HOURS_TEXT = ", ".join(map(str, METRICS_HOURS))
 
 
 class MetricsQuerySerializer(serializers.Serializer):
-    hours = serializers.IntegerField(
-        min_value=1,
-        max_value=MAX_HOURS,
+    hours = serializers.ChoiceField(
+        choices=METRICS_HOURS,
         default=24,
-        help_text=f"The period: this many hours up to now, 1 to {MAX_HOURS}.",
-        error_messages={
-            "min_value": f"must be from 1 to {MAX_HOURS}",
-            "max_value": f"must be from 1 to {MAX_HOURS}",
-            "invalid": "must be a whole number of hours",
-        },
+        help_text=f"The period: this many hours up to now, one of {_METRICS_HOURS_TEXT}.",
+        error_messages={"invalid_choice": f"must be one of {_METRICS_HOURS_TEXT}"},
     )
 
 

@@ -7,12 +7,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import generics
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import JSONParser
@@ -63,6 +64,7 @@ from api.serializers import (
     SignalSerializer,
     TriageResultSerializer,
 )
+from api.throttling import HealthThrottle
 from emitter.selectors import EmitterControl
 from emitter.services import EmitterControlRefused, emitter_burst, emitter_configure
 from signals_app.models import Signal
@@ -294,17 +296,22 @@ class MetricsView(APIView):
 
 class HealthView(APIView):
     """200 when PostgreSQL, Redis and Kafka answer and a Celery worker answers a ping; 503
-    naming what does not. Open to all, unthrottled: load balancers and monitors call it."""
+    naming what does not. Open to all, as load balancers and monitors call it; so limited
+    per caller's address (HEALTH_THROTTLE_RATE), and every check ends within its timeout."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = []
+    throttle_classes = [HealthThrottle]
 
     @extend_schema(
         auth=[],
         responses={
             200: HealthSerializer,
             503: OpenApiResponse(HealthSerializer, description="At least one check failed; `failed` names them."),
+            429: OpenApiResponse(
+                response={"type": "object", "properties": {"detail": {"type": "string"}}},
+                description="Too many requests from this address (HEALTH_THROTTLE_RATE).",
+            ),
         },
     )
     def get(self, request: Request) -> Response:
@@ -316,3 +323,20 @@ class HealthView(APIView):
             "checks": {result.name: {"ok": result.ok, "detail": result.detail} for result in results},
         }
         return Response(HealthSerializer(body).data, status=503 if failed else 200)
+
+
+class SchemaView(SpectacularAPIView):
+    """/schema, the OpenAPI document that /docs shows: open to all on purpose
+    (docs/design.md, "Query API"), so made once per process, not on every request: it
+    describes the code, which does not change while the process runs, and making it costs
+    far more than any other answer the api gives without credentials. One language and one
+    version: `?lang=` and `?version=` make no other document."""
+
+    _schema: ClassVar[dict[str, Any] | None] = None
+
+    def _get_schema_response(self, request: Request) -> Response:
+        if SchemaView._schema is None:
+            generator = self.generator_class(urlconf=self.urlconf, api_version=None, patterns=self.patterns)
+            SchemaView._schema = generator.get_schema(request=request, public=self.serve_public)
+        filename = self._get_filename(request, None)
+        return Response(data=SchemaView._schema, headers={"Content-Disposition": f'inline; filename="{filename}"'})

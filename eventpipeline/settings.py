@@ -262,10 +262,17 @@ STORAGES = {
 # Requests per user. The default is far above what a person or a paging script asks
 # (100 a second, sustained) and stops only a runaway client; a load test sets its own.
 API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
+# Longest statement of a request to the api (0: none). Below gunicorn's 30 s worker
+# timeout, so PostgreSQL cancels a runaway query instead of gunicorn killing its worker
+# and leaving the query running. The api's connections only (eventpipeline/wsgi.py):
+# workers, beat and migrations are bounded otherwise or not at all.
+API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 20_000, minimum=0)
 # /metrics computes each period's report at most this often (0: on every request).
 METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+# /health answers no caller needs authenticating; this many requests per caller's address.
+HEALTH_THROTTLE_RATE = env_rate("HEALTH_THROTTLE_RATE", "60/min")
 
 # The /metrics reports, shared by every gunicorn worker. Short timeouts: a Redis that does
 # not answer must not hold requests; the report is then computed (api/selectors.py).
