@@ -59,6 +59,9 @@ CONFLICT = OpenApiResponse(
 AUTHENTICATED_ERRORS: dict[int, Any] = {
     401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),
     429: OpenApiResponse(response=_DETAIL, description="Too many requests from this user (API_THROTTLE_RATE)."),
+    503: OpenApiResponse(
+        response=_DETAIL, description="A statement ran longer than API_STATEMENT_TIMEOUT_MS and was cancelled."
+    ),
 }
 
 ANOMALY_ID_PATH_PARAMETER = OpenApiParameter(

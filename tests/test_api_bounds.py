@@ -15,7 +15,9 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from django.db import connection
 from drf_spectacular.generators import SchemaGenerator
 from rest_framework.test import APIClient
 
@@ -51,6 +53,23 @@ def test_the_apis_statements_are_cut_at_api_statement_timeout_ms() -> None:
     API_STATEMENT_TIMEOUT_MS; any other process (a worker, `migrate`) does not."""
     assert python("import eventpipeline.wsgi\n" + SHOW_AND_SLEEP) == ["250ms", "QueryCanceled"]
     assert python("import django\ndjango.setup()\n" + SHOW_AND_SLEEP) == ["0", "slept"]
+
+
+@pytest.mark.django_db
+def test_a_request_cut_short_is_a_503_that_says_why(api: APIClient, settings: Any) -> None:
+    """A statement held past the timeout (here by a lock another session holds) is
+    cancelled, and the client told so, not given a 500."""
+    settings.API_STATEMENT_TIMEOUT_MS = 200
+    with psycopg.connect(database_url()) as locker:
+        locker.execute("LOCK TABLE signals IN ACCESS EXCLUSIVE MODE")
+        with connection.cursor() as cursor:  # the test's transaction: as the api's session would be
+            cursor.execute("SELECT set_config('statement_timeout', '200', true)")
+        response = api.get("/signals")
+    assert response.status_code == 503
+    assert response.json() == {
+        "detail": "cancelled after API_STATEMENT_TIMEOUT_MS (200 ms); narrow the request (filters, a smaller "
+        "size, a cursor) or try again later"
+    }
 
 
 # --- /health ---------------------------------------------------------------------------
