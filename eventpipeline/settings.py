@@ -95,10 +95,13 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", "dev-insecure-change-me" if DEBUG else "")
+# Closed by default: a deployment that forgets DEBUG runs as production, and one that
+# forgets SECRET_KEY does not start. `make run` and `make test` supply development values
+# (scripts/devservices.py); nothing else does.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "")
 if not SECRET_KEY:
-    _refuse("SECRET_KEY", "is required when DEBUG is false")
+    _refuse("SECRET_KEY", "is required (make run and make test supply a development one)")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 
 # --- Infrastructure -------------------------------------------------------------------
@@ -143,6 +146,10 @@ BURST_MODE = env_bool("BURST_MODE", False)
 # POST /emitter/configure and /emitter/burst write here (on REDIS_URL); running emitters
 # read it every EMITTER_CONTROL_POLL_SECONDS.
 EMITTER_CONTROL_KEY = env_str("EMITTER_CONTROL_KEY", "eventpipeline:emitter:control")
+# The fastest POST /emitter/configure and /emitter/burst may make the emitters go, bursts
+# included (rate x multiplier): a request beyond it is a 400. The default is 20 times the
+# 1,000 events/s of the system this replaces.
+EMITTER_MAX_RATE = env_int("EMITTER_MAX_RATE", 20_000, minimum=1)
 EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, minimum=0.05)
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
@@ -156,6 +163,12 @@ DETECT_LATENESS_SECONDS = env_int("DETECT_LATENESS_SECONDS", 300, minimum=0)
 # active_user_sessions counts the users with an event analysed within this many minutes.
 ACTIVE_SESSION_MINUTES = env_int("ACTIVE_SESSION_MINUTES", 5, minimum=1, maximum=60)
 
+# Where the api (under `make run`), Flower and the metrics endpoints listen. Containers
+# set 0.0.0.0 and publish their ports on the host's 127.0.0.1 (docker-compose.yml).
+BIND_ADDRESS = env_str("BIND_ADDRESS", "127.0.0.1")
+# "user:password" (several: comma-separated). Flower reads it itself; `make run` and
+# docker-compose.yml refuse to start Flower without it, and `make run` prints it.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 8013, maximum=65535)
@@ -249,10 +262,17 @@ STORAGES = {
 # Requests per user. The default is far above what a person or a paging script asks
 # (100 a second, sustained) and stops only a runaway client; a load test sets its own.
 API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
+# Longest statement of a request to the api (0: none). Below gunicorn's 30 s worker
+# timeout, so PostgreSQL cancels a runaway query instead of gunicorn killing its worker
+# and leaving the query running. The api's connections only (eventpipeline/wsgi.py):
+# workers, beat and migrations are bounded otherwise or not at all.
+API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 20_000, minimum=0)
 # /metrics computes each period's report at most this often (0: on every request).
 METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+# /health answers no caller needs authenticating; this many requests per caller's address.
+HEALTH_THROTTLE_RATE = env_rate("HEALTH_THROTTLE_RATE", "60/min")
 
 # The /metrics reports, shared by every gunicorn worker. Short timeouts: a Redis that does
 # not answer must not hold requests; the report is then computed (api/selectors.py).
@@ -280,6 +300,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["api.filters.FilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.PageOrCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {

@@ -31,6 +31,8 @@ DASHBOARD_PROVIDER_FILE = REPO / "grafana" / "provisioning" / "dashboards" / "da
 DASHBOARD_FILE = REPO / "grafana" / "dashboards" / "eventpipeline.json"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+ENV_EXAMPLE = REPO / ".env.example"
+GITIGNORE = REPO / ".gitignore"
 REQUIREMENTS_FILE = REPO / "requirements.txt"
 LOCAL_REQUIREMENTS_FILE = REPO / "requirements-local.txt"
 DEV_REQUIREMENTS_FILE = REPO / "requirements-dev.txt"
@@ -158,10 +160,20 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
+# ${NAME:?message}: compose refuses to start while NAME is unset or empty.
+REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+# ${NAME:-default} or ${NAME-default}.
+DEFAULTED_VARIABLE = re.compile(r"\$\{(\w+):?-([^}]*)\}")
+# Variables that hold a secret: never given a default in a committed file.
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|AUTH|TOKEN")
+
+
 def interpolate(value: Any) -> str:
-    """A compose value as the container sees it when no variable is set in the shell."""
+    """A compose value as the container sees it when no variable is set in the shell (a
+    required variable, which compose would refuse, as empty)."""
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    text = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", text)
+    text = REQUIRED_VARIABLE.sub("", text)
+    text = DEFAULTED_VARIABLE.sub(r"\2", text)
     text = re.sub(r"\$\{\w+\}", "", text)
     return text.replace("$$", "$")
 
@@ -459,8 +471,55 @@ def test_app_environment_uses_the_design_names(
             assert host in services, f"`{name}`: Kafka bootstrap host {host!r} is not a compose service"
         hosts = env["ALLOWED_HOSTS"].split(",")
         assert "api" in hosts, "ALLOWED_HOSTS must accept the Host header of Prometheus' scrape (api:8000)"
-        if env["DEBUG"].lower() in {"0", "false", "no", "off"}:
-            assert env["SECRET_KEY"], f"`{name}`: SECRET_KEY is required when DEBUG is false"
+        raw = {key: str(value) for key, value in (svc.get("environment") or {}).items()}
+        assert REQUIRED_VARIABLE.fullmatch(raw["SECRET_KEY"]), f"`{name}`: SECRET_KEY must come from the environment"
+
+
+def test_no_secret_has_a_committed_default() -> None:
+    """SECRET_KEY and the passwords come from the environment or the .env the user makes:
+    compose refuses to start without them, rather than run with a value anyone can read here."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    defaulted = {name for name, _ in DEFAULTED_VARIABLE.findall(text) if SECRET_NAME.search(name)}
+    assert not defaulted, f"docker-compose.yml gives these secrets a default: {sorted(defaulted)}"
+    required = set(REQUIRED_VARIABLE.findall(text))
+    assert {"SECRET_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "FLOWER_BASIC_AUTH"} <= required
+
+
+def test_secrets_reach_the_services_that_need_them(services: dict[str, dict[str, Any]]) -> None:
+    def raw(service: str, key: str) -> str:
+        return str(services[service]["environment"][key])
+
+    assert REQUIRED_VARIABLE.fullmatch(raw("postgres", "POSTGRES_PASSWORD"))
+    assert "${POSTGRES_PASSWORD:?" in raw("api", "DATABASE_URL"), "the app logs in with the same password"
+    assert REQUIRED_VARIABLE.fullmatch(raw("grafana", "GF_SECURITY_ADMIN_PASSWORD")), "no admin/admin"
+    assert REQUIRED_VARIABLE.fullmatch(raw("flower", "FLOWER_BASIC_AUTH")), "Flower asks for a login"
+
+
+def test_every_port_is_published_on_localhost_only(services: dict[str, dict[str, Any]]) -> None:
+    """Nothing is reachable from other machines without a proxy the operator chose."""
+    for name, svc in services.items():
+        for entry in svc.get("ports") or []:
+            host_ip = entry.get("host_ip") if isinstance(entry, dict) else str(entry).rsplit(":", 2)[0]
+            assert host_ip == "127.0.0.1", f"`{name}` publishes {entry!r} beyond 127.0.0.1"
+
+
+def test_app_processes_listen_inside_their_containers(app_services: dict[str, dict[str, Any]]) -> None:
+    """BIND_ADDRESS defaults to 127.0.0.1, where Prometheus, on another container, could not
+    scrape them."""
+    for name, svc in app_services.items():
+        assert environment(svc).get("BIND_ADDRESS") == "0.0.0.0", f"`{name}` listens on its own loopback only"
+
+
+def test_env_example_lists_what_compose_requires() -> None:
+    """Every variable compose requires is in .env.example, with no value; .env is never
+    committed nor copied into the image."""
+    required = set(REQUIRED_VARIABLE.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
+    lines = [line for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
+    example = dict(line.split("=", 1) for line in lines)
+    assert set(example) == required
+    assert all(value == "" for value in example.values()), "the example holds no secret"
+    assert ".env" in GITIGNORE.read_text(encoding="utf-8").split()
+    assert ".env" in DOCKERIGNORE.read_text(encoding="utf-8").split()
 
 
 def test_project_image_and_mounts(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:

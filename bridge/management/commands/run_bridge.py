@@ -31,7 +31,7 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["metrics_port"]:
-            start_http_server(options["metrics_port"])
+            start_http_server(options["metrics_port"], addr=settings.BIND_ADDRESS)
         topics_ensure([options["topic"], options["dlq_topic"]], partitions=settings.TOPIC_PARTITIONS)
         bridge_options = BridgeOptions(
             topic=options["topic"],
