@@ -597,7 +597,18 @@ def test_promtool_check_rules(promtool: str) -> None:
 
 def test_expected_alerts_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
-    expected = ("BridgeDown", "WorkerDown", "NoEventsStored", "DeadLetterRateHigh", "BridgePaused", "DetectionFailing")
+    expected = (
+        "BridgeDown",
+        "WorkerDown",
+        "NoWorkerUp",
+        "NoEventsStored",
+        "DeadLetterRateHigh",
+        "BridgePaused",
+        "DetectionFailing",
+        "ConsumerLagGrowing",
+        "CeleryQueueNotDraining",
+        "EndToEndLatencyHigh",
+    )
     for name in expected:
         assert name in names, f"alerts.yml has no {name} alert"
     for rule in alert_rules():
@@ -702,6 +713,103 @@ tests:
       - expr: ALERTS{{alertname="DetectionFailing", alertstate="firing"}}
         eval_time: 16m
         exp_samples: []
+  # The lag grows by 2,000 records a minute on one partition; on another it is large but
+  # steady; on a third topic it drains.
+  - interval: 1m
+    input_series:
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="0"}}'
+        values: '0+2000x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="1"}}'
+        values: '100x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="steady", partition="0"}}'
+        values: '50000x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="draining", partition="0"}}'
+        values: '60000-2000x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing", topic="signal-events",
+                             severity="warning"}}'
+            value: 1
+  # store only grows; detect is busy but empties now and then; default is stuck at 3.
+  - interval: 1m
+    input_series:
+      - series: 'celery_queue_length{{job="bridge", queue="store"}}'
+        values: '5+5x30'
+      - series: 'celery_queue_length{{job="bridge", queue="detect"}}'
+        values: '40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0'
+      - series: 'celery_queue_length{{job="bridge", queue="default"}}'
+        values: '0 0 0 0 0 0 0 0 0 0 3x20'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 3m
+        exp_samples: []
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="store",
+                             severity="warning"}}'
+            value: 1
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="store",
+                             severity="warning"}}'
+            value: 1
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="default",
+                             severity="warning"}}'
+            value: 1
+  # From minute 0, nine events in ten take 30 to 60 s from Kafka to stored and analysed.
+  - interval: 1m
+    input_series:
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="5"}}'
+        values: '0+10x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="30"}}'
+        values: '0+10x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="60"}}'
+        values: '0+100x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="+Inf"}}'
+        values: '0+100x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 5m
+        exp_samples: []
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 15m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing", severity="warning"}}'
+            value: 1
+  # Every event within 5 s: no alert.
+  - interval: 1m
+    input_series:
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="5"}}'
+        values: '0+100x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="+Inf"}}'
+        values: '0+100x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples: []
+  # The store worker goes at minute 2, the detect worker at minute 4.
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="worker", instance="worker-store:8013", queue="store"}}'
+        values: '1 1 0 0 0 0 0 0 0 0'
+      - series: 'up{{job="worker", instance="worker-detect:8013", queue="detect"}}'
+        values: '1 1 1 1 0 0 0 0 0 0'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
+        eval_time: 4m
+        exp_samples: []
+      - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
+        eval_time: 6m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoWorkerUp", alertstate="firing", severity="critical"}}'
+            value: 1
 """
 
 
@@ -794,6 +902,14 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         ("API request rate", r"rate\(django_http_requests_total_by_view_transport_method_total"),
         ("API p95 latency", r"histogram_quantile\(0\.95, .*django_http_requests_latency_seconds_by_view_method_bucket"),
         ("up status", r"^up$"),
+        ("consumer lag", r"bridge_consumer_lag"),
+        ("queue depth by queue", r"by \(queue\) \(celery_queue_length"),
+        ("end-to-end p50", r"histogram_quantile\(0\.5, .*end_to_end_latency_seconds_bucket"),
+        ("end-to-end p95", r"histogram_quantile\(0\.95, .*end_to_end_latency_seconds_bucket"),
+        ("end-to-end p99", r"histogram_quantile\(0\.99, .*end_to_end_latency_seconds_bucket"),
+        ("dead letters by reason", r"sum by \(reason\) \(rate\(dead_letters_total"),
+        ("API requests by endpoint", r"sum by \(endpoint, status\) \(rate\(api_requests_total"),
+        ("API p95 by endpoint", r"histogram_quantile\(0\.95, .*api_request_duration_seconds_bucket"),
     ],
 )
 def test_dashboard_shows(dashboard: dict[str, Any], what: str, pattern: str) -> None:
