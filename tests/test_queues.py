@@ -11,8 +11,10 @@ import redis
 from celery import Celery
 from django.conf import settings
 from kombu.exceptions import OperationalError
+from prometheus_client import CollectorRegistry, generate_latest
 
 from eventpipeline.celery import app
+from eventpipeline.metrics import CeleryQueueLengths
 from eventpipeline.queues import celery_queue_lengths, celery_queue_names
 from tests.conftest import free_port
 
@@ -49,3 +51,23 @@ def test_a_broker_that_does_not_answer_is_an_error_soon(queue: str) -> None:
     with pytest.raises(OperationalError):
         celery_queue_lengths(app=absent, queues=[queue])
     assert time.monotonic() - started < 15
+
+
+def test_the_bridge_exports_what_it_reads_at_each_scrape() -> None:
+    lengths = {"store": 3, "detect": 0}
+    registry = CollectorRegistry()
+    registry.register(CeleryQueueLengths(lambda: lengths))
+    assert registry.get_sample_value("celery_queue_length", {"queue": "store"}) == 3
+    lengths["store"] = 7
+    assert registry.get_sample_value("celery_queue_length", {"queue": "store"}) == 7
+    assert registry.get_sample_value("celery_queue_length", {"queue": "detect"}) == 0
+
+
+def test_a_broker_that_does_not_answer_leaves_the_metric_out_not_the_scrape() -> None:
+    def unreachable() -> dict[str, int]:
+        raise OperationalError("Error 111 connecting to 127.0.0.1:6379. Connection refused.")
+
+    registry = CollectorRegistry()
+    registry.register(CeleryQueueLengths(unreachable))
+    exposition = generate_latest(registry).decode()
+    assert "celery_queue_length{" not in exposition
