@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,7 +26,8 @@ from django.db import DataError, IntegrityError, InterfaceError, OperationalErro
 from django.db.models.functions import Now
 
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
-from signals_app.messages import SignalRow, with_original_identity
+from eventpipeline.metrics import DEAD_LETTERS
+from signals_app.messages import SignalRow, dead_letter_category, with_original_identity
 from signals_app.models import DeadLetter
 
 logger = logging.getLogger(__name__)
@@ -215,6 +217,8 @@ def dead_letters_keep(*, dead_letters: Sequence[DeadLetterRecord], topic: str, p
     records' offsets then, and tries again."""
     stored = dead_letters_store(dead_letters=dead_letters)
     dead_letters_publish(dead_letters=dead_letters, topic=topic, producer=producer)
+    for category, count in Counter(dead_letter_category(record.reason) for record in dead_letters).items():
+        DEAD_LETTERS.labels(reason=category).inc(count)
     for record in dead_letters:
         logger.info(
             "dead letter %s[%d]@%d: %s",

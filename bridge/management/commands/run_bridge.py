@@ -10,10 +10,13 @@ from typing import Any
 from confluent_kafka import Consumer, Producer
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from bridge.consumer import Bridge, BridgeOptions
+from eventpipeline.celery import app
 from eventpipeline.kafka import consumer_config, producer_config, topics_ensure
+from eventpipeline.metrics import CeleryQueueLengths
+from eventpipeline.queues import celery_queue_lengths, celery_queue_names
 from signals_app.messages import Limits
 
 logger = logging.getLogger(__name__)
@@ -31,6 +34,9 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["metrics_port"]:
+            # The bridge always runs, so it is the one to say how deep the Celery queues are.
+            queues = celery_queue_names()
+            REGISTRY.register(CeleryQueueLengths(lambda: celery_queue_lengths(app=app, queues=queues)))
             start_http_server(options["metrics_port"], addr=settings.BIND_ADDRESS)
         topics_ensure([options["topic"], options["dlq_topic"]], partitions=settings.TOPIC_PARTITIONS)
         bridge_options = BridgeOptions(
