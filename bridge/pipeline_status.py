@@ -174,8 +174,12 @@ def pipeline_problems(status: PipelineStatus, thresholds: Thresholds) -> list[st
     return problems
 
 
+def _since(status: PipelineStatus, moment: float) -> float:
+    """Seconds from `moment` to the snapshot; a part read after the snapshot began is now."""
+    return max(status.taken_at - moment, 0.0)
+
+
 def _ago(seconds: float) -> str:
-    seconds = max(seconds, 0.0)
     if seconds < 120:
         return f"{seconds:.0f} s ago"
     if seconds < 7200:
@@ -218,11 +222,11 @@ def pipeline_status_text(status: PipelineStatus, problems: list[str]) -> str:
             lines.append(
                 f"bridge    {bridge.host}:{bridge.pid}  in flight {bridge.in_flight}"
                 f"{'  PAUSED' if bridge.paused else ''}  partitions {partitions}"
-                f"  (reported {_ago(status.taken_at - bridge.updated_at)})"
+                f"  (reported {_ago(_since(status, bridge.updated_at))})"
             )
     newest = status.newest_event
     if newest is not None:
-        stored = _ago(status.taken_at - newest.stored_at)
+        stored = _ago(_since(status, newest.stored_at))
         lines.append(f"newest    stored {stored}, event time {_moment(newest.event_ms / 1000)}")
     elif "newest event" not in status.errors:
         lines.append("newest    none stored")
@@ -264,14 +268,14 @@ def pipeline_status_document(status: PipelineStatus, problems: list[str]) -> dic
                 "paused": b.paused,
                 "assigned": b.assigned,
                 "lag": None if b.lag is None else {str(p): lag for p, lag in b.lag.items()},
-                "reported_seconds_ago": round(status.taken_at - b.updated_at, 1),
+                "reported_seconds_ago": round(_since(status, b.updated_at), 1),
             }
             for b in status.bridges
         ],
         "newest_event": None
         if newest is None
         else {
-            "stored_seconds_ago": round(status.taken_at - newest.stored_at, 1),
+            "stored_seconds_ago": round(_since(status, newest.stored_at), 1),
             "event_time": _moment(newest.event_ms / 1000),
         },
         "dead_letters_last_hour": None

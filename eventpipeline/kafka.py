@@ -247,6 +247,8 @@ def consumer_lag(
     """The group's lag on `topic` (on `partitions`, or on all of them): log end, by the
     one method of `log_end_offsets`, less the group's committed offset."""
     wanted = topic_partitions(admin, topic) if partitions is None else sorted(partitions)
+    if not wanted:
+        return []
     committed = committed_offsets(admin, group_id, topic, wanted)
     ends = log_end_offsets(probe, topic, wanted)
     return [
