@@ -105,7 +105,13 @@ COUNTERS = {
     "api_requests_total",
     "django_http_requests_total_by_view_transport_method_total",
 }
-GAUGES = {"batch_size_current", "bridge_batches_in_flight", "bridge_paused", "active_user_sessions"}
+GAUGES = {
+    "batch_size_current",
+    "bridge_batches_in_flight",
+    "bridge_paused",
+    "bridge_consumer_lag",
+    "active_user_sessions",
+}
 HISTOGRAMS = {
     "signal_production_latency_seconds",
     "processing_latency_seconds",
@@ -130,6 +136,7 @@ PIPELINE_METRICS = {
     "batch_size_current",
     "bridge_batches_in_flight",
     "bridge_paused",
+    "bridge_consumer_lag",
     "anomalies_detected",
     "anomalies_muted",
     "anomaly_detection_latency_seconds",
