@@ -91,7 +91,8 @@ def pipeline_status_read(*, topic: str, group_id: str, ping_timeout: float) -> P
         try:
             return read()
         except Exception as error:  # noqa: BLE001 - one server away must not hide the others
-            errors[name] = f"{type(error).__name__}: {error}"
+            first_line = str(error).strip().split("\n", 1)[0]
+            errors[name] = f"{type(error).__name__}: {first_line}"
             return None
 
     def kafka_lag() -> list[PartitionLag]:

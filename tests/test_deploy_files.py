@@ -647,6 +647,23 @@ tests:
         exp_samples:
           - labels: 'ALERTS{{alertname="BridgePaused", alertstate="firing", severity="warning"}}'
             value: 1
+  # The lag of all partitions together is what counts, and only when it lasts.
+  - interval: 1m
+    input_series:
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="0"}}'
+        values: '0 60000x20'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="1"}}'
+        values: '0 50000x20'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="ConsumerLagHigh", alertstate="firing", severity="warning",
+                             topic="signal-events"}}'
+            value: 1
   # No worker has ever stored anything: the alert still fires.
   - interval: 1m
     input_series:
@@ -782,6 +799,7 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         ("batch size", r"batch_size_current"),
         ("in-flight batches", r"bridge_batches_in_flight"),
         ("bridge paused", r"bridge_paused"),
+        ("consumer lag per partition", r"sum by \(topic, partition\) \(bridge_consumer_lag\)"),
         ("anomalies/s by type", r"sum by \(anomaly_type\) \(rate\(anomalies_detected_total"),
         ("muted findings by type", r"sum by \(anomaly_type\) \(rate\(anomalies_muted_total"),
         ("detection latency p95", r"histogram_quantile\(0\.95, .*anomaly_detection_latency_seconds_bucket"),
