@@ -124,7 +124,9 @@ class StatusReporter(threading.Thread):
     def stop(self) -> None:
         """Stop reporting and take the record away: a bridge that stopped is not running."""
         self.stopping.set()
-        self.join(timeout=LOG_END_PROBE_SECONDS + 15)
+        # A report held up by a Kafka that is away is left to end with the process; the
+        # bridge's own shutdown must not wait for it.
+        self.join(timeout=LOG_END_PROBE_SECONDS + 2)
         if self.last_report is not None:
             try:
                 bridge_report_delete(client=self.client, report=self.last_report)

@@ -19,6 +19,7 @@ import pytest
 import redis
 from confluent_kafka import Producer, TopicPartition
 from django.conf import settings
+from prometheus_client import REGISTRY
 
 from bridge.pipeline_status import (
     DeadLetters,
@@ -30,7 +31,14 @@ from bridge.pipeline_status import (
     pipeline_status_document,
     pipeline_status_text,
 )
-from bridge.status import BridgeReport, bridge_report_delete, bridge_report_list, bridge_report_write
+from bridge.status import (
+    BridgeReport,
+    BridgeState,
+    StatusReporter,
+    bridge_report_delete,
+    bridge_report_list,
+    bridge_report_write,
+)
 from emitter.generator import SignalGenerator
 from eventpipeline.kafka import PartitionLag, log_end_offsets, log_end_probe, topics_ensure
 from eventpipeline.queues import celery_queue_lengths
@@ -183,6 +191,32 @@ def test_a_bridge_report_survives_the_trip_through_json() -> None:
     report = bridge_report(paused=True, lag=None)
     assert BridgeReport.from_json(report.to_json()) == report
     assert BridgeReport.from_json(bridge_report().to_json()).lag == {0: 10, 1: 0}
+
+
+def test_the_lag_metric_follows_the_partitions_assigned(monkeypatch: pytest.MonkeyPatch) -> None:
+    def lag_of(partitions: list[int], **_: Any) -> list[PartitionLag]:
+        return [PartitionLag("signals", p, 10 * p, 0, 10 * p + 5 + p) for p in partitions]
+
+    monkeypatch.setattr("bridge.status.consumer_lag", lag_of)
+    reporter = StatusReporter(
+        state=lambda: BridgeState(in_flight=0, paused=False, assigned=[]),
+        group_id="g",
+        topic="metric-test",
+        interval_seconds=1,
+        client=redis.Redis(),
+        probe=None,  # type: ignore[arg-type]  # consumer_lag is replaced
+        admin=None,  # type: ignore[arg-type]
+    )
+
+    def exported() -> dict[str, float | None]:
+        return {
+            p: REGISTRY.get_sample_value("bridge_consumer_lag", {"topic": "metric-test", "partition": p}) for p in "012"
+        }
+
+    assert reporter.measure_lag([0, 1, 2]) == {0: 5, 1: 6, 2: 7}
+    assert exported() == {"0": 5, "1": 6, "2": 7}
+    assert reporter.measure_lag([1]) == {1: 6}
+    assert exported() == {"0": None, "1": 6, "2": None}
 
 
 # --- against the servers -----------------------------------------------------------------
