@@ -38,6 +38,7 @@ from django.db import DatabaseError, connection
 
 from anomalies_app.tasks import detect_anomalies
 from bridge.offsets import OffsetTracker
+from bridge.status import BridgeState
 from eventpipeline.metrics import (
     BATCH_SIZE_CURRENT,
     BRIDGE_IN_FLIGHT,
@@ -109,6 +110,8 @@ class Bridge:
         self.in_flight: dict[str, InFlightBatch] = {}
         self.paused = False
         self.shutdown = False
+        # Replaced, never changed in place: the status thread reads it (bridge/status.py).
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -133,6 +136,14 @@ class Bridge:
                 self.consumer.seek(TopicPartition(topic, partition, offset))
             return
         self.consume_batch()
+
+    def state(self) -> BridgeState:
+        """For the status thread: plain reads, no call to Kafka."""
+        return BridgeState(
+            in_flight=len(self.in_flight),
+            paused=self.paused,
+            assigned=sorted(partition for topic, partition in self.assigned if topic == self.options.topic),
+        )
 
     def drain(self) -> None:
         """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close."""
@@ -350,6 +361,7 @@ class Bridge:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.assigned = self.assigned | {(p.topic, p.partition) for p in partitions}
         if self.paused:
             # Assign first: pausing partitions not yet assigned does nothing.
             consumer.assign(partitions)
@@ -358,6 +370,7 @@ class Bridge:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
         logger.info("revoked %s", revoked)
+        self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         self.tracker.forget(revoked)
 

@@ -41,6 +41,11 @@ BATCH_SIZE_CURRENT = Gauge(
 )
 BRIDGE_IN_FLIGHT = Gauge("bridge_batches_in_flight", "Batches handed to Celery and not yet stored.")
 BRIDGE_PAUSED = Gauge("bridge_paused", "1 while the bridge pauses consuming because workers fall behind.")
+BRIDGE_CONSUMER_LAG = Gauge(
+    "bridge_consumer_lag",
+    "Records of an assigned partition after the bridge's committed offset (log end less committed).",
+    ["topic", "partition"],
+)
 # Observed once per accepted record, when the bridge sees its batch stored and analysed
 # (docs/design.md, "Prometheus metrics").
 END_TO_END_LATENCY = Histogram(

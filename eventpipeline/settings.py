@@ -132,6 +132,9 @@ BRIDGE_MAX_IN_FLIGHT = env_int("BRIDGE_MAX_IN_FLIGHT", 64, minimum=1)
 # idempotent). It covers a task lost with its broker, e.g. a Redis restart.
 BRIDGE_REDISPATCH_SECONDS = env_float("BRIDGE_REDISPATCH_SECONDS", 60.0, minimum=1.0)
 BRIDGE_GROUP_ID = env_str("BRIDGE_GROUP_ID", "eventpipeline-bridge")
+# Every this many seconds the bridge measures its consumer lag and leaves a status record
+# in Redis (on REDIS_URL) for `pipeline_status`; a record expires after three periods.
+BRIDGE_STATUS_SECONDS = env_float("BRIDGE_STATUS_SECONDS", 5.0, minimum=0.5)
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45_000, minimum=1000)
 # Messages larger than this are dead letters ("oversize"), whatever Kafka accepted.
 MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
@@ -169,6 +172,14 @@ BIND_ADDRESS = env_str("BIND_ADDRESS", "127.0.0.1")
 # "user:password" (several: comma-separated). Flower reads it itself; `make run` and
 # docker-compose.yml refuse to start Flower without it, and `make run` prints it.
 FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
+# `pipeline_status` exits non-zero when the bridge's consumer group lags by more than
+# STATUS_MAX_LAG records in all, when nothing was stored for STATUS_MAX_STORE_AGE_SECONDS
+# while records wait, when no worker answers a ping within STATUS_PING_TIMEOUT_SECONDS,
+# or when no bridge reports (docs/operations.md, "Reading pipeline_status").
+STATUS_MAX_LAG = env_int("STATUS_MAX_LAG", 100_000)
+STATUS_MAX_STORE_AGE_SECONDS = env_float("STATUS_MAX_STORE_AGE_SECONDS", 120.0, minimum=1.0)
+STATUS_PING_TIMEOUT_SECONDS = env_float("STATUS_PING_TIMEOUT_SECONDS", 1.0, minimum=0.1)
+
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)
 WORKER_METRICS_PORT = env_int("WORKER_METRICS_PORT", 8013, maximum=65535)

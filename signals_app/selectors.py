@@ -71,3 +71,16 @@ def dead_letter_counts(*, since_ms: int, until_ms: int) -> dict[int, int]:
         .order_by()
     )
     return {hour_of(hour): dead_letters for hour, dead_letters in rows}
+
+
+def signal_newest_stored() -> Signal | None:
+    """The event stored last: the highest id (the primary key's index; `created_at` has none)."""
+    return Signal.objects.order_by("-id").only("timestamp", "created_at").first()
+
+
+def dead_letter_reasons(*, since: datetime, limit: int = 10) -> tuple[int, list[tuple[str, int]]]:
+    """Dead letters received since `since`: how many, and the `limit` commonest reasons
+    with their counts."""
+    received = DeadLetter.objects.filter(received_at__gte=since)
+    reasons = received.values_list("reason").annotate(count=Count("*")).order_by("-count", "reason")[:limit]
+    return received.count(), [(reason, count) for reason, count in reasons]

@@ -140,6 +140,7 @@ PIPELINE_METRICS = {
     "batch_size_current",
     "bridge_batches_in_flight",
     "bridge_paused",
+    "bridge_consumer_lag",
     "anomalies_detected",
     "anomalies_muted",
     "anomaly_detection_latency_seconds",
@@ -723,6 +724,23 @@ tests:
         exp_samples:
           - labels: 'ALERTS{{alertname="BridgePaused", alertstate="firing", severity="warning"}}'
             value: 1
+  # The lag of all partitions together is what counts, and only when it lasts.
+  - interval: 1m
+    input_series:
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="0"}}'
+        values: '0 60000x20'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="1"}}'
+        values: '0 50000x20'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="ConsumerLagHigh", alertstate="firing", severity="warning",
+                             topic="signal-events"}}'
+            value: 1
   # No worker has ever stored anything: the alert still fires.
   - interval: 1m
     input_series:
@@ -962,13 +980,13 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         ("batch size", r"batch_size_current"),
         ("in-flight batches", r"bridge_batches_in_flight"),
         ("bridge paused", r"bridge_paused"),
+        ("consumer lag per partition", r"by \(topic, partition\) \(bridge_consumer_lag\)"),
         ("anomalies/s by type", r"sum by \(anomaly_type\) \(rate\(anomalies_detected_total"),
         ("muted findings by type", r"sum by \(anomaly_type\) \(rate\(anomalies_muted_total"),
         ("detection latency p95", r"histogram_quantile\(0\.95, .*anomaly_detection_latency_seconds_bucket"),
         ("API request rate", r"rate\(django_http_requests_total_by_view_transport_method_total"),
         ("API p95 latency", r"histogram_quantile\(0\.95, .*django_http_requests_latency_seconds_by_view_method_bucket"),
         ("up status", r"^up$"),
-        ("consumer lag", r"bridge_consumer_lag"),
         ("queue depth by queue", r"by \(queue\) \(celery_queue_length"),
         ("end-to-end p50", r"histogram_quantile\(0\.5, .*end_to_end_latency_seconds_bucket"),
         ("end-to-end p95", r"histogram_quantile\(0\.95, .*end_to_end_latency_seconds_bucket"),

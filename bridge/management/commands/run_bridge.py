@@ -7,14 +7,17 @@ import signal
 from types import FrameType
 from typing import Any
 
+import redis
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
 from prometheus_client import REGISTRY, start_http_server
 
 from bridge.consumer import Bridge, BridgeOptions
+from bridge.status import StatusReporter
 from eventpipeline.celery import app
-from eventpipeline.kafka import consumer_config, producer_config, topics_ensure
+from eventpipeline.kafka import consumer_config, log_end_probe, producer_config, topics_ensure
 from eventpipeline.metrics import CeleryQueueLengths
 from eventpipeline.queues import celery_queue_lengths, celery_queue_names
 from signals_app.messages import Limits
@@ -71,5 +74,18 @@ class Command(BaseCommand):
             options["group_id"],
             settings.KAFKA_BOOTSTRAP_SERVERS,
         )
-        bridge.run()
+        reporter = StatusReporter(
+            state=bridge.state,
+            group_id=options["group_id"],
+            topic=bridge_options.topic,
+            interval_seconds=settings.BRIDGE_STATUS_SECONDS,
+            client=redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2),
+            probe=log_end_probe(),
+            admin=AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0}),
+        )
+        reporter.start()
+        try:
+            bridge.run()
+        finally:
+            reporter.stop()
         logger.info("bridge stopped")
