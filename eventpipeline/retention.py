@@ -72,8 +72,7 @@ def _expiring(table: str, before: datetime, include_open: bool) -> tuple[models.
 
 def _signals_expiring(before: datetime) -> list[Partition]:
     """The partitions whose whole day is older than `before`."""
-    before_ms = int(before.timestamp() * 1000)
-    return [partition for partition in signals_partitions() if partition.end_ms <= before_ms]
+    return signals_partitions(ending_by_ms=int(before.timestamp() * 1000))
 
 
 def retention_plan(*, days: Mapping[str, int], include_open: bool, now: datetime | None = None) -> list[TablePlan]:

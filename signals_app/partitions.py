@@ -76,8 +76,9 @@ def today_utc() -> date:
     return datetime.now(UTC).date()
 
 
-def signals_partitions() -> list[Partition]:
-    """Every partition of `signals`, oldest first."""
+def signals_partitions(*, ending_by_ms: int | None = None) -> list[Partition]:
+    """The partitions of `signals`, oldest first: every one, or with their rows those whose
+    days end by `ending_by_ms` (counting the rows of one PostgreSQL has no statistics of)."""
     with connection.cursor() as cursor:
         cursor.execute(
             """
@@ -92,8 +93,10 @@ def signals_partitions() -> list[Partition]:
             match = _BOUNDS.search(bound)
             if match is None:  # not a range partition of ours (a DEFAULT added by hand)
                 continue
+            if ending_by_ms is not None and int(match[2]) > ending_by_ms:
+                continue
             rows, estimated = estimate, True
-            if rows < 0:  # never analysed yet
+            if rows < 0 and ending_by_ms is not None:  # never analysed yet
                 cursor.execute(f'SELECT count(*) FROM "{name}"')
                 rows, estimated = cursor.fetchone()[0], False
             partitions.append(Partition(name, int(match[1]), int(match[2]), rows, estimated, pending))
