@@ -16,6 +16,7 @@ from django.utils import timezone
 
 from anomalies_app.models import Anomaly
 from emitter.models import InjectedScenario, InjectionRun
+from eventpipeline.retention import retention_apply
 from eventpipeline.tasks import cleanup_old_data, signals_partitions_ahead
 from signals_app import partitions
 from signals_app.models import DeadLetter, Signal
@@ -41,7 +42,8 @@ def cleanup(*args: str) -> str:
 
 
 def old_data() -> dict[str, Any]:
-    """A little of everything, some of it past 30 days."""
+    """A little of everything, some of it past 30 days (and no old day left by other tests)."""
+    retention_apply(days={"signals": 30}, include_open=False, chunk_rows=100)
     for age_days in (40, 40, 35, 31, 29, 0):
         signal_create(timestamp=NOW_MS - age_days * DAY_MS)
     old = timezone.now() - timedelta(days=31)
