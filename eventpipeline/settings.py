@@ -154,7 +154,23 @@ EMITTER_CONTROL_KEY = env_str("EMITTER_CONTROL_KEY", "eventpipeline:emitter:cont
 # 1,000 events/s of the system this replaces.
 EMITTER_MAX_RATE = env_int("EMITTER_MAX_RATE", 20_000, minimum=1)
 EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, minimum=0.05)
+# Retention (`manage.py cleanup`, and beat every hour): how many days each table keeps.
+# RETENTION_DAYS is the default of all four. Signals go a whole day's partition at a time,
+# so they stay between N and N+1 days (docs/design.md, "Retention").
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+RETENTION_DAYS_BY_TABLE = {
+    "signals": env_int("SIGNALS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "anomalies": env_int("ANOMALIES_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "dead_letters": env_int("DEAD_LETTERS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "injection_runs": env_int("INJECTION_RUNS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+}
+# Rows a retention DELETE removes per transaction, so none holds a long one.
+RETENTION_CHUNK_ROWS = env_int("RETENTION_CHUNK_ROWS", 10_000, minimum=1)
+# Days ahead that beat keeps a partition of `signals` ready for (docs/design.md, "Partitions").
+SIGNALS_PARTITIONS_AHEAD_DAYS = env_int("SIGNALS_PARTITIONS_AHEAD_DAYS", 3, minimum=1)
+# How long adding or dropping a partition waits for its lock before giving up (and trying
+# again later), instead of queueing every insert behind it.
+PARTITION_LOCK_TIMEOUT_MS = env_int("PARTITION_LOCK_TIMEOUT_MS", 5_000, minimum=100)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
 RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)
 # Detection windows live in Redis under this key prefix (REDIS_URL unless DETECT_REDIS_URL).
@@ -399,6 +415,10 @@ CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
         "task": "eventpipeline.cleanup_old_data",
+        "schedule": 3600.0,
+    },
+    "signals-partitions-ahead": {
+        "task": "eventpipeline.signals_partitions_ahead",
         "schedule": 3600.0,
     },
 }
