@@ -7,6 +7,7 @@ import uuid
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import datetime
 from typing import Any, Generic, TypeVar
 
 import orjson
@@ -336,3 +337,16 @@ def anomaly_top_users(*, since_ms: int, until_ms: int, limit: int) -> list[tuple
         .order_by("-anomalies", "user_id")[:limit]
     )
     return [(user_id, anomalies) for user_id, anomalies in rows]
+
+
+def anomaly_expired_list(*, before: datetime, include_open: bool) -> tuple[QuerySet[Anomaly], QuerySet[Anomaly]]:
+    """Retention's share of anomalies detected before `before`: (those that go, those kept).
+
+    One still waiting for an analyst (new or acknowledged, and not held back by a mute) is
+    kept past retention unless `include_open`: deleting it would lose work nobody has done.
+    The SQL function cleanup_old_data keeps the same ones (anomalies_app migration 0011)."""
+    old = Anomaly.objects.filter(detection_timestamp__lt=before)
+    awaiting = Q(status__in=OPEN_STATUSES, suppressed=False)
+    if include_open:
+        return old, old.none()
+    return old.exclude(awaiting), old.filter(awaiting)

@@ -630,12 +630,3 @@ def anomalies_publish(*, anomaly_ids: list[int], topic: str, producer: Producer)
             error=AnomalyPublishError,
         )
     return len(pending)
-
-
-def data_cleanup_old(*, days: int) -> dict[str, int]:
-    """Retention: delete signals, anomalies and dead letters older than `days`, through the
-    SQL function cleanup_old_data (docs/design.md, "Database extras") that users call too."""
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT * FROM cleanup_old_data(%s)", [days])
-        signals_deleted, anomalies_deleted, dead_letters_deleted = cursor.fetchone()
-    return {"signals": signals_deleted, "anomalies": anomalies_deleted, "dead_letters": dead_letters_deleted}

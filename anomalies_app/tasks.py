@@ -9,7 +9,7 @@ import redis
 from celery import Task, shared_task
 from django.conf import settings
 
-from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch, data_cleanup_old
+from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
 from anomalies_app.windows import EpochLost
 from eventpipeline.celery import batch_task_retry, batch_task_start
 from eventpipeline.metrics import EVENTS_PROCESSED
@@ -66,10 +66,3 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: st
         },
     )
     return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}
-
-
-# A name of its own, not its module's: beat's schedule outlives a move of the code.
-@shared_task(name="eventpipeline.cleanup_old_data")
-def cleanup_old_data(days: int | None = None) -> dict[str, int]:
-    """Retention, run by beat: delete signals, anomalies and dead letters older than `days`."""
-    return data_cleanup_old(days=days or settings.RETENTION_DAYS)

@@ -5,8 +5,9 @@ Page mode (`?page=3&size=50`, the default): OFFSET (page - 1) * size, LIMIT size
 extra row only tells whether a next page exists, and the response carries no total: no
 `count(*)` is run, since counting a large table is slow and would be paid on every
 request (docs/performance.md, "The /metrics report").
-Deep pages still make PostgreSQL walk past every row before them: that is what cursors
-are for.
+Deep pages still make PostgreSQL walk past every row before them, so `page` x `size` is
+capped at MAX_PAGE_ROWS (a 400 naming `page` beyond it): no request makes it skip more
+than that. Cursors are for deep paging.
 
 Cursor mode (`?cursor=` to start, then the `next` link): keyset pagination on the
 ordering field and the row id, `WHERE (timestamp, id) < (last seen)`, which an index
@@ -36,8 +37,9 @@ from rest_framework.utils.urls import remove_query_param, replace_query_param
 
 DEFAULT_SIZE = 50
 MAX_SIZE = 1000
-# Keeps OFFSET within bigint whatever the size; far deeper than anyone should page by number.
-MAX_PAGE = 1_000_000
+# The deepest row page mode reaches (page x size): what one request may make PostgreSQL
+# step over is bounded. Anyone reading further pages with `cursor`.
+MAX_PAGE_ROWS = 10_000
 _CURSOR_SALT = "api.pagination.cursor"
 
 _SIZE = serializers.IntegerField(
@@ -51,12 +53,7 @@ _SIZE = serializers.IntegerField(
 )
 _PAGE = serializers.IntegerField(
     min_value=1,
-    max_value=MAX_PAGE,
-    error_messages={
-        "min_value": "must be at least 1 (the first page is 1)",
-        "max_value": f"must be at most {MAX_PAGE}; page deep tables with `cursor`",
-        "invalid": "must be a whole number",
-    },
+    error_messages={"min_value": "must be at least 1 (the first page is 1)", "invalid": "must be a whole number"},
 )
 
 
@@ -105,6 +102,16 @@ class PageOrCursorPagination(BasePagination):
     # --- page mode ---------------------------------------------------------------------
     def _page(self, queryset: QuerySet[Any], request: Request) -> list[Any]:
         page = _parameter(request, self.page_query_param, _PAGE, 1)
+        if page * self.size > MAX_PAGE_ROWS:
+            deepest = MAX_PAGE_ROWS // self.size
+            raise ValidationError(
+                {
+                    self.page_query_param: [
+                        f"must be at most {deepest} with size {self.size}: page x size is capped at "
+                        f"{MAX_PAGE_ROWS:,} rows; read further with `cursor`"
+                    ]
+                }
+            )
         offset = (page - 1) * self.size
         rows = list(queryset[offset : offset + self.size + 1])
         url = request.build_absolute_uri()
@@ -187,8 +194,8 @@ class PageOrCursorPagination(BasePagination):
                 "required": False,
                 "in": "query",
                 "description": "Page number, from 1. No total is counted; follow `next` until it is null. "
-                "Not with `cursor`.",
-                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE, "default": 1},
+                f"`page` x `size` is at most {MAX_PAGE_ROWS:,}: read further with `cursor`. Not with `cursor`.",
+                "schema": {"type": "integer", "minimum": 1, "maximum": MAX_PAGE_ROWS, "default": 1},
             },
             {
                 "name": self.size_query_param,

@@ -8,6 +8,7 @@ from rest_framework.permissions import BasePermission
 from rest_framework.request import Request
 
 from anomalies_app.triage import can_triage
+from emitter.services import EMITTER_CONTROL_PERMISSION
 
 
 class CanTriage(BasePermission):
@@ -22,3 +23,17 @@ class CanTriage(BasePermission):
 
     def has_permission(self, request: Request, view: Any) -> bool:
         return can_triage(request.user)
+
+
+class CanControlEmitter(BasePermission):
+    """Steering the running emitters fills Kafka and PostgreSQL with synthetic users: a
+    permission of its own, which neither analysts nor rule editors have."""
+
+    message = (
+        f"you may not steer the emitters: that takes the permission {EMITTER_CONTROL_PERMISSION}, "
+        "given to a user or group in the admin"
+    )
+
+    def has_permission(self, request: Request, view: Any) -> bool:
+        user = request.user
+        return bool(user is not None and user.is_active and user.has_perm(EMITTER_CONTROL_PERMISSION))

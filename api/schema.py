@@ -42,6 +42,11 @@ FORBIDDEN = OpenApiResponse(
     description="The user may not triage anomalies (the permission anomalies_app.triage_anomaly, which the "
     "analysts group gives).",
 )
+FORBIDDEN_EMITTER = OpenApiResponse(
+    response=_DETAIL,
+    description="The user may not steer the emitters (the permission emitter.control_emitter, which no group "
+    "gives by default).",
+)
 NOT_FOUND = OpenApiResponse(response=_DETAIL, description='No such anomaly: `{"detail": "no anomaly has the id 5"}`.')
 CONFLICT = OpenApiResponse(
     response=BAD_PARAMETERS.response,
@@ -54,6 +59,9 @@ CONFLICT = OpenApiResponse(
 AUTHENTICATED_ERRORS: dict[int, Any] = {
     401: OpenApiResponse(response=_DETAIL, description="No credentials, or a token that is not valid."),
     429: OpenApiResponse(response=_DETAIL, description="Too many requests from this user (API_THROTTLE_RATE)."),
+    503: OpenApiResponse(
+        response=_DETAIL, description="A statement ran longer than API_STATEMENT_TIMEOUT_MS and was cancelled."
+    ),
 }
 
 ANOMALY_ID_PATH_PARAMETER = OpenApiParameter(

@@ -4,18 +4,19 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import redis
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.core.cache import cache
-from django.db import connection
 
 from anomalies_app.models import AnomalyStatus, Severity
 from anomalies_app.rules import DEFAULT_RULES
@@ -134,14 +135,21 @@ class CheckResult:
     detail: str
 
 
+# Every check ends by itself within its timeout, whatever the server does: one that
+# accepts a connection and never answers must cost a /health request `timeout`, not a
+# thread that waits for ever. (libpq, which psycopg follows, waits at least 2 s to connect.)
+def postgresql_timeout(timeout: float) -> int:
+    return max(2, math.ceil(timeout))
+
+
 def _postgresql(timeout: float) -> str:
-    # Runs in a thread of its own, so this connection is the thread's: closed here.
-    try:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT 1")
-        return "answered"
-    finally:
-        connection.close()
+    # A connection of its own rather than Django's: connect_timeout bounds the whole
+    # handshake, which needs the server to answer, and the statement has its own bound.
+    seconds = postgresql_timeout(timeout)
+    options = f"-c statement_timeout={seconds * 1000}"
+    with psycopg.connect(settings.DATABASE_URL, connect_timeout=seconds, options=options, autocommit=True) as pg:
+        pg.execute("SELECT 1")
+    return "answered"
 
 
 def _redis(timeout: float) -> str:
@@ -183,7 +191,11 @@ def _kafka(timeout: float) -> str:
 
 
 def _celery(timeout: float) -> str:
-    replies = celery_app.control.ping(timeout=timeout, limit=1)
+    # A broker connection of its own, with socket timeouts and no retries: the app's own
+    # would wait for a broker that does not answer, and try again, for ever.
+    bounded = {"socket_timeout": timeout + 1, "socket_connect_timeout": timeout, "max_retries": 0}
+    with celery_app.connection_for_write(transport_options=bounded) as broker:
+        replies = celery_app.control.ping(timeout=timeout, limit=1, connection=broker)
     if not replies:
         raise HealthCheckFailed(f"no worker answered a ping within {timeout:g} s")
     return f"{next(iter(replies[0]))} answered"
@@ -215,13 +227,25 @@ def _run(name: str, check: Callable[[float], str], timeout: float) -> CheckResul
 
 
 def health_check(*, timeout: float) -> list[CheckResult]:
-    """Every check at once, each given `timeout` seconds; one that has not answered by then
-    fails as such (its thread is left to finish on its own)."""
-    executor = ThreadPoolExecutor(max_workers=len(HEALTH_CHECKS), thread_name_prefix="health")
-    futures = {name: executor.submit(_run, name, check, timeout) for name, check in HEALTH_CHECKS.items()}
-    wait(futures.values(), timeout=timeout + 0.5)
-    executor.shutdown(wait=False, cancel_futures=True)
-    return [
-        future.result() if future.done() else CheckResult(name, False, f"no answer within {timeout:g} s")
-        for name, future in futures.items()
+    """Every check at once, each in a thread of its own given `timeout` seconds, all of
+    them ended before the answer. Each check bounds itself (above), so the threads end on
+    their own; one that did not would be reported as failed and named in the log, never
+    waited for past the deadline."""
+    results: dict[str, CheckResult] = {}
+
+    def run(name: str, check: Callable[[float], str]) -> None:
+        results[name] = _run(name, check, timeout)
+
+    threads = [
+        threading.Thread(target=run, args=(name, check), name=f"health-{name}", daemon=True)
+        for name, check in HEALTH_CHECKS.items()
     ]
+    for thread in threads:
+        thread.start()
+    # Past the slowest check's own bound: PostgreSQL's connect, or the broker's socket timeout.
+    deadline = time.monotonic() + postgresql_timeout(timeout) + timeout + 1
+    for thread in threads:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if thread.is_alive():
+            logger.error("health: %s outlived its timeout of %g s", thread.name, timeout)
+    return [results.get(name, CheckResult(name, False, f"no answer within {timeout:g} s")) for name in HEALTH_CHECKS]

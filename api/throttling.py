@@ -1,4 +1,4 @@
-"""Per-user request throttling for the query API."""
+"""Request throttling for the query API: per user, and per address for /health."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from typing import Any
 import redis
 from django.conf import settings
 from rest_framework.request import Request
-from rest_framework.throttling import UserRateThrottle
+from rest_framework.throttling import AnonRateThrottle, SimpleRateThrottle, UserRateThrottle
 
 logger = logging.getLogger(__name__)
 
@@ -49,9 +49,9 @@ def _throttle_script(redis_url: str) -> Any:
     return client.register_script(THROTTLE_SCRIPT)
 
 
-class UserThrottle(UserRateThrottle):
-    """`API_THROTTLE_RATE` requests per user, sustained, counted in Redis so that every api
-    process shares the count.
+class SharedRateThrottle(SimpleRateThrottle):
+    """The rate named by `rate_setting`, counted in Redis so that every api process shares
+    the count (GCRA, above). Which requests share a count is the subclass's cache key.
 
     DRF's own throttle keeps the time of every request of the last period in a list that
     it reads, unpickles, extends, pickles and writes back on each request, and two
@@ -71,9 +71,10 @@ class UserThrottle(UserRateThrottle):
 
     # DRF's `timer` is time.time; None here means Redis's clock (see THROTTLE_SCRIPT).
     timer: Callable[[], float] | None = None  # type: ignore[assignment]
+    rate_setting: str
 
     def get_rate(self) -> str:
-        return str(settings.API_THROTTLE_RATE)
+        return str(getattr(settings, self.rate_setting))
 
     def allow_request(self, request: Request, view: Any) -> bool:
         num_requests, duration = self.parse_rate(self.get_rate())
@@ -96,3 +97,18 @@ class UserThrottle(UserRateThrottle):
 
     def wait(self) -> float | None:
         return self.wait_seconds
+
+
+class UserThrottle(SharedRateThrottle, UserRateThrottle):
+    """`API_THROTTLE_RATE` requests per user, sustained (an anonymous caller: per address)."""
+
+    rate_setting = "API_THROTTLE_RATE"
+
+
+class HealthThrottle(SharedRateThrottle, AnonRateThrottle):
+    """`HEALTH_THROTTLE_RATE` requests to /health per caller's address: plenty for load
+    balancers and monitors, and a bound on the checks that a flood of anonymous requests
+    can make the api run against every server."""
+
+    scope = "health"
+    rate_setting = "HEALTH_THROTTLE_RATE"

@@ -5,13 +5,15 @@ parses its input, calls one selector or service and shapes the output (docs/desi
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, cast
+from typing import Any, ClassVar, cast
 
 from django.conf import settings
 from django.contrib.auth.models import User
 from django.db.models import QuerySet
 from drf_spectacular.utils import OpenApiResponse, extend_schema
+from drf_spectacular.views import SpectacularAPIView
 from rest_framework import generics
 from rest_framework.exceptions import NotFound, PermissionDenied, ValidationError
 from rest_framework.parsers import JSONParser
@@ -33,7 +35,7 @@ from api.filters import (
     user_id_from_path,
     whole_number_from_path,
 )
-from api.permissions import CanTriage
+from api.permissions import CanControlEmitter, CanTriage
 from api.schema import (
     ANOMALY_ID_PATH_PARAMETER,
     AUTHENTICATED_ERRORS,
@@ -42,6 +44,7 @@ from api.schema import (
     BAD_TRIAGE,
     CONFLICT,
     FORBIDDEN,
+    FORBIDDEN_EMITTER,
     NOT_FOUND,
     UNSUPPORTED_MEDIA_TYPE,
     USER_ID_PATH_PARAMETER,
@@ -61,8 +64,9 @@ from api.serializers import (
     SignalSerializer,
     TriageResultSerializer,
 )
+from api.throttling import HealthThrottle
 from emitter.selectors import EmitterControl
-from emitter.services import emitter_burst, emitter_configure
+from emitter.services import EmitterControlRefused, emitter_burst, emitter_configure
 from signals_app.models import Signal
 from signals_app.selectors import signal_list
 
@@ -111,35 +115,48 @@ def _control_body(control: EmitterControl) -> dict[str, object]:
     return dict(EmitterControlSerializer(body).data)
 
 
+def _emitter_control(change: Callable[..., EmitterControl], asked: dict[str, Any]) -> Response:
+    try:
+        control = change(**asked)
+    except EmitterControlRefused as refused:
+        raise ValidationError({refused.field: [refused.message]}) from refused
+    return Response(_control_body(control))
+
+
+_EMITTER_RESPONSES = {
+    200: EmitterControlSerializer,
+    400: BAD_BODY,
+    403: FORBIDDEN_EMITTER,
+    415: UNSUPPORTED_MEDIA_TYPE,
+    **AUTHENTICATED_ERRORS,
+}
+
+
 class EmitterConfigureView(APIView):
     """Set the running emitters' rate and burst mode; a field left out stays as it is.
     They follow within `follows_within_seconds`."""
 
+    permission_classes = [IsAuthenticated, CanControlEmitter]
     parser_classes = [JSONParser]  # the body is JSON, as docs/design.md's examples send it
 
-    @extend_schema(
-        request=EmitterConfigureSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
-    )
+    @extend_schema(request=EmitterConfigureSerializer, responses=_EMITTER_RESPONSES)
     def post(self, request: Request) -> Response:
         asked = EmitterConfigureSerializer(data=request.data)
         asked.is_valid(raise_exception=True)
-        return Response(_control_body(emitter_configure(**asked.validated_data)))
+        return _emitter_control(emitter_configure, dict(asked.validated_data))
 
 
 class EmitterBurstView(APIView):
     """Multiply the running emitters' rate for a while, then go back to it."""
 
+    permission_classes = [IsAuthenticated, CanControlEmitter]
     parser_classes = [JSONParser]
 
-    @extend_schema(
-        request=EmitterBurstSerializer,
-        responses={200: EmitterControlSerializer, 400: BAD_BODY, 415: UNSUPPORTED_MEDIA_TYPE, **AUTHENTICATED_ERRORS},
-    )
+    @extend_schema(request=EmitterBurstSerializer, responses=_EMITTER_RESPONSES)
     def post(self, request: Request) -> Response:
         asked = EmitterBurstSerializer(data=request.data)
         asked.is_valid(raise_exception=True)
-        return Response(_control_body(emitter_burst(**asked.validated_data)))
+        return _emitter_control(emitter_burst, dict(asked.validated_data))
 
 
 @extend_schema(responses={200: AnomalySerializer, 400: BAD_PARAMETERS, **AUTHENTICATED_ERRORS})
@@ -279,17 +296,22 @@ class MetricsView(APIView):
 
 class HealthView(APIView):
     """200 when PostgreSQL, Redis and Kafka answer and a Celery worker answers a ping; 503
-    naming what does not. Open to all, unthrottled: load balancers and monitors call it."""
+    naming what does not. Open to all, as load balancers and monitors call it; so limited
+    per caller's address (HEALTH_THROTTLE_RATE), and every check ends within its timeout."""
 
     authentication_classes = []
     permission_classes = [AllowAny]
-    throttle_classes = []
+    throttle_classes = [HealthThrottle]
 
     @extend_schema(
         auth=[],
         responses={
             200: HealthSerializer,
             503: OpenApiResponse(HealthSerializer, description="At least one check failed; `failed` names them."),
+            429: OpenApiResponse(
+                response={"type": "object", "properties": {"detail": {"type": "string"}}},
+                description="Too many requests from this address (HEALTH_THROTTLE_RATE).",
+            ),
         },
     )
     def get(self, request: Request) -> Response:
@@ -301,3 +323,20 @@ class HealthView(APIView):
             "checks": {result.name: {"ok": result.ok, "detail": result.detail} for result in results},
         }
         return Response(HealthSerializer(body).data, status=503 if failed else 200)
+
+
+class SchemaView(SpectacularAPIView):
+    """/schema, the OpenAPI document that /docs shows: open to all on purpose
+    (docs/design.md, "Query API"), so made once per process, not on every request: it
+    describes the code, which does not change while the process runs, and making it costs
+    far more than any other answer the api gives without credentials. One language and one
+    version: `?lang=` and `?version=` make no other document."""
+
+    _schema: ClassVar[dict[str, Any] | None] = None
+
+    def _get_schema_response(self, request: Request) -> Response:
+        if SchemaView._schema is None:
+            generator = self.generator_class(urlconf=self.urlconf, api_version=None, patterns=self.patterns)
+            SchemaView._schema = generator.get_schema(request=request, public=self.serve_public)
+        filename = self._get_filename(request, None)
+        return Response(data=SchemaView._schema, headers={"Content-Disposition": f'inline; filename="{filename}"'})

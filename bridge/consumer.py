@@ -26,15 +26,25 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from celery.result import AsyncResult, denied_join_result
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import (
+    TIMESTAMP_NOT_AVAILABLE,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
 from django.db import DatabaseError, connection
 
 from anomalies_app.tasks import detect_anomalies
 from bridge.offsets import OffsetTracker
+from bridge.status import BridgeState
 from eventpipeline.metrics import (
     BATCH_SIZE_CURRENT,
     BRIDGE_IN_FLIGHT,
     BRIDGE_PAUSED,
+    END_TO_END_LATENCY,
     EVENTS_PROCESSED,
     PROCESSING_LATENCY,
 )
@@ -66,6 +76,8 @@ class InFlightBatch:
     received_at: float
     # Per partition, the first and last offset of the batch's records (dead letters included).
     offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
+    # Kafka's timestamp of each row's record (ms since the epoch), where the record has one.
+    record_times_ms: list[int] = field(default_factory=list)
     handovers: dict[str, Handover] = field(default_factory=lambda: {name: Handover() for name in TASKS})
 
 
@@ -104,6 +116,8 @@ class Bridge:
         self.in_flight: dict[str, InFlightBatch] = {}
         self.paused = False
         self.shutdown = False
+        # Replaced, never changed in place: the status thread reads it (bridge/status.py).
+        self.assigned: frozenset[tuple[str, int]] = frozenset()
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -129,6 +143,14 @@ class Bridge:
             return
         self.consume_batch()
 
+    def state(self) -> BridgeState:
+        """For the status thread: plain reads, no call to Kafka."""
+        return BridgeState(
+            in_flight=len(self.in_flight),
+            paused=self.paused,
+            assigned=sorted(partition for topic, partition in self.assigned if topic == self.options.topic),
+        )
+
     def drain(self) -> None:
         """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close."""
         deadline = self.clock() + self.options.drain_timeout_s
@@ -149,6 +171,7 @@ class Bridge:
         received_at = self.clock()
         now_ms = int(time.time() * 1000)
         rows: list[SignalRow] = []
+        record_times_ms: list[int] = []
         dead_letters: list[DeadLetterRecord] = []
         offsets: dict[int, tuple[int, int]] = {}
         for message in messages:
@@ -175,6 +198,9 @@ class Bridge:
                 dead_letters.append(self._dead_letter(message, decoded.reason))
             else:
                 rows.append(decoded)
+                kind, record_ms = message.timestamp()
+                if kind != TIMESTAMP_NOT_AVAILABLE:
+                    record_times_ms.append(record_ms)
         if dead_letters and not self.keep_dead_letters(dead_letters):
             return  # stopping: none of these offsets is committed, the records come again
         batch = InFlightBatch(
@@ -183,6 +209,7 @@ class Bridge:
             rows=rows,
             received_at=received_at,
             offsets=offsets,
+            record_times_ms=record_times_ms,
         )
         self.tracker.add(batch.batch_id, {(batch.topic, partition): last for partition, (_, last) in offsets.items()})
         EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))
@@ -316,6 +343,11 @@ class Bridge:
         del self.in_flight[batch.batch_id]
         self.tracker.complete(batch.batch_id)
         PROCESSING_LATENCY.observe(now - batch.received_at)
+        # Per record, so that p50/p95/p99 are those of events, not of batches. A producer
+        # clock ahead of ours would make an age below 0: that counts as 0.
+        done_ms = time.time() * 1000
+        for record_ms in batch.record_times_ms:
+            END_TO_END_LATENCY.observe(max(0.0, done_ms - record_ms) / 1000)
 
     def _task_states(self, task_ids: list[str | None]) -> list[str | None]:
         """States of many tasks in one round trip to the result backend."""
@@ -351,6 +383,7 @@ class Bridge:
 
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
+        self.assigned = self.assigned | {(p.topic, p.partition) for p in partitions}
         if self.paused:
             # Assign first: pausing partitions not yet assigned does nothing.
             consumer.assign(partitions)
@@ -359,6 +392,7 @@ class Bridge:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
         logger.info("revoked %s", revoked)
+        self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         self.tracker.forget(revoked)
 

@@ -21,6 +21,9 @@ class InjectionRun(models.Model):
 
     class Meta:
         db_table = "injection_runs"
+        # The app's permission to steer the running emitters (POST /emitter/...), carried by
+        # its first model as Django needs a model for it. Neither analysts' nor rule editors'.
+        permissions = [("control_emitter", "Can change the running emitters' rate and start bursts")]
 
     def __str__(self) -> str:
         return f"injection run {self.pk}"

@@ -16,6 +16,8 @@ MAX_SLEEP_SECONDS = 0.25
 # A millionth of an event: float rounding must not add an event, as 18 s at 50/s computed
 # as 900.0000000001 events would.
 DUE_EPSILON = 1e-6
+# Burst mode's multiplier unless the emitter is started with another (--burst-multiplier).
+DEFAULT_BURST_MULTIPLIER = 5.0
 
 
 def positive(name: str, value: float) -> float:
@@ -61,7 +63,7 @@ class Pace:
         start: float,
         rate: float,
         burst: bool = False,
-        burst_multiplier: float = 5.0,
+        burst_multiplier: float = DEFAULT_BURST_MULTIPLIER,
         count: int | None = None,
         duration: float | None = None,
     ) -> None:

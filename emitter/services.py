@@ -10,8 +10,12 @@ from django.conf import settings
 from django.db import transaction
 
 from emitter.models import InjectedScenario, InjectionRun
+from emitter.pacing import DEFAULT_BURST_MULTIPLIER
 from emitter.scenarios import Scenario
-from emitter.selectors import EmitterControl, control_redis, emitter_control_of
+from emitter.selectors import EmitterControl, control_redis, emitter_control_get, emitter_control_of
+
+# Who may call emitter_configure and emitter_burst through a door (the API).
+EMITTER_CONTROL_PERMISSION = "emitter.control_emitter"
 
 # --- ground truth -------------------------------------------------------------------
 # An injection run's users: background and scenarios, in a range of their own.
@@ -46,10 +50,46 @@ def injection_run_finish(*, run: InjectionRun, scenarios: Sequence[Scenario], ev
         run.save(update_fields=["events", "finished"])
 
 
+class EmitterControlRefused(Exception):
+    """A request the control refuses as a whole, changing nothing; `field` is the one to fix."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+def _fastest(*, rate: float, multiplier: float, field: str) -> None:
+    """Refuse a pace above EMITTER_MAX_RATE, naming the field that asked for it."""
+    ceiling = settings.EMITTER_MAX_RATE
+    if rate * multiplier <= ceiling:
+        return
+    if multiplier == 1:
+        raise EmitterControlRefused(field, f"must be at most {ceiling:,} events/s (EMITTER_MAX_RATE)")
+    raise EmitterControlRefused(
+        field,
+        f"would make {rate:g} events/s x {multiplier:g} = {rate * multiplier:,.0f} events/s, "
+        f"above EMITTER_MAX_RATE ({ceiling:,})",
+    )
+
+
 def emitter_configure(*, signals_per_second: float | None = None, burst_mode: bool | None = None) -> EmitterControl:
     """Set the running emitters' rate and burst mode (None leaves one as it is). They
     follow within EMITTER_CONTROL_POLL_SECONDS; an emitter started later uses its own
-    settings until the next request."""
+    settings until the next request.
+
+    The pace it leads to, with burst mode's multiplier or a timed burst under way, must
+    stay within EMITTER_MAX_RATE. What is not asked is taken as the emitters' defaults
+    (SIGNALS_PER_SECOND, a burst multiplier of 5): the control cannot see an emitter's
+    own options."""
+    current = emitter_control_get()
+    rate = signals_per_second or current.signals_per_second or settings.SIGNALS_PER_SECOND
+    field = "signals_per_second" if signals_per_second is not None else "burst_mode"
+    _fastest(rate=rate, multiplier=1, field=field)
+    if burst_mode if burst_mode is not None else current.burst_mode:
+        _fastest(rate=rate, multiplier=DEFAULT_BURST_MULTIPLIER, field=field)
+    if current.burst_until is not None and current.burst_until > time.time():
+        _fastest(rate=rate, multiplier=current.burst_multiplier or DEFAULT_BURST_MULTIPLIER, field=field)
     fields: dict[str, str] = {}
     if signals_per_second is not None:
         fields["signals_per_second"] = repr(float(signals_per_second))
@@ -60,7 +100,11 @@ def emitter_configure(*, signals_per_second: float | None = None, burst_mode: bo
 
 def emitter_burst(*, duration_seconds: float, multiplier: float) -> EmitterControl:
     """Run the emitters at `multiplier` times their rate for `duration_seconds` from now,
-    then back to what they were doing."""
+    then back to what they were doing. Their rate times `multiplier` must stay within
+    EMITTER_MAX_RATE."""
+    current = emitter_control_get()
+    rate = current.signals_per_second or settings.SIGNALS_PER_SECOND
+    _fastest(rate=rate, multiplier=multiplier, field="multiplier")
     until = time.time() + duration_seconds
     return _emitter_control_change({"burst_multiplier": repr(float(multiplier)), "burst_until": repr(until)})
 

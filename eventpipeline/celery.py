@@ -86,13 +86,13 @@ def serve_worker_metrics(**_: Any) -> None:
         return
     multiproc_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not multiproc_dir:
-        start_http_server(port)
+        start_http_server(port, addr=settings.BIND_ADDRESS)
         return
     for stale in Path(multiproc_dir).glob("*.db"):
         stale.unlink()
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
-    start_http_server(port, registry=registry)
+    start_http_server(port, addr=settings.BIND_ADDRESS, registry=registry)
 
 
 @worker_process_shutdown.connect

@@ -1,4 +1,4 @@
-"""How every connection to PostgreSQL reads timestamps."""
+"""How every connection to PostgreSQL reads timestamps, and how long the api's statements may run."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from django.conf import settings
 from django.db.backends.base.base import BaseDatabaseWrapper
 from psycopg.adapt import Loader
 from psycopg.pq import Format
@@ -46,3 +47,13 @@ def timestamptz_loader_install(*, connection: BaseDatabaseWrapper, **_: Any) -> 
     """On each new connection (Django's connection_created signal), when its time zone is UTC."""
     if connection.vendor == "postgresql" and connection.timezone is UTC:
         connection.connection.adapters.register_loader("timestamptz", TimestamptzLoader)
+
+
+def api_statement_timeout_set(*, connection: BaseDatabaseWrapper, **_: Any) -> None:
+    """On each new connection of the api (Django's connection_created signal, connected by
+    eventpipeline/wsgi.py, which only the api's gunicorn loads): no statement runs longer
+    than API_STATEMENT_TIMEOUT_MS. Set for the session, once per connection, which the api
+    keeps for many requests (CONN_MAX_AGE)."""
+    if connection.vendor == "postgresql" and settings.API_STATEMENT_TIMEOUT_MS:
+        timeout = str(settings.API_STATEMENT_TIMEOUT_MS)
+        connection.connection.execute("SELECT set_config('statement_timeout', %s, false)", [timeout])

@@ -5,9 +5,17 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from confluent_kafka import KafkaException, Producer
+from confluent_kafka import (
+    Consumer,
+    ConsumerGroupTopicPartitions,
+    KafkaError,
+    KafkaException,
+    Producer,
+    TopicPartition,
+)
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 from django.core.management.base import CommandError
@@ -136,3 +144,114 @@ def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) 
             if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+# --- consumer lag ---------------------------------------------------------------------
+# How long a log-end probe reads at most: the records that follow the reported high
+# watermark are at most one producer batch (see `log_end_offsets`), read well within this.
+LOG_END_PROBE_SECONDS = 3.0
+
+
+@dataclass(frozen=True)
+class PartitionLag:
+    """One partition of a consumer group's topic: what the group committed (None before
+    its first commit), the log's start and end, and the records between."""
+
+    topic: str
+    partition: int
+    committed: int | None
+    log_start: int
+    log_end: int
+
+    @property
+    def lag(self) -> int:
+        """Records not yet committed; before the first commit, counted from the log's start
+        (the bridge reads from the earliest record then)."""
+        position = self.committed if self.committed is not None else self.log_start
+        return max(self.log_end - position, 0)
+
+
+def log_end_probe() -> Consumer:
+    """A consumer that only reads offsets: assigned by hand, never in a group, never commits."""
+    return Consumer(
+        {
+            "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
+            "group.id": "eventpipeline-log-end-probe",
+            "enable.auto.commit": False,
+            "enable.auto.offset.store": False,
+            "enable.partition.eof": True,
+            # An empty fetch at the end of a partition answers after this long, not 500 ms.
+            "fetch.wait.max.ms": 100,
+            "log_level": 0,
+        }
+    )
+
+
+def log_end_offsets(probe: Consumer, topic: str, partitions: list[int]) -> dict[int, tuple[int, int]]:
+    """Per partition, (log start, log end): the end is the offset after the last record
+    that can be read, right on Apache Kafka and on Tansu alike.
+
+    Tansu reports a partition's high watermark as the base offset of its last record batch
+    plus one, whatever the number of records in that batch (docs/operations.md, "Reading
+    pipeline_status"): too low by the batch's records less one. Apache Kafka reports it
+    exactly. So the reported watermark is a lower bound on both, and the records at and
+    after it are at most one batch: read from there to the partition's end (librdkafka
+    says when it gets there, partition EOF) and the end is past the last record read, or
+    the watermark itself when nothing follows it, as always on Kafka.
+    """
+    starts: dict[int, int] = {}
+    ends: dict[int, int] = {}
+    for partition in partitions:
+        starts[partition], ends[partition] = probe.get_watermark_offsets(
+            TopicPartition(topic, partition), timeout=10, cached=False
+        )
+    if not partitions:
+        return {}
+    probe.assign([TopicPartition(topic, partition, ends[partition]) for partition in partitions])
+    waiting = set(partitions)
+    deadline = time.monotonic() + LOG_END_PROBE_SECONDS
+    try:
+        while waiting and time.monotonic() < deadline:
+            for message in probe.consume(num_messages=10_000, timeout=0.2):
+                at_partition, at_offset, error = message.partition(), message.offset(), message.error()
+                if at_partition not in ends or at_offset is None:
+                    continue
+                if error is None:
+                    ends[at_partition] = max(ends[at_partition], at_offset + 1)
+                elif error.code() == KafkaError._PARTITION_EOF:
+                    ends[at_partition] = max(ends[at_partition], at_offset)
+                    waiting.discard(at_partition)
+    finally:
+        probe.unassign()
+    return {partition: (starts[partition], ends[partition]) for partition in partitions}
+
+
+def committed_offsets(admin: AdminClient, group_id: str, topic: str, partitions: list[int]) -> dict[int, int | None]:
+    """What the consumer group committed per partition (None where it never did), asked
+    without joining the group."""
+    request = ConsumerGroupTopicPartitions(group_id, [TopicPartition(topic, p) for p in partitions])
+    answer = admin.list_consumer_group_offsets([request], request_timeout=10)[group_id].result(timeout=15)
+    return {tp.partition: tp.offset if tp.offset >= 0 else None for tp in answer.topic_partitions}
+
+
+def topic_partitions(admin: AdminClient, topic: str) -> list[int]:
+    metadata = admin.list_topics(topic, timeout=10).topics.get(topic)
+    if metadata is None or metadata.error is not None:
+        raise KafkaException(metadata.error if metadata is not None else f"no topic {topic}")
+    return sorted(metadata.partitions)
+
+
+def consumer_lag(
+    *, probe: Consumer, admin: AdminClient, group_id: str, topic: str, partitions: list[int] | None = None
+) -> list[PartitionLag]:
+    """The group's lag on `topic` (on `partitions`, or on all of them): log end, by the
+    one method of `log_end_offsets`, less the group's committed offset."""
+    wanted = topic_partitions(admin, topic) if partitions is None else sorted(partitions)
+    if not wanted:
+        return []
+    committed = committed_offsets(admin, group_id, topic, wanted)
+    ends = log_end_offsets(probe, topic, wanted)
+    return [
+        PartitionLag(topic, partition, committed.get(partition), log_start=start, log_end=end)
+        for partition, (start, end) in sorted(ends.items())
+    ]

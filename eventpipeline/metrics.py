@@ -2,12 +2,20 @@
 
 Each process exposes the ones it updates: the emitter on 8011, the bridge on 8012, the
 Celery worker on 8013 (prefork children write to PROMETHEUS_MULTIPROC_DIR, the worker's
-main process serves the sum), the api at /prometheus/metrics.
+main process serves the sum), the api at /prometheus/metrics (its gunicorn workers
+likewise, when PROMETHEUS_MULTIPROC_DIR is set).
 """
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable, Iterator
+
 from prometheus_client import Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+logger = logging.getLogger(__name__)
 
 # emitter
 SIGNALS_PRODUCED = Counter("signals_produced", "Signals handed to Kafka by the emitter.", ["type"])
@@ -33,6 +41,53 @@ BATCH_SIZE_CURRENT = Gauge(
 )
 BRIDGE_IN_FLIGHT = Gauge("bridge_batches_in_flight", "Batches handed to Celery and not yet stored.")
 BRIDGE_PAUSED = Gauge("bridge_paused", "1 while the bridge pauses consuming because workers fall behind.")
+BRIDGE_CONSUMER_LAG = Gauge(
+    "bridge_consumer_lag",
+    "Records of an assigned partition after the bridge's committed offset (log end less committed).",
+    ["topic", "partition"],
+)
+# Observed once per accepted record, when the bridge sees its batch stored and analysed
+# (docs/design.md, "Prometheus metrics").
+END_TO_END_LATENCY = Histogram(
+    "end_to_end_latency_seconds",
+    "Kafka record timestamp to the record stored and analysed, per record.",
+    buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
+)
+DEAD_LETTERS = Counter(
+    "dead_letters",
+    "Dead letters kept, by kind of reason (signals_app.messages.dead_letter_category).",
+    ["reason"],
+)
+
+
+class CeleryQueueLengths(Collector):
+    """celery_queue_length{queue}: tasks waiting in each Celery queue, read from the broker
+    at every scrape (always current, a few Redis round trips). When the broker does not
+    answer, the metric is left out of that scrape instead of failing the whole scrape."""
+
+    def __init__(self, read: Callable[[], dict[str, int]]) -> None:
+        self.read = read
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()  # without reading: registering must not wait for the broker
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        try:
+            lengths = self.read()
+        except Exception as error:  # noqa: BLE001 - a scrape must not fail with the broker
+            logger.warning("cannot read the Celery queue lengths: %s", error)
+            return
+        family = self._family()
+        for queue, length in lengths.items():
+            family.add_metric([queue], length)
+        yield family
+
+    @staticmethod
+    def _family() -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "celery_queue_length", "Tasks waiting for a worker, per Celery queue.", labels=["queue"]
+        )
+
 
 # detection
 ANOMALIES_DETECTED = Counter("anomalies_detected", "Anomalies raised, by rule.", ["anomaly_type"])
@@ -46,4 +101,13 @@ ANOMALY_DETECTION_LATENCY = Histogram(
 )
 ACTIVE_USER_SESSIONS = Gauge(
     "active_user_sessions", "Users with at least one live detection window.", multiprocess_mode="livemax"
+)
+
+# api: the endpoint is the URL pattern a request resolved to, never the raw path.
+API_REQUESTS = Counter("api_requests", "HTTP requests answered, by URL pattern and status.", ["endpoint", "status"])
+API_REQUEST_DURATION = Histogram(
+    "api_request_duration_seconds",
+    "Time to answer an HTTP request, by URL pattern.",
+    ["endpoint"],
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
 )

@@ -102,10 +102,13 @@ def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     return value
 
 
-DEBUG = env_bool("DEBUG", True)
-SECRET_KEY = env_str("SECRET_KEY", "dev-insecure-change-me" if DEBUG else "")
+# Closed by default: a deployment that forgets DEBUG runs as production, and one that
+# forgets SECRET_KEY does not start. `make run` and `make test` supply development values
+# (scripts/devservices.py); nothing else does.
+DEBUG = env_bool("DEBUG", False)
+SECRET_KEY = env_str("SECRET_KEY", "")
 if not SECRET_KEY:
-    _refuse("SECRET_KEY", "is required when DEBUG is false")
+    _refuse("SECRET_KEY", "is required (make run and make test supply a development one)")
 ALLOWED_HOSTS = env_list("ALLOWED_HOSTS", ["localhost", "127.0.0.1", "[::1]"] if DEBUG else [])
 
 # --- Infrastructure -------------------------------------------------------------------
@@ -136,6 +139,9 @@ BRIDGE_MAX_IN_FLIGHT = env_int("BRIDGE_MAX_IN_FLIGHT", 64, minimum=1)
 # idempotent). It covers a task lost with its broker, e.g. a Redis restart.
 BRIDGE_REDISPATCH_SECONDS = env_float("BRIDGE_REDISPATCH_SECONDS", 60.0, minimum=1.0)
 BRIDGE_GROUP_ID = env_str("BRIDGE_GROUP_ID", "eventpipeline-bridge")
+# Every this many seconds the bridge measures its consumer lag and leaves a status record
+# in Redis (on REDIS_URL) for `pipeline_status`; a record expires after three periods.
+BRIDGE_STATUS_SECONDS = env_float("BRIDGE_STATUS_SECONDS", 5.0, minimum=0.5)
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45_000, minimum=1000)
 # Messages larger than this are dead letters ("oversize"), whatever Kafka accepted.
 MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
@@ -150,8 +156,28 @@ BURST_MODE = env_bool("BURST_MODE", False)
 # POST /emitter/configure and /emitter/burst write here (on REDIS_URL); running emitters
 # read it every EMITTER_CONTROL_POLL_SECONDS.
 EMITTER_CONTROL_KEY = env_str("EMITTER_CONTROL_KEY", "eventpipeline:emitter:control")
+# The fastest POST /emitter/configure and /emitter/burst may make the emitters go, bursts
+# included (rate x multiplier): a request beyond it is a 400. The default is 20 times the
+# 1,000 events/s of the system this replaces.
+EMITTER_MAX_RATE = env_int("EMITTER_MAX_RATE", 20_000, minimum=1)
 EMITTER_CONTROL_POLL_SECONDS = env_float("EMITTER_CONTROL_POLL_SECONDS", 0.5, minimum=0.05)
+# Retention (`manage.py cleanup`, and beat every hour): how many days each table keeps.
+# RETENTION_DAYS is the default of all four. Signals go a whole day's partition at a time,
+# so they stay between N and N+1 days (docs/design.md, "Retention").
 RETENTION_DAYS = env_int("RETENTION_DAYS", 30, minimum=1)
+RETENTION_DAYS_BY_TABLE = {
+    "signals": env_int("SIGNALS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "anomalies": env_int("ANOMALIES_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "dead_letters": env_int("DEAD_LETTERS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+    "injection_runs": env_int("INJECTION_RUNS_RETENTION_DAYS", RETENTION_DAYS, minimum=1),
+}
+# Rows a retention DELETE removes per transaction, so none holds a long one.
+RETENTION_CHUNK_ROWS = env_int("RETENTION_CHUNK_ROWS", 10_000, minimum=1)
+# Days ahead that beat keeps a partition of `signals` ready for (docs/design.md, "Partitions").
+SIGNALS_PARTITIONS_AHEAD_DAYS = env_int("SIGNALS_PARTITIONS_AHEAD_DAYS", 3, minimum=1)
+# How long adding or dropping a partition waits for its lock before giving up (and trying
+# again later), instead of queueing every insert behind it.
+PARTITION_LOCK_TIMEOUT_MS = env_int("PARTITION_LOCK_TIMEOUT_MS", 5_000, minimum=100)
 # How often a worker reads the rules again: an edit in the admin applies within this time.
 RULES_REFRESH_SECONDS = env_float("RULES_REFRESH_SECONDS", 5.0, minimum=0.0)
 # Detection windows live in Redis under this key prefix (REDIS_URL unless DETECT_REDIS_URL).
@@ -162,6 +188,20 @@ DETECT_KEY_PREFIX = env_str("DETECT_KEY_PREFIX", "detection-windows")
 DETECT_LATENESS_SECONDS = env_int("DETECT_LATENESS_SECONDS", 300, minimum=0)
 # active_user_sessions counts the users with an event analysed within this many minutes.
 ACTIVE_SESSION_MINUTES = env_int("ACTIVE_SESSION_MINUTES", 5, minimum=1, maximum=60)
+
+# Where the api (under `make run`), Flower and the metrics endpoints listen. Containers
+# set 0.0.0.0 and publish their ports on the host's 127.0.0.1 (docker-compose.yml).
+BIND_ADDRESS = env_str("BIND_ADDRESS", "127.0.0.1")
+# "user:password" (several: comma-separated). Flower reads it itself; `make run` and
+# docker-compose.yml refuse to start Flower without it, and `make run` prints it.
+FLOWER_BASIC_AUTH = env_str("FLOWER_BASIC_AUTH", "")
+# `pipeline_status` exits non-zero when the bridge's consumer group lags by more than
+# STATUS_MAX_LAG records in all, when nothing was stored for STATUS_MAX_STORE_AGE_SECONDS
+# while records wait, when no worker answers a ping within STATUS_PING_TIMEOUT_SECONDS,
+# or when no bridge reports (docs/operations.md, "Reading pipeline_status").
+STATUS_MAX_LAG = env_int("STATUS_MAX_LAG", 100_000)
+STATUS_MAX_STORE_AGE_SECONDS = env_float("STATUS_MAX_STORE_AGE_SECONDS", 120.0, minimum=1.0)
+STATUS_PING_TIMEOUT_SECONDS = env_float("STATUS_PING_TIMEOUT_SECONDS", 1.0, minimum=0.1)
 
 EMITTER_METRICS_PORT = env_int("EMITTER_METRICS_PORT", 8011, maximum=65535)
 BRIDGE_METRICS_PORT = env_int("BRIDGE_METRICS_PORT", 8012, maximum=65535)
@@ -194,6 +234,8 @@ MIDDLEWARE = [
     "django_prometheus.middleware.PrometheusBeforeMiddleware",
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
+    # After WhiteNoise: static files are not API requests.
+    "api.middleware.RequestMetricsMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -256,10 +298,17 @@ STORAGES = {
 # Requests per user. The default is far above what a person or a paging script asks
 # (100 a second, sustained) and stops only a runaway client; a load test sets its own.
 API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
+# Longest statement of a request to the api (0: none). Below gunicorn's 30 s worker
+# timeout, so PostgreSQL cancels a runaway query instead of gunicorn killing its worker
+# and leaving the query running. The api's connections only (eventpipeline/wsgi.py):
+# workers, beat and migrations are bounded otherwise or not at all.
+API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 20_000, minimum=0)
 # /metrics computes each period's report at most this often (0: on every request).
 METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.
 HEALTH_TIMEOUT_SECONDS = env_float("HEALTH_TIMEOUT_SECONDS", 2.0, minimum=0.1)
+# /health answers no caller needs authenticating; this many requests per caller's address.
+HEALTH_THROTTLE_RATE = env_rate("HEALTH_THROTTLE_RATE", "60/min")
 
 # The /metrics reports, shared by every gunicorn worker. Short timeouts: a Redis that does
 # not answer must not hold requests; the report is then computed (api/selectors.py).
@@ -287,6 +336,7 @@ REST_FRAMEWORK = {
     "DEFAULT_FILTER_BACKENDS": ["api.filters.FilterBackend"],
     "DEFAULT_PAGINATION_CLASS": "api.pagination.PageOrCursorPagination",
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    "EXCEPTION_HANDLER": "api.exceptions.exception_handler",
 }
 
 SPECTACULAR_SETTINGS = {
@@ -403,6 +453,10 @@ CELERY_WORKER_SEND_TASK_EVENTS = env_bool("WORKER_SEND_TASK_EVENTS", False)
 CELERY_BEAT_SCHEDULE = {
     "cleanup-old-data": {
         "task": "eventpipeline.cleanup_old_data",
+        "schedule": 3600.0,
+    },
+    "signals-partitions-ahead": {
+        "task": "eventpipeline.signals_partitions_ahead",
         "schedule": 3600.0,
     },
 }

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from django.contrib import admin
 from django.urls import include, path
-from drf_spectacular.views import SpectacularAPIView, SpectacularSwaggerView
+from drf_spectacular.views import SpectacularSwaggerView
 
 from api.views import (
     AnomaliesTriageView,
@@ -12,6 +12,7 @@ from api.views import (
     EmitterConfigureView,
     HealthView,
     MetricsView,
+    SchemaView,
     SignalListView,
     UserAnomalyListView,
     UserRiskView,
@@ -32,7 +33,7 @@ urlpatterns = [
     path("health", HealthView.as_view(), name="health"),
     path("emitter/configure", EmitterConfigureView.as_view(), name="emitter-configure"),
     path("emitter/burst", EmitterBurstView.as_view(), name="emitter-burst"),
-    path("schema", SpectacularAPIView.as_view(), name="schema"),
+    path("schema", SchemaView.as_view(), name="schema"),
     path("docs", SpectacularSwaggerView.as_view(url_name="schema"), name="docs"),
     path("api-auth/", include("rest_framework.urls")),
     path("admin/", admin.site.urls),

@@ -43,6 +43,7 @@ from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
 from anomalies_app.windows import WindowStore  # noqa: E402
 from emitter.generator import SignalGenerator, encode  # noqa: E402
 from eventpipeline.kafka import producer_config, topics_ensure  # noqa: E402
+from signals_app.partitions import day_number, signals_partitions_ensure  # noqa: E402
 
 COPY_SQL = "COPY signals (event_id, user_id, type, timestamp, payload) FROM STDIN"
 
@@ -233,6 +234,8 @@ def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
     """The same rows COPYed straight into the same table, in batches of the same size."""
     rows = [(e["event_id"], e["user_id"], e["type"], e["timestamp"], json.dumps(e["payload"])) for e in events]
     truncate()
+    # The partitions of their days, as the store task makes them before its COPY.
+    signals_partitions_ensure(days={day_number(int(str(row[3]))) for row in rows})
     started = time.monotonic()
     for offset in range(0, len(rows), batch_size):
         with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:

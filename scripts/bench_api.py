@@ -180,6 +180,13 @@ UPDATE anomalies SET evidence = jsonb_set(evidence, '{event_ids}', coalesce((
 """
 
 
+def signals_partitions_days(now_ms: int) -> None:
+    """The daily partitions of `signals` the dataset's days need (docs/design.md, "Partitions")."""
+    from signals_app.partitions import day_number, signals_partitions_ensure
+
+    signals_partitions_ensure(days=range(day_number(now_ms - DAYS * 86_400_000), day_number(now_ms) + 1))
+
+
 def dataset_load(database_url: str, *, reload: bool) -> None:
     """The rows of the bench, unless a previous run left exactly them."""
     wanted = (
@@ -194,6 +201,7 @@ def dataset_load(database_url: str, *, reload: bool) -> None:
         print(f"loading {wanted} (minutes; kept for the next run)", flush=True)
         connection.execute("TRUNCATE bench_api_dataset, signals, anomalies, dead_letters RESTART IDENTITY")
         now_ms = int(time.time() * 1000)
+        signals_partitions_days(now_ms)
         started = time.monotonic()
         copy_lines(
             connection,

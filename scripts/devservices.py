@@ -9,6 +9,11 @@ fresh machine with nothing but Python can run and test the project. The command 
 the three variables exported; when it exits, the servers this script started are stopped
 and its exit code becomes ours.
 
+Outside this script a missing DEBUG means false and a missing SECRET_KEY stops every
+process (closed by default). The command here is development (`make run`, `make test`,
+the benches), so it gets development values for whichever of DEBUG (true), SECRET_KEY and
+FLOWER_BASIC_AUTH are unset; the secrets are made once and kept in the data directory.
+
 Started servers live in their own sessions, so a Ctrl-C in the terminal reaches only the
 command (e.g. honcho), which shuts its processes down while the servers they talk to are
 still up; the servers are stopped afterwards. PostgreSQL keeps its data in
@@ -27,6 +32,7 @@ import importlib.util
 import os
 import pwd
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -147,6 +153,26 @@ def shown(path: Path, cwd: Path | None = None) -> Path:
         return path.relative_to(cwd or Path.cwd())
     except ValueError:
         return path
+
+
+def kept_secret(path: Path) -> str:
+    """A random secret made on the first run and read back on the next ones, readable by its
+    owner only."""
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(secrets.token_urlsafe(32))
+        path.chmod(0o600)
+    return path.read_text().strip()
+
+
+def development_settings(data_dir: Path, environ: dict[str, str]) -> dict[str, str]:
+    """Development values for the settings that fail closed, for those not set."""
+    wanted = {
+        "DEBUG": lambda: "true",
+        "SECRET_KEY": lambda: kept_secret(data_dir / "secret-key"),
+        "FLOWER_BASIC_AUTH": lambda: f"flower:{kept_secret(data_dir / 'flower-password')}",
+    }
+    return {name: make() for name, make in wanted.items() if not environ.get(name)}
 
 
 def status_line(name: str, status: str, url: str, note: str = "") -> str:
@@ -667,7 +693,10 @@ def start_missing_services(data_dir: Path, fresh: bool, stack: contextlib.ExitSt
         url = start_service(service, stack)
         say(status_line(service.name, "started", url, service.note()))
         environment[service.env_var] = url
-    return environment
+    development = development_settings(data_dir, environment)
+    if development:
+        say(status_line("settings", "development", ", ".join(development)))
+    return {**environment, **development}
 
 
 def build_parser() -> argparse.ArgumentParser:

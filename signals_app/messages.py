@@ -252,3 +252,30 @@ def _not_json(value: bytes, error: orjson.JSONDecodeError) -> Rejection:
     except UnicodeDecodeError as bad:
         return Rejection(f"not UTF-8: byte 0x{value[bad.start]:02x} at position {bad.start} is invalid")
     return Rejection(f"not JSON: {error.msg} at line {error.lineno} column {error.colno}")
+
+
+# A dead letter's reason names the field and the value; its kind is a label with few
+# values, for counting (`dead_letters_total{reason}`). First match wins.
+DEAD_LETTER_CATEGORIES = (
+    ("empty", re.compile(r"empty message")),
+    ("oversize", re.compile(r"oversize:")),
+    ("nul_character", re.compile(r"contains a NUL character")),
+    ("not_utf8", re.compile(r"not UTF-8")),
+    ("not_json", re.compile(r"not JSON")),
+    ("not_an_object", re.compile(r"not a JSON object")),
+    ("missing_field", re.compile(r"missing field")),
+    ("absurd_timestamp", re.compile(r"field 'timestamp' \S+ is absurd")),
+    ("too_deep", re.compile(r"field 'payload' is nested too deeply")),
+    ("invalid_field", re.compile(r"field '")),
+    ("unvalidated", re.compile(r"could not be validated")),
+    ("refused_by_postgresql", re.compile(r"PostgreSQL refused")),
+    ("not_stored", re.compile(r"could not be stored")),
+)
+
+
+def dead_letter_category(reason: str) -> str:
+    """The kind of a dead letter's reason: one of DEAD_LETTER_CATEGORIES' names, or `other`."""
+    for category, pattern in DEAD_LETTER_CATEGORIES:
+        if pattern.match(reason):
+            return category
+    return "other"

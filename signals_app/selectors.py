@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
+from django.db import connection
 from django.db.models import Count, F, QuerySet
 from django.db.models.functions import TruncHour
 
@@ -71,3 +72,31 @@ def dead_letter_counts(*, since_ms: int, until_ms: int) -> dict[int, int]:
         .order_by()
     )
     return {hour_of(hour): dead_letters for hour, dead_letters in rows}
+
+
+def signal_newest_stored() -> Signal | None:
+    """The event stored last: the one with the highest id.
+
+    Ids come from one sequence, so that row is among the last ids handed out; the BRIN
+    index on id finds those in the latest blocks of each partition, where an ORDER BY id
+    over the whole partitioned table would read it all (docs/design.md, "Partitions"). A
+    window wider each time covers ids a failed COPY took and never stored."""
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_sequence_last_value(pg_get_serial_sequence('signals', 'id')::regclass)")
+        last = cursor.fetchone()[0]
+    if last is None:
+        return None
+    newest = Signal.objects.order_by("-id").only("timestamp", "created_at")
+    for window in (10_000, 10_000_000):
+        found = newest.filter(id__gt=last - window).first()
+        if found is not None:
+            return found
+    return newest.first()
+
+
+def dead_letter_reasons(*, since: datetime, limit: int = 10) -> tuple[int, list[tuple[str, int]]]:
+    """Dead letters received since `since`: how many, and the `limit` commonest reasons
+    with their counts."""
+    received = DeadLetter.objects.filter(received_at__gte=since)
+    reasons = received.values_list("reason").annotate(count=Count("*")).order_by("-count", "reason")[:limit]
+    return received.count(), [(reason, count) for reason, count in reasons]

@@ -1,11 +1,12 @@
 """Services that change stored signals and dead letters.
 
-Storing is idempotent: every event carries an `event_id`, unique in the table. A batch is
-first COPYed straight into `signals`, the fastest way into PostgreSQL; if any of its events
-is already there (a redelivery) that COPY fails as a whole on the unique index, and the
-batch goes in again through a staging table: one COPY into it, then one
-`INSERT ... SELECT ... ON CONFLICT (event_id) DO NOTHING`. Delivering the same batch twice,
-or two overlapping batches, stores each event once.
+Storing is idempotent: every event carries an `event_id`, and (event_id, timestamp) is
+unique in the table (docs/design.md, "Partitions"). A batch is first COPYed straight into
+`signals`, the fastest way into PostgreSQL; if any of its events is already there (a
+redelivery) that COPY fails as a whole on the unique index, and the batch goes in again
+through a staging table: one COPY into it, then one
+`INSERT ... SELECT ... ON CONFLICT (event_id, timestamp) DO NOTHING`. Delivering the same
+batch twice, or two overlapping batches, stores each event once.
 
 A batch is a list of `SignalRow`s (as tuples or lists, the way Celery delivers them) from
 one topic.
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +27,10 @@ from django.db import DataError, IntegrityError, InterfaceError, OperationalErro
 from django.db.models.functions import Now
 
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
-from signals_app.messages import SignalRow, with_original_identity
+from eventpipeline.metrics import DEAD_LETTERS
+from signals_app.messages import SignalRow, dead_letter_category, with_original_identity
 from signals_app.models import DeadLetter
+from signals_app.partitions import day_number, signals_partitions_ensure, signals_partitions_forget
 
 logger = logging.getLogger(__name__)
 
@@ -42,10 +46,12 @@ CREATE TEMP TABLE IF NOT EXISTS signals_staging (
 _DIRECT_COPY = "COPY signals (event_id, user_id, type, timestamp, payload) FROM STDIN"
 _STAGING_COPY = "COPY signals_staging (event_id, user_id, type, timestamp, payload) FROM STDIN"
 UNIQUE_VIOLATION = "23505"
+# What PostgreSQL says of a row whose day has no partition of `signals`.
+CHECK_VIOLATION = "23514"
 _STAGING_MERGE = """
 INSERT INTO signals (event_id, user_id, type, timestamp, payload, processed_at, created_at)
 SELECT event_id, user_id, type, timestamp, payload, now(), now() FROM signals_staging
-ON CONFLICT (event_id) DO NOTHING
+ON CONFLICT (event_id, timestamp) DO NOTHING
 """
 
 
@@ -87,6 +93,26 @@ def _copy(cursor: Any, sql: str, rows: Sequence[Sequence[Any]]) -> None:
     with cursor.copy(sql) as copy:
         for row in rows:
             copy.write_row(row[:5])
+
+
+def _store_rows(rows: Sequence[Sequence[Any]]) -> int:
+    """Store one batch into the partitions of its days; return how many rows were new.
+
+    A day this process has not seen yet gets its partition first. Should one it knew of
+    be gone (retention dropped it, and a late event came for that day), it is made again
+    and the batch tried once more; a row no partition can take is then refused by
+    PostgreSQL, for the caller to make it a dead letter.
+    """
+    days = {day_number(row[3]) for row in rows if isinstance(row[3], int)}
+    signals_partitions_ensure(days=days)
+    try:
+        return _copy_rows(rows)
+    except IntegrityError as error:
+        if getattr(error.__cause__, "sqlstate", None) != CHECK_VIOLATION:
+            raise
+    signals_partitions_forget()
+    signals_partitions_ensure(days=days)
+    return _copy_rows(rows)
 
 
 def _copy_rows(rows: Sequence[Sequence[Any]]) -> int:
@@ -141,7 +167,7 @@ def signals_store_batch(*, topic: str, rows: Sequence[Sequence[Any]]) -> StoreRe
     if not rows:
         return StoreResult(stored=0, duplicates=0)
     try:
-        stored = _copy_rows(rows)
+        stored = _store_rows(rows)
         return StoreResult(stored=stored, duplicates=len(rows) - stored)
     except (DataError, IntegrityError) as error:
         if len(rows) == 1:
@@ -215,6 +241,8 @@ def dead_letters_keep(*, dead_letters: Sequence[DeadLetterRecord], topic: str, p
     records' offsets then, and tries again."""
     stored = dead_letters_store(dead_letters=dead_letters)
     dead_letters_publish(dead_letters=dead_letters, topic=topic, producer=producer)
+    for category, count in Counter(dead_letter_category(record.reason) for record in dead_letters).items():
+        DEAD_LETTERS.labels(reason=category).inc(count)
     for record in dead_letters:
         logger.info(
             "dead letter %s[%d]@%d: %s",

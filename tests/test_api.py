@@ -423,6 +423,17 @@ def test_a_page_past_the_end_is_empty(api: APIClient, many_signals: list[Signal]
     assert body["next"] is None
 
 
+def test_page_mode_reaches_row_10000_and_no_further(api: APIClient, many_signals: list[Signal]) -> None:
+    """No request makes PostgreSQL step over more than 10,000 rows; `cursor` goes on from there."""
+    assert get(api, "/signals", size=50, page=200)["results"] == []
+    assert get(api, "/signals", size=1000, page=10)["results"] == []
+    for size, page in [(50, 201), (1000, 11), (1, 10_001), (3, 3334)]:
+        response = api.get("/signals", {"size": size, "page": page})
+        assert response.status_code == 400, (size, page)
+        assert list(response.json()) == ["page"]
+    assert get(api, "/signals", size=1, page=10_000)["results"] == []
+
+
 def test_the_default_size_is_50_and_the_cap_1000(api: APIClient) -> None:
     Signal.objects.bulk_create(
         Signal(event_id=f"00000000-0000-0000-0000-{n:012d}", user_id=1, type="click", timestamp=T0 + n, payload={})
@@ -501,6 +512,16 @@ def test_rows_added_while_walking_do_not_shift_a_cursor_walk(api: APIClient, man
         ("/signals?page=0", "page", "must be at least 1 (the first page is 1)"),
         ("/signals?page=x", "page", "must be a whole number"),
         (
+            "/signals?page=201",
+            "page",
+            "must be at most 200 with size 50: page x size is capped at 10,000 rows; read further with `cursor`",
+        ),
+        (
+            "/anomalies?page=1000000000000&size=1000",
+            "page",
+            "must be at most 10 with size 1000: page x size is capped at 10,000 rows; read further with `cursor`",
+        ),
+        (
             "/signals?signal_type=logon",
             "signal_type",
             "Select a valid choice. logon is not one of the available choices.",
@@ -523,9 +544,10 @@ def test_rows_added_while_walking_do_not_shift_a_cursor_walk(api: APIClient, man
         ("/users/abc/risk", "user_id", "must be a whole number"),
         ("/users/99999999999999999999/risk", "user_id", "must be at most 9223372036854775807"),
         ("/users/7/signals?signal_type=nope", "signal_type", "Select a valid choice."),
-        ("/metrics?hours=0", "hours", "must be from 1 to 720"),
-        ("/metrics?hours=721", "hours", "must be from 1 to 720"),
-        ("/metrics?hours=day", "hours", "must be a whole number of hours"),
+        ("/metrics?hours=0", "hours", "must be one of 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720"),
+        ("/metrics?hours=5", "hours", "must be one of 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720"),
+        ("/metrics?hours=721", "hours", "must be one of 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720"),
+        ("/metrics?hours=day", "hours", "must be one of 1, 2, 3, 6, 12, 24, 48, 72, 168, 336, 720"),
     ],
 )
 def test_a_bad_parameter_is_a_400_naming_it(api: APIClient, url: str, field: str, reason: str) -> None:

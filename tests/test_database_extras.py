@@ -11,7 +11,6 @@ from django.db import DataError, connection
 from django.utils import timezone
 
 from anomalies_app.models import Anomaly
-from anomalies_app.services import data_cleanup_old
 from signals_app.models import DeadLetter, Signal
 
 pytestmark = pytest.mark.django_db
@@ -79,20 +78,28 @@ def test_risk_score_of_an_unknown_user_is_zero_and_capped_at_100() -> None:
     assert row == {"risk_score": 100, "risk_level": "high"}
 
 
-def test_cleanup_old_data_deletes_only_what_is_older_than_the_cutoff() -> None:
+def test_cleanup_old_data_drops_the_days_before_the_cutoff_and_keeps_open_anomalies() -> None:
+    """Signals go a day's partition at a time; anomalies still waiting for an analyst stay
+    unless p_include_open (docs/design.md, "Retention")."""
     signal(1, age_ms=31 * DAY_MS)
+    signal(1, age_ms=32 * DAY_MS)
     signal(1, age_ms=29 * DAY_MS)
-    anomaly(1, "low", age=timedelta(days=31))
+    anomaly(1, "low", age=timedelta(days=31), status="resolved")
+    anomaly(1, "low", age=timedelta(days=31), status="new", suppressed=True)
+    anomaly(1, "low", age=timedelta(days=31), status="acknowledged")
     anomaly(1, "low", age=timedelta(days=1))
     DeadLetter.objects.create(
         raw=b"x", source_topic="t", source_partition=0, source_offset=1, reason="r",
         received_at=timezone.now() - timedelta(days=31),
     )  # fmt: skip
-    assert data_cleanup_old(days=30) == {"signals": 1, "anomalies": 1, "dead_letters": 1}
-    assert (Signal.objects.count(), Anomaly.objects.count(), DeadLetter.objects.count()) == (1, 1, 0)
     assert fetch("SELECT * FROM cleanup_old_data(30)") == [
-        {"signals_deleted": 0, "anomalies_deleted": 0, "dead_letters_deleted": 0}
+        {"signals_deleted": 2, "anomalies_deleted": 2, "dead_letters_deleted": 1, "anomalies_kept": 1}
     ]
+    assert (Signal.objects.count(), Anomaly.objects.count(), DeadLetter.objects.count()) == (1, 2, 0)
+    assert fetch("SELECT * FROM cleanup_old_data(30, p_include_open => true)") == [
+        {"signals_deleted": 0, "anomalies_deleted": 1, "dead_letters_deleted": 0, "anomalies_kept": 0}
+    ]
+    assert list(Anomaly.objects.values_list("status", flat=True)) == ["new"]
 
 
 def test_cleanup_old_data_refuses_a_cutoff_below_one_day() -> None:

@@ -31,6 +31,8 @@ DASHBOARD_PROVIDER_FILE = REPO / "grafana" / "provisioning" / "dashboards" / "da
 DASHBOARD_FILE = REPO / "grafana" / "dashboards" / "eventpipeline.json"
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
+ENV_EXAMPLE = REPO / ".env.example"
+GITIGNORE = REPO / ".gitignore"
 REQUIREMENTS_FILE = REPO / "requirements.txt"
 LOCAL_REQUIREMENTS_FILE = REPO / "requirements-local.txt"
 DEV_REQUIREMENTS_FILE = REPO / "requirements-dev.txt"
@@ -102,14 +104,23 @@ COUNTERS = {
     "events_processed_total",
     "anomalies_detected_total",
     "anomalies_muted_total",
+    "dead_letters_total",
     "api_requests_total",
     "django_http_requests_total_by_view_transport_method_total",
 }
-GAUGES = {"batch_size_current", "bridge_batches_in_flight", "bridge_paused", "active_user_sessions"}
+GAUGES = {
+    "batch_size_current",
+    "bridge_batches_in_flight",
+    "bridge_paused",
+    "bridge_consumer_lag",
+    "celery_queue_length",
+    "active_user_sessions",
+}
 HISTOGRAMS = {
     "signal_production_latency_seconds",
     "processing_latency_seconds",
     "anomaly_detection_latency_seconds",
+    "end_to_end_latency_seconds",
     "api_request_duration_seconds",
     "django_http_requests_latency_seconds_by_view_method",
 }
@@ -120,8 +131,7 @@ ALLOWED_METRICS = (
     | {f"{name}{suffix}" for name in HISTOGRAMS for suffix in ("_bucket", "_sum", "_count")}
     | PROMETHEUS_BUILTINS
 )
-# The pipeline metrics defined in the project's Python code (the api ones come partly from
-# django_prometheus).
+# The metrics defined in the project's Python code (django_prometheus adds django_http_*).
 PIPELINE_METRICS = {
     "signals_produced",
     "signal_production_latency_seconds",
@@ -130,10 +140,16 @@ PIPELINE_METRICS = {
     "batch_size_current",
     "bridge_batches_in_flight",
     "bridge_paused",
+    "bridge_consumer_lag",
     "anomalies_detected",
     "anomalies_muted",
     "anomaly_detection_latency_seconds",
     "active_user_sessions",
+    "celery_queue_length",
+    "end_to_end_latency_seconds",
+    "dead_letters",
+    "api_requests",
+    "api_request_duration_seconds",
 }
 
 # Only `make run` and `make test` use these (scripts/devservices.py's servers, the Procfile
@@ -158,10 +174,20 @@ def load_yaml(path: Path) -> Any:
         return yaml.safe_load(handle)
 
 
+# ${NAME:?message}: compose refuses to start while NAME is unset or empty.
+REQUIRED_VARIABLE = re.compile(r"\$\{(\w+):\?[^}]*\}")
+# ${NAME:-default} or ${NAME-default}.
+DEFAULTED_VARIABLE = re.compile(r"\$\{(\w+):?-([^}]*)\}")
+# Variables that hold a secret: never given a default in a committed file.
+SECRET_NAME = re.compile(r"SECRET|PASSWORD|AUTH|TOKEN")
+
+
 def interpolate(value: Any) -> str:
-    """A compose value as the container sees it when no variable is set in the shell."""
+    """A compose value as the container sees it when no variable is set in the shell (a
+    required variable, which compose would refuse, as empty)."""
     text = str(value).lower() if isinstance(value, bool) else str(value)
-    text = re.sub(r"\$\{\w+:?-([^}]*)\}", r"\1", text)
+    text = REQUIRED_VARIABLE.sub("", text)
+    text = DEFAULTED_VARIABLE.sub(r"\2", text)
     text = re.sub(r"\$\{\w+\}", "", text)
     return text.replace("$$", "$")
 
@@ -459,8 +485,55 @@ def test_app_environment_uses_the_design_names(
             assert host in services, f"`{name}`: Kafka bootstrap host {host!r} is not a compose service"
         hosts = env["ALLOWED_HOSTS"].split(",")
         assert "api" in hosts, "ALLOWED_HOSTS must accept the Host header of Prometheus' scrape (api:8000)"
-        if env["DEBUG"].lower() in {"0", "false", "no", "off"}:
-            assert env["SECRET_KEY"], f"`{name}`: SECRET_KEY is required when DEBUG is false"
+        raw = {key: str(value) for key, value in (svc.get("environment") or {}).items()}
+        assert REQUIRED_VARIABLE.fullmatch(raw["SECRET_KEY"]), f"`{name}`: SECRET_KEY must come from the environment"
+
+
+def test_no_secret_has_a_committed_default() -> None:
+    """SECRET_KEY and the passwords come from the environment or the .env the user makes:
+    compose refuses to start without them, rather than run with a value anyone can read here."""
+    text = COMPOSE_FILE.read_text(encoding="utf-8")
+    defaulted = {name for name, _ in DEFAULTED_VARIABLE.findall(text) if SECRET_NAME.search(name)}
+    assert not defaulted, f"docker-compose.yml gives these secrets a default: {sorted(defaulted)}"
+    required = set(REQUIRED_VARIABLE.findall(text))
+    assert {"SECRET_KEY", "POSTGRES_PASSWORD", "GRAFANA_ADMIN_PASSWORD", "FLOWER_BASIC_AUTH"} <= required
+
+
+def test_secrets_reach_the_services_that_need_them(services: dict[str, dict[str, Any]]) -> None:
+    def raw(service: str, key: str) -> str:
+        return str(services[service]["environment"][key])
+
+    assert REQUIRED_VARIABLE.fullmatch(raw("postgres", "POSTGRES_PASSWORD"))
+    assert "${POSTGRES_PASSWORD:?" in raw("api", "DATABASE_URL"), "the app logs in with the same password"
+    assert REQUIRED_VARIABLE.fullmatch(raw("grafana", "GF_SECURITY_ADMIN_PASSWORD")), "no admin/admin"
+    assert REQUIRED_VARIABLE.fullmatch(raw("flower", "FLOWER_BASIC_AUTH")), "Flower asks for a login"
+
+
+def test_every_port_is_published_on_localhost_only(services: dict[str, dict[str, Any]]) -> None:
+    """Nothing is reachable from other machines without a proxy the operator chose."""
+    for name, svc in services.items():
+        for entry in svc.get("ports") or []:
+            host_ip = entry.get("host_ip") if isinstance(entry, dict) else str(entry).rsplit(":", 2)[0]
+            assert host_ip == "127.0.0.1", f"`{name}` publishes {entry!r} beyond 127.0.0.1"
+
+
+def test_app_processes_listen_inside_their_containers(app_services: dict[str, dict[str, Any]]) -> None:
+    """BIND_ADDRESS defaults to 127.0.0.1, where Prometheus, on another container, could not
+    scrape them."""
+    for name, svc in app_services.items():
+        assert environment(svc).get("BIND_ADDRESS") == "0.0.0.0", f"`{name}` listens on its own loopback only"
+
+
+def test_env_example_lists_what_compose_requires() -> None:
+    """Every variable compose requires is in .env.example, with no value; .env is never
+    committed nor copied into the image."""
+    required = set(REQUIRED_VARIABLE.findall(COMPOSE_FILE.read_text(encoding="utf-8")))
+    lines = [line for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines() if line and line[0] != "#"]
+    example = dict(line.split("=", 1) for line in lines)
+    assert set(example) == required
+    assert all(value == "" for value in example.values()), "the example holds no secret"
+    assert ".env" in GITIGNORE.read_text(encoding="utf-8").split()
+    assert ".env" in DOCKERIGNORE.read_text(encoding="utf-8").split()
 
 
 def test_project_image_and_mounts(compose: dict[str, Any], services: dict[str, dict[str, Any]]) -> None:
@@ -584,7 +657,18 @@ def test_promtool_check_rules(promtool: str) -> None:
 
 def test_expected_alerts_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
-    expected = ("BridgeDown", "WorkerDown", "NoEventsStored", "DeadLetterRateHigh", "BridgePaused", "DetectionFailing")
+    expected = (
+        "BridgeDown",
+        "WorkerDown",
+        "NoWorkerUp",
+        "NoEventsStored",
+        "DeadLetterRateHigh",
+        "BridgePaused",
+        "DetectionFailing",
+        "ConsumerLagGrowing",
+        "CeleryQueueNotDraining",
+        "EndToEndLatencyHigh",
+    )
     for name in expected:
         assert name in names, f"alerts.yml has no {name} alert"
     for rule in alert_rules():
@@ -640,6 +724,23 @@ tests:
         exp_samples:
           - labels: 'ALERTS{{alertname="BridgePaused", alertstate="firing", severity="warning"}}'
             value: 1
+  # The lag of all partitions together is what counts, and only when it lasts.
+  - interval: 1m
+    input_series:
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="0"}}'
+        values: '0 60000x20'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="1"}}'
+        values: '0 50000x20'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="ConsumerLagHigh", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="ConsumerLagHigh", alertstate="firing", severity="warning",
+                             topic="signal-events"}}'
+            value: 1
   # No worker has ever stored anything: the alert still fires.
   - interval: 1m
     input_series:
@@ -689,6 +790,103 @@ tests:
       - expr: ALERTS{{alertname="DetectionFailing", alertstate="firing"}}
         eval_time: 16m
         exp_samples: []
+  # The lag grows by 2,000 records a minute on one partition; on another it is large but
+  # steady; on a third topic it drains.
+  - interval: 1m
+    input_series:
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="0"}}'
+        values: '0+2000x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="signal-events", partition="1"}}'
+        values: '100x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="steady", partition="0"}}'
+        values: '50000x30'
+      - series: 'bridge_consumer_lag{{job="bridge", topic="draining", partition="0"}}'
+        values: '60000-2000x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples: []
+      - expr: ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="ConsumerLagGrowing", alertstate="firing", topic="signal-events",
+                             severity="warning"}}'
+            value: 1
+  # store only grows; detect is busy but empties now and then; default is stuck at 3.
+  - interval: 1m
+    input_series:
+      - series: 'celery_queue_length{{job="bridge", queue="store"}}'
+        values: '5+5x30'
+      - series: 'celery_queue_length{{job="bridge", queue="detect"}}'
+        values: '40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0 40 0'
+      - series: 'celery_queue_length{{job="bridge", queue="default"}}'
+        values: '0 0 0 0 0 0 0 0 0 0 3x20'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 3m
+        exp_samples: []
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 12m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="store",
+                             severity="warning"}}'
+            value: 1
+      - expr: ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="store",
+                             severity="warning"}}'
+            value: 1
+          - labels: 'ALERTS{{alertname="CeleryQueueNotDraining", alertstate="firing", queue="default",
+                             severity="warning"}}'
+            value: 1
+  # From minute 0, nine events in ten take 30 to 60 s from Kafka to stored and analysed.
+  - interval: 1m
+    input_series:
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="5"}}'
+        values: '0+10x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="30"}}'
+        values: '0+10x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="60"}}'
+        values: '0+100x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="+Inf"}}'
+        values: '0+100x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 5m
+        exp_samples: []
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 15m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing", severity="warning"}}'
+            value: 1
+  # Every event within 5 s: no alert.
+  - interval: 1m
+    input_series:
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="5"}}'
+        values: '0+100x30'
+      - series: 'end_to_end_latency_seconds_bucket{{job="bridge", le="+Inf"}}'
+        values: '0+100x30'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
+        eval_time: 25m
+        exp_samples: []
+  # The store worker goes at minute 2, the detect worker at minute 4.
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="worker", instance="worker-store:8013", queue="store"}}'
+        values: '1 1 0 0 0 0 0 0 0 0'
+      - series: 'up{{job="worker", instance="worker-detect:8013", queue="detect"}}'
+        values: '1 1 1 1 0 0 0 0 0 0'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
+        eval_time: 4m
+        exp_samples: []
+      - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
+        eval_time: 6m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoWorkerUp", alertstate="firing", severity="critical"}}'
+            value: 1
 """
 
 
@@ -705,16 +903,23 @@ def test_alert_metric_names_are_known() -> None:
         assert not unknown, f"alert {rule['alert']} uses unknown metrics {sorted(unknown)}"
 
 
-def test_metric_names_in_code_match_design() -> None:
-    """A metric renamed in the code would leave the dashboard and the alerts blank."""
+def defined_metrics() -> dict[str, Path]:
+    """The metrics the project's code defines (as named in the code: counters without
+    `_total`), and where."""
     defined: dict[str, Path] = {}
-    pattern = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+    pattern = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
     for path in REPO.rglob("*.py"):
         relative = path.relative_to(REPO).parts
-        if relative[0] in {".venv", "tests", ".git"} or "migrations" in relative:
+        if relative[0] in {".venv", ".data", "tests", ".git"} or "migrations" in relative:
             continue
         for name in pattern.findall(path.read_text(encoding="utf-8")):
             defined[name] = path
+    return defined
+
+
+def test_metric_names_in_code_match_design() -> None:
+    """A metric renamed in the code would leave the dashboard and the alerts blank."""
+    defined = defined_metrics()
     missing = PIPELINE_METRICS - set(defined)
     assert not missing, f"docs/design.md metrics not defined in the code: {sorted(missing)}"
     allowed_bases = {name.removesuffix("_total") for name in COUNTERS} | GAUGES | HISTOGRAMS
@@ -775,12 +980,20 @@ def test_dashboard_metric_names_are_known(dashboard: dict[str, Any]) -> None:
         ("batch size", r"batch_size_current"),
         ("in-flight batches", r"bridge_batches_in_flight"),
         ("bridge paused", r"bridge_paused"),
+        ("consumer lag per partition", r"by \(topic, partition\) \(bridge_consumer_lag\)"),
         ("anomalies/s by type", r"sum by \(anomaly_type\) \(rate\(anomalies_detected_total"),
         ("muted findings by type", r"sum by \(anomaly_type\) \(rate\(anomalies_muted_total"),
         ("detection latency p95", r"histogram_quantile\(0\.95, .*anomaly_detection_latency_seconds_bucket"),
         ("API request rate", r"rate\(django_http_requests_total_by_view_transport_method_total"),
         ("API p95 latency", r"histogram_quantile\(0\.95, .*django_http_requests_latency_seconds_by_view_method_bucket"),
         ("up status", r"^up$"),
+        ("queue depth by queue", r"by \(queue\) \(celery_queue_length"),
+        ("end-to-end p50", r"histogram_quantile\(0\.5, .*end_to_end_latency_seconds_bucket"),
+        ("end-to-end p95", r"histogram_quantile\(0\.95, .*end_to_end_latency_seconds_bucket"),
+        ("end-to-end p99", r"histogram_quantile\(0\.99, .*end_to_end_latency_seconds_bucket"),
+        ("dead letters by reason", r"sum by \(reason\) \(rate\(dead_letters_total"),
+        ("API requests by endpoint", r"sum by \(endpoint, status\) \(rate\(api_requests_total"),
+        ("API p95 by endpoint", r"histogram_quantile\(0\.95, .*api_request_duration_seconds_bucket"),
     ],
 )
 def test_dashboard_shows(dashboard: dict[str, Any], what: str, pattern: str) -> None:

@@ -172,3 +172,16 @@ def test_address_in_use_is_recognised_in_each_servers_log(log_line: str) -> None
 
 def test_other_start_failures_are_not_taken_for_a_busy_port() -> None:
     assert not devservices.ADDRESS_IN_USE.search('FATAL:  data directory "/x" has invalid permissions')
+
+
+def test_development_settings_fill_in_only_what_is_unset(tmp_path: Path) -> None:
+    made = devservices.development_settings(tmp_path, {"DEBUG": "false"})
+    assert set(made) == {"SECRET_KEY", "FLOWER_BASIC_AUTH"}, "DEBUG=false is the user's choice"
+    assert len(made["SECRET_KEY"]) >= 40
+    user, _, password = made["FLOWER_BASIC_AUTH"].partition(":")
+    assert user == "flower" and len(password) >= 40
+    assert devservices.development_settings(tmp_path, {}) == {"DEBUG": "true", **made}, "kept for the next run"
+    assert (tmp_path / "secret-key").stat().st_mode & 0o077 == 0, "readable by its owner only"
+    given = {"DEBUG": "true", "SECRET_KEY": "mine", "FLOWER_BASIC_AUTH": "me:mine"}
+    assert devservices.development_settings(tmp_path / "other", given) == {}
+    assert not (tmp_path / "other").exists()

@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 from confluent_kafka import OFFSET_BEGINNING, Consumer, TopicPartition
 from django.conf import settings
+from django.contrib.auth.models import Group, Permission, User
 from rest_framework.test import APIClient
 
 from emitter.selectors import control_redis, emitter_control_get
@@ -228,9 +229,16 @@ def test_an_injection_run_does_not_follow_the_control(
 
 
 # --- through HTTP, as docs/design.md's curl lines do -----------------------------------------
+@pytest.fixture
+def controller(user: User, token: str, api: APIClient) -> APIClient:
+    """A user given the permission to steer the emitters."""
+    user.user_permissions.add(Permission.objects.get(content_type__app_label="emitter", codename="control_emitter"))
+    return api
+
+
 @pytest.mark.django_db
-def test_post_configure_sets_the_control_and_says_what_it_is(api: APIClient, control_key: str) -> None:
-    response = api.post("/emitter/configure", {"signals_per_second": 2000, "burst_mode": True}, format="json")
+def test_post_configure_sets_the_control_and_says_what_it_is(controller: APIClient, control_key: str) -> None:
+    response = controller.post("/emitter/configure", {"signals_per_second": 2000, "burst_mode": True}, format="json")
     assert response.status_code == 200, response.json()
     assert response.json() == {
         "version": 1,
@@ -243,8 +251,8 @@ def test_post_configure_sets_the_control_and_says_what_it_is(api: APIClient, con
 
 
 @pytest.mark.django_db
-def test_post_burst_starts_a_timed_burst(api: APIClient, control_key: str) -> None:
-    response = api.post("/emitter/burst", {"duration_seconds": 60, "multiplier": 5}, format="json")
+def test_post_burst_starts_a_timed_burst(controller: APIClient, control_key: str) -> None:
+    response = controller.post("/emitter/burst", {"duration_seconds": 60, "multiplier": 5}, format="json")
     assert response.status_code == 200, response.json()
     body = response.json()
     assert body["burst"]["multiplier"] == 5.0
@@ -258,7 +266,12 @@ def test_post_burst_starts_a_timed_burst(api: APIClient, control_key: str) -> No
     [
         ("/emitter/configure", {"signals_per_second": 0}, "signals_per_second", "must be more than 0"),
         ("/emitter/configure", {"signals_per_second": "fast"}, "signals_per_second", "must be a number"),
-        ("/emitter/configure", {"signals_per_second": 10**9}, "signals_per_second", "must be at most 1,000,000"),
+        (
+            "/emitter/configure",
+            {"signals_per_second": 10**9},
+            "signals_per_second",
+            "must be at most 20,000 events/s (EMITTER_MAX_RATE)",
+        ),
         ("/emitter/configure", {"burst_mode": "sometimes"}, "burst_mode", "Must be a valid boolean."),
         ("/emitter/configure", {"signals_per_sec": 2000}, "signals_per_sec", "is not a field of this request"),
         ("/emitter/configure", {}, "non_field_errors", "give signals_per_second, burst_mode or both"),
@@ -268,9 +281,9 @@ def test_post_burst_starts_a_timed_burst(api: APIClient, control_key: str) -> No
     ],
 )
 def test_a_bad_request_is_a_400_naming_the_field_and_changes_nothing(
-    api: APIClient, control_key: str, url: str, body: dict[str, Any], field: str, reason: str
+    controller: APIClient, control_key: str, url: str, body: dict[str, Any], field: str, reason: str
 ) -> None:
-    response = api.post(url, body, format="json")
+    response = controller.post(url, body, format="json")
     assert response.status_code == 400
     assert response.json() == {field: [reason]}
     assert emitter_control_get().version == 0
@@ -281,3 +294,77 @@ def test_a_bad_request_is_a_400_naming_the_field_and_changes_nothing(
 def test_controlling_the_emitter_needs_credentials(url: str, control_key: str) -> None:
     assert APIClient().post(url, {"signals_per_second": 1}, format="json").status_code == 401
     assert emitter_control_get().version == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize("group", [None, "analysts", "rule editors"])
+@pytest.mark.parametrize("url", ["/emitter/configure", "/emitter/burst"])
+def test_steering_the_emitter_takes_its_own_permission(
+    api: APIClient, user: User, control_key: str, group: str | None, url: str
+) -> None:
+    """An ordinary token, an analyst's or a rule editor's gets 403 and changes nothing."""
+    if group is not None:
+        user.groups.add(Group.objects.get(name=group))
+    response = api.post(url, {"signals_per_second": 1_000_000, "duration_seconds": 86_400, "multiplier": 100})
+    assert response.status_code == 403
+    assert "emitter.control_emitter" in response.json()["detail"]
+    assert emitter_control_get().version == 0
+
+
+@pytest.mark.django_db
+@pytest.mark.parametrize(
+    ("requests", "field", "reason"),
+    [
+        (
+            [("/emitter/configure", {"signals_per_second": 20_001})],
+            "signals_per_second",
+            "must be at most 20,000 events/s (EMITTER_MAX_RATE)",
+        ),
+        (
+            [("/emitter/configure", {"signals_per_second": 5000, "burst_mode": True})],
+            "signals_per_second",
+            "would make 5000 events/s x 5 = 25,000 events/s, above EMITTER_MAX_RATE (20,000)",
+        ),
+        (
+            [("/emitter/configure", {"signals_per_second": 5000}), ("/emitter/configure", {"burst_mode": True})],
+            "burst_mode",
+            "would make 5000 events/s x 5 = 25,000 events/s, above EMITTER_MAX_RATE (20,000)",
+        ),
+        (
+            [("/emitter/burst", {"duration_seconds": 60, "multiplier": 21})],
+            "multiplier",
+            "would make 1000 events/s x 21 = 21,000 events/s, above EMITTER_MAX_RATE (20,000)",
+        ),
+        (
+            [
+                ("/emitter/burst", {"duration_seconds": 60, "multiplier": 10}),
+                ("/emitter/configure", {"signals_per_second": 2001}),
+            ],
+            "signals_per_second",
+            "would make 2001 events/s x 10 = 20,010 events/s, above EMITTER_MAX_RATE (20,000)",
+        ),
+    ],
+)
+def test_the_emitters_pace_is_capped_at_emitter_max_rate(
+    controller: APIClient, control_key: str, requests: list[tuple[str, dict[str, Any]]], field: str, reason: str
+) -> None:
+    """The rate, and the rate times a burst's multiplier (burst mode's 5, or a timed burst's),
+    stay within EMITTER_MAX_RATE (20,000 unless set); SIGNALS_PER_SECOND (1,000) where no
+    rate was asked. The request that would go beyond it is a 400 naming its field."""
+    *before, (url, body) = requests
+    for earlier_url, earlier_body in before:
+        assert controller.post(earlier_url, earlier_body, format="json").status_code == 200
+    response = controller.post(url, body, format="json")
+    assert response.status_code == 400
+    assert response.json() == {field: [reason]}
+    assert emitter_control_get().version == len(before), "the refused request changed nothing"
+
+
+@pytest.mark.django_db
+def test_emitter_max_rate_is_a_setting(controller: APIClient, control_key: str, settings: Any) -> None:
+    settings.EMITTER_MAX_RATE = 100
+    assert controller.post("/emitter/configure", {"signals_per_second": 100}, format="json").status_code == 200
+    response = controller.post("/emitter/burst", {"duration_seconds": 60, "multiplier": 2}, format="json")
+    assert response.json() == {
+        "multiplier": ["would make 100 events/s x 2 = 200 events/s, above EMITTER_MAX_RATE (100)"]
+    }

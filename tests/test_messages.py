@@ -12,6 +12,7 @@ from signals_app.messages import (
     Limits,
     Rejection,
     SignalRow,
+    dead_letter_category,
     decode_signal,
     derived_event_id,
     with_original_identity,
@@ -31,6 +32,13 @@ def signal_message(signal_type: str = "click", **changes: Any) -> dict[str, Any]
 
 def decode(value: bytes | None, offset: int = 7) -> SignalRow | Rejection:
     return decode_signal(value, topic="signals", partition=2, offset=offset, now_ms=NOW, limits=LIMITS)
+
+
+def deep_list(levels: int) -> list[Any]:
+    nested: list[Any] = []
+    for _ in range(levels - 1):
+        nested = [nested]
+    return nested
 
 
 def reason(value: bytes | None) -> str:
@@ -137,6 +145,40 @@ def test_a_timestamp_sent_as_an_integral_float_is_accepted() -> None:
 )
 def test_every_kind_of_bad_record_is_refused_with_a_reason(value: bytes | None, expected: str) -> None:
     assert expected in reason(value)
+    assert dead_letter_category(reason(value)) != "other", reason(value)
+
+
+@pytest.mark.parametrize(
+    ("value", "category"),
+    [
+        (None, "empty"),
+        (b"[" * 100_000 + b"]" * 100_000, "oversize"),
+        (encoded(signal_message(payload={"page": "a\u0000b", "element": "x"})), "nul_character"),
+        (b"\xff\xfe{}", "not_utf8"),
+        (b"{not json", "not_json"),
+        (b"[1, 2]", "not_an_object"),
+        (encoded(signal_message(payload={"page": "/"})), "missing_field"),
+        (encoded(signal_message(timestamp=1_640_995_200)), "absurd_timestamp"),
+        (encoded(signal_message(timestamp="2024-01-01")), "invalid_field"),
+        (encoded(signal_message(user_id="abc")), "invalid_field"),
+        (encoded(signal_message(payload={"page": "/", "element": "x", "deep": deep_list(300)})), "too_deep"),
+    ],
+)
+def test_a_dead_letter_reason_has_a_kind_for_counting(value: bytes | None, category: str) -> None:
+    assert dead_letter_category(reason(value)) == category
+
+
+@pytest.mark.parametrize(
+    ("reason_text", "category"),
+    [
+        ("could not be validated: KeyError: 'x'", "unvalidated"),
+        ("PostgreSQL refused the event: value too long", "refused_by_postgresql"),
+        ("could not be stored after 4 attempts: ProgrammingError: no such column", "not_stored"),
+        ("something nobody wrote yet", "other"),
+    ],
+)
+def test_reasons_written_outside_decoding_have_a_kind_too(reason_text: str, category: str) -> None:
+    assert dead_letter_category(reason_text) == category
 
 
 def test_oversize_is_judged_before_parsing() -> None:

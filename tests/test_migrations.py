@@ -1,8 +1,11 @@
-"""Moving a model between apps keeps its table and its rows: a database as the previous
-layout left it (injection runs owned by anomalies_app, with rows) migrates to this one."""
+"""Migrations that move data keep it: a database as a previous layout left it, with rows,
+migrates to this one. Injection runs moved from anomalies_app to the emitter; `signals`
+became partitioned."""
 
 from __future__ import annotations
 
+import time
+import uuid
 from collections.abc import Iterator
 
 import pytest
@@ -12,6 +15,8 @@ from django.db import connection
 from django.db.migrations.executor import MigrationExecutor
 
 from emitter.models import InjectedScenario, InjectionRun
+from signals_app.models import Signal
+from signals_app.services import signals_store_batch
 
 LAST_BEFORE_THE_MOVE = ("anomalies_app", "0005_detection")
 BEFORE_THE_MOVE: list[tuple[str, str | None]] = [LAST_BEFORE_THE_MOVE, ("emitter", None)]
@@ -67,3 +72,52 @@ def test_injection_runs_keep_their_rows_and_permissions_when_they_move_to_the_em
     assert ContentType.objects.get(pk=content_type.pk).app_label == "emitter"
     assert Permission.objects.get(codename="view_injectionrun").content_type.app_label == "emitter"
     assert not ContentType.objects.filter(app_label="anomalies_app", model="injectionrun").exists()
+
+
+BEFORE_PARTITIONS: list[tuple[str, str | None]] = [("signals_app", "0001_initial")]
+DAY_MS = 86_400_000
+
+
+@pytest.fixture
+def database_before_partitions(django_db_serialized_rollback: None, transactional_db: None) -> Iterator[None]:
+    migrate(BEFORE_PARTITIONS)
+    try:
+        yield
+    finally:
+        migrate(latest())
+
+
+def test_partitioning_signals_keeps_every_row_its_id_and_its_identity(database_before_partitions: None) -> None:
+    """0002 moves the rows of the single table into daily partitions; the ids stay, new
+    ones follow them, and an event stored before is still recognised when it comes again."""
+    with connection.cursor() as cursor:
+        cursor.execute(
+            """
+            INSERT INTO signals (event_id, user_id, type, timestamp, payload)
+            SELECT gen_random_uuid(), n, 'click', %s::bigint - (n %% 40) * %s::bigint - n, '{"page": "/"}'
+            FROM generate_series(1, 4000) AS n
+            """,
+            [int(time.time() * 1000), DAY_MS],
+        )
+        cursor.execute("SELECT id, event_id, user_id, timestamp FROM signals ORDER BY id")
+        before = cursor.fetchall()
+    days = {timestamp // DAY_MS for *_, timestamp in before}
+    assert len(before) == 4000 and len(days) >= 40
+
+    migrate(latest())
+
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT id, event_id, user_id, timestamp FROM signals ORDER BY id")
+        assert cursor.fetchall() == before
+        cursor.execute("SELECT count(*) FROM pg_inherits WHERE inhparent = 'signals'::regclass")
+        assert cursor.fetchone()[0] >= len(days)
+        cursor.execute("SELECT count(*) FROM ONLY signals")  # every row is in a partition
+        assert cursor.fetchone()[0] == 0
+    newest = Signal.objects.create(event_id=uuid.uuid4(), user_id=1, type="click", timestamp=before[0][3], payload={})
+    assert newest.pk > before[-1][0]
+    rows = [
+        [str(event_id), user_id, "click", timestamp, "{}", 0, n]
+        for n, (_, event_id, user_id, timestamp) in enumerate(before[:500])
+    ]
+    assert signals_store_batch(topic="migrated", rows=rows).duplicates == 500
+    assert Signal.objects.count() == 4001

@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import OperationalError, ProgrammingError, connection
 from django.test import override_settings
+from prometheus_client import REGISTRY
 
 from signals_app.models import DeadLetter, Signal
 from signals_app.services import signals_store_batch
@@ -21,6 +22,10 @@ from tests.factories import signal_row
 pytestmark = pytest.mark.django_db
 
 TOPIC = "signals-test"
+
+
+def dead_letters_counted(reason: str) -> float:
+    return REGISTRY.get_sample_value("dead_letters_total", {"reason": reason}) or 0.0
 
 
 def test_a_batch_is_stored_once_however_often_it_is_delivered() -> None:
@@ -57,8 +62,10 @@ def test_events_postgresql_refuses_become_dead_letters_and_the_rest_is_stored() 
     rows = [signal_row(offset=i) for i in range(100)]
     rows[37][1] = 2**70
     rows[81][3] = 10**25
+    counted_before = dead_letters_counted("refused_by_postgresql")
     result = signals_store_batch(topic=TOPIC, rows=rows)
     assert (result.stored, result.dead_letters) == (98, 2)
+    assert dead_letters_counted("refused_by_postgresql") == counted_before + 2
     assert Signal.objects.count() == 98
     refused = {d.source_offset: d for d in DeadLetter.objects.all()}
     assert set(refused) == {37, 81}
@@ -86,10 +93,12 @@ def test_the_task_retries_an_unreachable_database_and_then_fails_without_dead_le
 def test_a_batch_that_keeps_failing_for_another_reason_becomes_dead_letters() -> None:
     rows = [signal_row(offset=i) for i in range(3)]
     failure = ProgrammingError('relation "signals" does not exist')
+    counted_before = dead_letters_counted("not_stored")
     with mock.patch("signals_app.tasks.signals_store_batch", side_effect=failure) as store:
         result = store_signals.apply(args=(TOPIC, rows)).get()
     assert store.call_count == 6
     assert result == {"stored": 0, "duplicates": 0, "dead_letters": 3}
+    assert dead_letters_counted("not_stored") == counted_before + 3
     reasons = list(DeadLetter.objects.values_list("reason", flat=True))
     assert reasons == ['could not be stored after 6 attempts: ProgrammingError: relation "signals" does not exist'] * 3
     assert dlq_reasons(settings.DLQ_TOPIC, 3) == reasons

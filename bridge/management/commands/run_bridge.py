@@ -7,13 +7,19 @@ import signal
 from types import FrameType
 from typing import Any
 
+import redis
 from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
-from prometheus_client import start_http_server
+from prometheus_client import REGISTRY, start_http_server
 
 from bridge.consumer import Bridge, BridgeOptions
-from eventpipeline.kafka import consumer_config, producer_config, topics_ensure
+from bridge.status import StatusReporter
+from eventpipeline.celery import app
+from eventpipeline.kafka import consumer_config, log_end_probe, producer_config, topics_ensure
+from eventpipeline.metrics import CeleryQueueLengths
+from eventpipeline.queues import celery_queue_lengths, celery_queue_names
 from signals_app.messages import Limits
 
 logger = logging.getLogger(__name__)
@@ -31,7 +37,10 @@ class Command(BaseCommand):
 
     def handle(self, *args: Any, **options: Any) -> None:
         if options["metrics_port"]:
-            start_http_server(options["metrics_port"])
+            # The bridge always runs, so it is the one to say how deep the Celery queues are.
+            queues = celery_queue_names()
+            REGISTRY.register(CeleryQueueLengths(lambda: celery_queue_lengths(app=app, queues=queues)))
+            start_http_server(options["metrics_port"], addr=settings.BIND_ADDRESS)
         topics_ensure([options["topic"], options["dlq_topic"]], partitions=settings.TOPIC_PARTITIONS)
         bridge_options = BridgeOptions(
             topic=options["topic"],
@@ -65,5 +74,18 @@ class Command(BaseCommand):
             options["group_id"],
             settings.KAFKA_BOOTSTRAP_SERVERS,
         )
-        bridge.run()
+        reporter = StatusReporter(
+            state=bridge.state,
+            group_id=options["group_id"],
+            topic=bridge_options.topic,
+            interval_seconds=settings.BRIDGE_STATUS_SECONDS,
+            client=redis.Redis.from_url(settings.REDIS_URL, socket_timeout=2, socket_connect_timeout=2),
+            probe=log_end_probe(),
+            admin=AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0}),
+        )
+        reporter.start()
+        try:
+            bridge.run()
+        finally:
+            reporter.stop()
         logger.info("bridge stopped")

@@ -26,7 +26,7 @@ from anomalies_app.rules import (
 from anomalies_app.selectors import rule_settings_list
 from emitter.generator import TYPE_MIX, SignalGenerator, encode
 from emitter.models import InjectionRun
-from emitter.pacing import Pace, TimedBurst
+from emitter.pacing import DEFAULT_BURST_MULTIPLIER, Pace, TimedBurst
 from emitter.scenarios import ScenarioWeaver, clean_start_ms
 from emitter.selectors import EmitterControl, emitter_control_get
 from emitter.services import injection_run_finish, injection_run_start
@@ -92,7 +92,9 @@ class Command(BaseCommand):
             default=settings.BURST_MODE,
             help="Burst mode: emit --burst-multiplier times the rate (default BURST_MODE).",
         )
-        parser.add_argument("--burst-multiplier", type=positive_float, default=5.0, help="Default 5.")
+        parser.add_argument(
+            "--burst-multiplier", type=positive_float, default=DEFAULT_BURST_MULTIPLIER, help="Default %(default)g."
+        )
         parser.add_argument(
             "--follow-control",
             action=argparse.BooleanOptionalAction,
@@ -172,7 +174,7 @@ class Command(BaseCommand):
             ) from error
         if options["metrics_port"]:
             try:
-                start_http_server(options["metrics_port"])
+                start_http_server(options["metrics_port"], addr=settings.BIND_ADDRESS)
             except OSError as error:
                 problem = f"cannot serve metrics on port {options['metrics_port']}: {error}"
                 if options["count"] is None and options["duration"] is None:

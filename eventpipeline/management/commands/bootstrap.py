@@ -7,14 +7,20 @@ from pathlib import Path
 from typing import Any
 
 from django.conf import settings
-from django.contrib.auth import get_user_model
+from django.contrib.auth.models import Group, Permission, User
 from django.core.management import call_command
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import transaction
 from rest_framework.authtoken.models import Token
+
+from emitter.services import EMITTER_CONTROL_PERMISSION
 
 
 class Command(BaseCommand):
-    help = "Apply migrations, create the Kafka topics and a demo user with an API token, then print the URLs."
+    help = (
+        "Apply migrations, create the Kafka topics and a demo analyst with an API token, then print the URLs "
+        "and how to log in."
+    )
 
     def add_arguments(self, parser: CommandParser) -> None:
         parser.add_argument("--data-dir", default=str(settings.BASE_DIR / ".data" / "run"))
@@ -25,12 +31,15 @@ class Command(BaseCommand):
         call_command("collectstatic", interactive=False, verbosity=0)
         call_command("create_topics", verbosity=0)
         password = self._demo_password(Path(options["data_dir"]))
-        user_model = get_user_model()
-        user, _ = user_model.objects.get_or_create(username="demo", defaults={"is_staff": True, "is_superuser": True})
-        user.set_password(password)
-        user.save()
-        token, _ = Token.objects.get_or_create(user=user)
+        token = self._demo_analyst(password)
         host = options["host"]
+        flower_user, _, flower_password = settings.FLOWER_BASIC_AUTH.split(",")[0].partition(":")
+        flower_login = (
+            f"user {flower_user}, password {flower_password}"
+            if flower_password
+            else "does not start: FLOWER_BASIC_AUTH (user:password) is not set"
+        )
+        database = f"DATABASE_URL={settings.DATABASE_URL} .venv/bin/python manage.py"
         self.stdout.write(
             "\n".join(
                 [
@@ -39,9 +48,12 @@ class Command(BaseCommand):
                     f"  API       http://{host}:8000/signals (browsable when logged in to the admin)",
                     f"  Docs      http://{host}:8000/docs   health http://{host}:8000/health",
                     f"  Admin     http://{host}:8000/admin/   user demo, password {password}",
+                    "            demo is an analyst: triages anomalies, may not edit rules or users",
+                    "  Admins    who may do everything, in another terminal:",
+                    f"    {database} createsuperuser",
                     "  Analysts  who triage anomalies but may not edit rules, in another terminal:",
-                    f"    DATABASE_URL={settings.DATABASE_URL} .venv/bin/python manage.py create_analyst alice",
-                    f"  Flower    http://{host}:5555/",
+                    f"    {database} create_analyst alice",
+                    f"  Flower    http://{host}:5555/   {flower_login}",
                     f"  Metrics   http://{host}:8000/prometheus/metrics; emitter :8011, bridge :8012, worker :8013",
                     f"  Kafka     {settings.KAFKA_BOOTSTRAP_SERVERS}, topic {settings.SIGNALS_TOPIC}",
                     f"  Token     {token.key}",
@@ -52,6 +64,22 @@ class Command(BaseCommand):
                 ]
             )
         )
+
+    @staticmethod
+    def _demo_analyst(password: str) -> Token:
+        """The `demo` user: an analyst with the admin (staff), not a superuser, who may also
+        steer the emitter as the README's tour does; its API token."""
+        with transaction.atomic():
+            user, _ = User.objects.get_or_create(username="demo")
+            user.is_staff = True
+            user.is_superuser = False  # an earlier version made it one
+            user.set_password(password)
+            user.save()
+            user.groups.add(Group.objects.get(name="analysts"))
+            app_label, codename = EMITTER_CONTROL_PERMISSION.split(".")
+            user.user_permissions.add(Permission.objects.get(content_type__app_label=app_label, codename=codename))
+            token, _ = Token.objects.get_or_create(user=user)
+        return token
 
     @staticmethod
     def _demo_password(data_dir: Path) -> str:
