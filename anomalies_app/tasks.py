@@ -29,8 +29,11 @@ DETECT_UNREACHABLE = (
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
-def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str, int]:
+def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None) -> dict[str, int]:
     """Analyse a batch of accepted events (SignalRows from `topic`) for anomalies.
+
+    `batch_id` is the bridge's name for the batch, for the logs (eventpipeline/logs.py);
+    messages queued before there was one have none.
 
     Safe to run any number of times on the same batch. When it fails:
     - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, DETECT_MAX_RETRIES times, then the task
@@ -44,8 +47,22 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]]) -> dict[str,
         result = anomalies_detect_batch(rows=rows)
     except Exception as error:
         batch_task_retry(self, error, max_retries=settings.DETECT_MAX_RETRIES, unreachable=DETECT_UNREACHABLE)
-        logger.exception("giving up analysing a batch of %d events from %s", len(rows), topic)
+        logger.exception("batch %s: giving up analysing its %d events from %s", batch_id, len(rows), topic)
         EVENTS_PROCESSED.labels(status="detect_failed").inc(len(rows))
         return {"analysed": 0, "created": 0, "updated": 0, "failed": len(rows)}
     EVENTS_PROCESSED.labels(status="analysed").inc(result.analysed)
+    logger.info(
+        "batch %s: analysed %d events, raised anomalies %s, updated %d, muted %d",
+        batch_id,
+        result.analysed,
+        result.created or "none",
+        len(result.updated),
+        len(result.muted),
+        extra={
+            "analysed": result.analysed,
+            "anomalies_raised": result.created,
+            "anomalies_updated": result.updated,
+            "anomalies_muted": result.muted,
+        },
+    )
     return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}

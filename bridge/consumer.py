@@ -17,9 +17,10 @@ detection turn the replay into no-ops.
 
 from __future__ import annotations
 
+import itertools
 import logging
+import secrets
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -73,6 +74,8 @@ class InFlightBatch:
     topic: str
     rows: list[SignalRow]
     received_at: float
+    # Per partition, the first and last offset of the batch's records (dead letters included).
+    offsets: dict[int, tuple[int, int]] = field(default_factory=dict)
     # Kafka's timestamp of each row's record (ms since the epoch), where the record has one.
     record_times_ms: list[int] = field(default_factory=list)
     handovers: dict[str, Handover] = field(default_factory=lambda: {name: Handover() for name in TASKS})
@@ -107,6 +110,9 @@ class Bridge:
         self.dlq_producer = dlq_producer
         self.clock = clock
         self.tracker = OffsetTracker()
+        # Batch ids that a person can read and grep: a prefix of this bridge's own, then a count.
+        prefix = secrets.token_hex(4)
+        self.batch_ids = (f"{prefix}-{number}" for number in itertools.count(1))
         self.in_flight: dict[str, InFlightBatch] = {}
         self.paused = False
         self.shutdown = False
@@ -167,7 +173,7 @@ class Bridge:
         rows: list[SignalRow] = []
         record_times_ms: list[int] = []
         dead_letters: list[DeadLetterRecord] = []
-        high_offsets: dict[tuple[str, int], int] = {}
+        offsets: dict[int, tuple[int, int]] = {}
         for message in messages:
             error = message.error()
             if error is not None:
@@ -175,7 +181,7 @@ class Bridge:
                     logger.warning("consumer error: %s", error)
                 continue
             topic, partition, offset = _coordinates(message)
-            high_offsets[(topic, partition)] = offset
+            offsets[partition] = (offsets.get(partition, (offset, offset))[0], offset)
             try:
                 decoded = decode_signal(
                     message.value(),
@@ -198,14 +204,16 @@ class Bridge:
         if dead_letters and not self.keep_dead_letters(dead_letters):
             return  # stopping: none of these offsets is committed, the records come again
         batch = InFlightBatch(
-            batch_id=uuid.uuid4().hex,
+            batch_id=next(self.batch_ids),
             topic=self.options.topic,
             rows=rows,
             received_at=received_at,
+            offsets=offsets,
             record_times_ms=record_times_ms,
         )
-        self.tracker.add(batch.batch_id, high_offsets)
+        self.tracker.add(batch.batch_id, {(batch.topic, partition): last for partition, (_, last) in offsets.items()})
         EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))
+        batch_log(batch, dead_letters=len(dead_letters))
         if rows:
             self.in_flight[batch.batch_id] = batch
             for name in TASKS:
@@ -243,6 +251,7 @@ class Bridge:
             with denied_join_result():
                 result = TASKS[name].apply_async(  # type: ignore[call-arg]  # argsrepr: not in the stubs
                     args=(batch.topic, list(map(tuple, batch.rows))),
+                    kwargs={"batch_id": batch.batch_id},
                     argsrepr=f"({batch.topic!r}, <{len(batch.rows)} events>)",
                 )
         except Exception as error:  # noqa: BLE001 - any broker failure: try again on a later turn
@@ -301,6 +310,19 @@ class Bridge:
         except Exception as error:  # noqa: BLE001 - a failed commit only means a replay later
             logger.warning("offset commit failed, will retry: %s", error)
             return
+        batch_ids = [str(batch_id) for batch_id in self.tracker.covered()]
+        positions = sorted((partition, offset) for (_, partition), offset in offsets.items())
+        logger.info(
+            "committed %s %s, done with batches %s",
+            self.options.topic,
+            " ".join(f"[{partition}]@{offset}" for partition, offset in positions),
+            ", ".join(batch_ids) or "(none)",
+            extra={
+                "batch_ids": batch_ids,
+                "topic": self.options.topic,
+                "committed": [{"partition": partition, "offset": offset} for partition, offset in positions],
+            },
+        )
         self.tracker.committed(offsets)
 
     def apply_backpressure(self) -> None:
@@ -373,6 +395,28 @@ class Bridge:
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         self.tracker.forget(revoked)
+
+
+def batch_log(batch: InFlightBatch, *, dead_letters: int) -> None:
+    """The batch as read from Kafka, under the id its tasks and the commit log carry
+    (docs/operations.md, "Following a batch")."""
+    ranges = sorted(batch.offsets.items())
+    logger.info(
+        "batch %s: %d events, %d dead letters from %s %s%s",
+        batch.batch_id,
+        len(batch.rows),
+        dead_letters,
+        batch.topic,
+        " ".join(f"[{partition}]@{first}-{last}" for partition, (first, last) in ranges),
+        "; to store and detect" if batch.rows else "",
+        extra={
+            "batch_id": batch.batch_id,
+            "topic": batch.topic,
+            "events": len(batch.rows),
+            "dead_letters": dead_letters,
+            "offsets": [{"partition": partition, "first": first, "last": last} for partition, (first, last) in ranges],
+        },
+    )
 
 
 def _coordinates(message: Message) -> tuple[str, int, int]:

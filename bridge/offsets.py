@@ -21,6 +21,8 @@ class OffsetTracker:
         self._done: set[Hashable] = set()
         self._watermarks: dict[TopicPartition, int] = {}
         self._committed: dict[TopicPartition, int] = {}
+        # Batches whose every record is below the watermarks, oldest first, until committed.
+        self._covered: list[Hashable] = []
 
     def add(self, batch_id: Hashable, high_offsets: dict[TopicPartition, int]) -> None:
         """Register a batch: for each partition it covers, its highest offset."""
@@ -29,19 +31,27 @@ class OffsetTracker:
 
     def complete(self, batch_id: Hashable) -> None:
         self._done.add(batch_id)
+        passed: dict[Hashable, None] = {}  # a dict keeps the order they were passed in
         for partition, queue in self._pending.items():
             while queue and queue[0][0] in self._done:
-                _, offset = queue.popleft()
+                passed_id, offset = queue.popleft()
+                passed[passed_id] = None
                 self._watermarks[partition] = offset + 1
         still_pending = {batch for queue in self._pending.values() for batch, _ in queue}
+        self._covered += [batch for batch in passed if batch not in still_pending]
         self._done &= still_pending
 
     def committable(self) -> dict[TopicPartition, int]:
         """Next offset to commit per partition, for partitions that moved since `committed`."""
         return {p: o for p, o in self._watermarks.items() if self._committed.get(p) != o}
 
+    def covered(self) -> list[Hashable]:
+        """The batches that committing `committable()` finishes: every record of theirs is below it."""
+        return list(self._covered)
+
     def committed(self, offsets: dict[TopicPartition, int]) -> None:
         self._committed.update(offsets)
+        self._covered.clear()
 
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Drop partitions this consumer no longer owns (rebalance); their batches will be

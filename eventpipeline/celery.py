@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging.config
 import os
 from pathlib import Path
 from typing import Any
 
 from celery import Celery, Task
-from celery.signals import worker_init, worker_process_shutdown
+from celery.apps.beat import Beat
+from celery.signals import celeryd_init, worker_init, worker_process_shutdown
+from django.conf import settings
 from django.db import close_old_connections
 
 from eventpipeline.serialization import register_orjson_for_json
@@ -21,6 +24,30 @@ register_orjson_for_json()
 app = Celery("eventpipeline")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
+
+
+@celeryd_init.connect
+def worker_json_from_the_start(instance: Any, **_: Any) -> None:
+    """With LOG_FORMAT=json the worker's first lines are JSON too. Its banner (queues,
+    concurrency) is printed straight to stdout, outside logging: it prints none, as with
+    --quiet. And what it warns about before Django sets up logging (running as root) goes
+    through LOGGING already."""
+    if settings.LOG_FORMAT != "json":
+        return
+    instance.quiet = True
+    logging.config.dictConfig(settings.LOGGING)
+    logging.captureWarnings(True)
+
+
+class QuietBeat(Beat):
+    """`celery beat`, which prints a banner too, and without it with LOG_FORMAT=json. Beat
+    sends no signal before its banner, hence a class of its own."""
+
+    def __init__(self, *, quiet: bool = False, **kwargs: Any) -> None:
+        super().__init__(quiet=quiet or settings.LOG_FORMAT == "json", **kwargs)
+
+
+app.Beat = app.subclass_with_self(QuietBeat)  # type: ignore[misc]  # a cached property, which may be set
 
 
 def batch_task_start(task: Task) -> None:
@@ -52,7 +79,6 @@ def serve_worker_metrics(**_: Any) -> None:
     they write to files there and the main process serves the sum. The directory is
     emptied at start so a restarted worker does not report its predecessor's counts.
     """
-    from django.conf import settings
     from prometheus_client import CollectorRegistry, multiprocess, start_http_server
 
     port = settings.WORKER_METRICS_PORT

@@ -87,6 +87,13 @@ def env_rate(name: str, default: str) -> str:
     return _env(name, default, _parse_rate, "a rate such as 6000/min (a count, then s, min, hour or day)")
 
 
+def env_choice(name: str, default: str, choices: tuple[str, ...]) -> str:
+    value = env_str(name, default)
+    if value not in choices:
+        _refuse(name, f"must be one of {'/'.join(choices)}, got {value!r}")
+    return value
+
+
 def env_url(name: str, default: str, schemes: tuple[str, ...]) -> str:
     value = env_str(name, default)
     scheme = value.split("://", 1)[0] if "://" in value else ""
@@ -359,12 +366,40 @@ if not DEBUG:
     SECURE_HSTS_PRELOAD = True
     SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 
+# text: a line for a person, as it always was. json: one JSON object per line, in every
+# process, for a log store to index; the records logged while a store or detect task runs
+# carry its batch id and the Celery task's id and name (eventpipeline/logs.py), so that
+# a batch can be followed from the bridge to its rows and anomalies
+# (docs/operations.md, "Following a batch").
+LOG_FORMAT = env_choice("LOG_FORMAT", "text", ("text", "json"))
+LOG_LEVEL = env_choice("LOG_LEVEL", "INFO", ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
-    "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"}},
-    "handlers": {"console": {"class": "logging.StreamHandler", "formatter": "plain"}},
-    "root": {"handlers": ["console"], "level": env_str("LOG_LEVEL", "INFO")},
+    "filters": {"task_context": {"()": "eventpipeline.logs.TaskContext"}},
+    "formatters": {
+        "text": {"format": "%(asctime)s %(levelname)s %(name)s: %(message)s"},
+        "json": {
+            "()": "pythonjsonlogger.json.JsonFormatter",
+            "fmt": ["levelname", "name", "message"],
+            "rename_fields": {"levelname": "level", "name": "logger"},
+            "timestamp": "time",
+        },
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": LOG_FORMAT, "filters": ["task_context"]},
+    },
+    "root": {"handlers": ["console"], "level": LOG_LEVEL},
+    # Django (in DEBUG) and gunicorn give some loggers handlers of their own, which write
+    # text: in JSON their records go through the root's handler instead.
+    "loggers": (
+        {
+            name: {"handlers": [], "propagate": True}
+            for name in ("django", "django.server", "gunicorn.error", "gunicorn.access")
+        }
+        if LOG_FORMAT == "json"
+        else {}
+    ),
 }
 
 # --- Celery ---------------------------------------------------------------------------
@@ -377,6 +412,9 @@ CELERY_TASK_ACKS_LATE = True
 # acknowledging it as failed: storing is idempotent, losing a batch is not acceptable.
 CELERY_TASK_REJECT_ON_WORKER_LOST = True
 CELERY_WORKER_PREFETCH_MULTIPLIER = 1
+# Celery replaces the root logger's handlers with its own, which write text; in JSON the
+# workers and beat keep the one LOGGING gives them (and --loglevel still sets the level).
+CELERY_WORKER_HIJACK_ROOT_LOGGER = LOG_FORMAT == "text"
 # Threads, not prefork: the tasks mostly wait on PostgreSQL and Redis, and prefork's pipe
 # between the pool and its children cost more CPU than the task itself
 # (docs/performance.md, "The worker pool").

@@ -140,10 +140,10 @@ class Pipeline:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "worker", **env: str) -> subprocess.Popen[bytes]:
+    def start_worker(self, name: str = "worker", loglevel: str = "WARNING", **env: str) -> subprocess.Popen[bytes]:
         queues = f"{self.queue},{self.detect_queue}"
         command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
-        command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING"]
+        command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
         return self.start(name, command, **env)
 

@@ -69,3 +69,29 @@ def test_forgotten_partitions_are_never_committed() -> None:
     tracker.forget([P0])
     tracker.complete("a")
     assert tracker.committable() == {P1: 3}
+
+
+def test_a_commit_names_the_batches_it_finishes() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9, P1: 4})
+    tracker.add("b", {P0: 19})
+    tracker.add("c", {P1: 8})
+    tracker.complete("b")
+    tracker.complete("c")
+    assert tracker.covered() == []  # both wait behind "a"
+    tracker.complete("a")
+    assert tracker.committable() == {P0: 20, P1: 9}
+    assert set(tracker.covered()) == {"a", "b", "c"}
+    tracker.committed(tracker.committable())
+    assert tracker.covered() == []
+
+
+def test_a_batch_is_finished_only_when_every_partition_of_it_is_passed() -> None:
+    tracker = OffsetTracker()
+    tracker.add("a", {P1: 4})
+    tracker.add("b", {P0: 9, P1: 14})
+    tracker.complete("b")
+    assert tracker.committable() == {P0: 10}
+    assert tracker.covered() == []  # its records on P1 wait behind "a"
+    tracker.complete("a")
+    assert tracker.covered() == ["a", "b"]

@@ -34,6 +34,8 @@ def start(env: dict[str, str] | None = None, *, unset: tuple[str, ...] = ()) -> 
         ({"DEBUG": "true", "SECRET_KEY": ""}, "SECRET_KEY is required (make run and make test supply"),
         ({"API_THROTTLE_RATE": "fast"}, "API_THROTTLE_RATE must be a rate such as 6000/min"),
         ({"API_THROTTLE_RATE": "0/min"}, "API_THROTTLE_RATE must be a rate such as 6000/min"),
+        ({"LOG_FORMAT": "xml"}, "eventpipeline: configuration error: LOG_FORMAT must be one of text/json, got 'xml'"),
+        ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of DEBUG/INFO/WARNING/ERROR/CRITICAL, got 'loud'"),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import signal
 import time
 from collections.abc import Callable
@@ -31,6 +32,8 @@ from emitter.selectors import EmitterControl, emitter_control_get
 from emitter.services import injection_run_finish, injection_run_start
 from eventpipeline.kafka import producer_config, topics_ensure
 from eventpipeline.metrics import SIGNAL_PRODUCTION_LATENCY, SIGNALS_PRODUCED
+
+logger = logging.getLogger(__name__)
 
 # At most this many events per step, so that a loop running behind (rate above what the
 # machine can do) still serves delivery reports, progress and signals in between.
@@ -178,7 +181,7 @@ class Command(BaseCommand):
                     raise CommandError(problem) from error  # an endless emitter must be watched
                 # A run of a set length next to a running pipeline (whose emitter has the
                 # port) is a one-off: its summary says what it sent.
-                self.stderr.write(f"{problem}; emitting without metrics (--metrics-port picks another)")
+                self.report(f"{problem}; emitting without metrics (--metrics-port picks another)", problem=True)
         self.producer = Producer(producer_config())
 
         self.sent = 0
@@ -264,16 +267,24 @@ class Command(BaseCommand):
         scenarios = self.generator.scenarios
         injection_run_finish(run=self.injection, scenarios=scenarios, events=self.sent)
         anomalies = sum(1 for scenario in scenarios if scenario.anomaly_type)
-        self.stdout.write(
+        self.report(
             f"injection run {self.injection.pk}: {anomalies} anomalies and {len(scenarios) - anomalies} near misses "
             f"woven into clean traffic of users {self.injection.first_user_id} and up; "
             f"check with: python manage.py verify_detection --run {self.injection.pk}"
         )
 
+    def report(self, text: str, *, problem: bool = False) -> None:
+        """Tell the operator: a line on stdout (stderr for a problem) or, with
+        LOG_FORMAT=json, a log record, so that the emitter too writes only JSON lines."""
+        if settings.LOG_FORMAT == "json":
+            logger.log(logging.WARNING if problem else logging.INFO, text)
+        else:
+            (self.stderr if problem else self.stdout).write(text)
+
     def summary_report(self, elapsed: float, undelivered: int) -> None:
         if self.show_progress:
             self.stdout.write("")
-        self.stdout.write(
+        self.report(
             f"emitted {self.sent} events in {elapsed:.1f} s ({self.sent / elapsed:.1f} events/s), "
             f"{self.delivery_errors} delivery errors"
         )
@@ -291,7 +302,7 @@ class Command(BaseCommand):
             control = emitter_control_get()
         except redis.RedisError as error:
             if not self.control_unreachable:
-                self.stderr.write(f"cannot read the emitter control from Redis, going on as before: {error}")
+                self.report(f"cannot read the emitter control from Redis, going on as before: {error}", problem=True)
             self.control_unreachable = True
             return EmitterControl(self.control_version, None, None, None, None)
         self.control_unreachable = False
@@ -331,7 +342,7 @@ class Command(BaseCommand):
     def pace_report(self, pace: str) -> None:
         """Say the pace taken and the control version it follows: what an operator, and a
         test, reads to know that the emitter follows a request."""
-        self.stdout.write(f"following the control: {pace} (version {self.control_version})")
+        self.report(f"following the control: {pace} (version {self.control_version})")
 
     def produce_due(self, now: float) -> None:
         ended = self.pace.burst_end(now, self.sent)
