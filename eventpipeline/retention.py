@@ -12,11 +12,13 @@ Anomalies still waiting for an analyst are kept past retention unless `include_o
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
-from django.db import models, transaction
+from django.db import connection, models, transaction
 
 from anomalies_app.selectors import anomaly_expired_list
 from emitter.models import InjectionRun
@@ -24,9 +26,30 @@ from signals_app.models import DeadLetter
 from signals_app.partitions import Partition, signals_partition_drop, signals_partitions
 
 TABLES = ("signals", "anomalies", "dead_letters", "injection_runs")
+# One retention run at a time, beat's or a terminal's: two would race for the same rows
+# and partitions.
+_RETENTION_LOCK = 0x5265_7465_6E74  # arbitrary, fixed: "Retent"
 
-# Told how many rows a table's part will remove; returns what to call with each step done.
-Progress = Callable[[str, int], Callable[[int], None]]
+
+class RetentionBusy(Exception):
+    """Another retention run holds the lock."""
+
+
+class ProgressBar(Protocol):
+    def update(self, n: int) -> object: ...
+    def close(self) -> None: ...
+
+
+class NoProgress:
+    def update(self, n: int) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+# Told a table and how many rows its part will remove; returns what to tell each step done.
+Progress = Callable[[str, int], ProgressBar]
 
 
 @dataclass(frozen=True)
@@ -53,8 +76,21 @@ class TableDone:
     seconds: float
 
 
-def _no_progress(table: str, total: int) -> Callable[[int], None]:
-    return lambda done: None
+def _no_progress(table: str, total: int) -> ProgressBar:
+    return NoProgress()
+
+
+@contextmanager
+def _one_run_at_a_time() -> Iterator[None]:
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_LOCK])
+        if not cursor.fetchone()[0]:
+            raise RetentionBusy("another retention run is going on (beat's, or `manage.py cleanup` elsewhere)")
+    try:
+        yield
+    finally:
+        with connection.cursor() as cursor:
+            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_LOCK])
 
 
 def _expiring(table: str, before: datetime, include_open: bool) -> tuple[models.QuerySet, models.QuerySet]:  # type: ignore[type-arg]
@@ -104,25 +140,30 @@ def retention_plan(*, days: Mapping[str, int], include_open: bool, now: datetime
 def retention_apply(
     *, days: Mapping[str, int], include_open: bool, chunk_rows: int, progress: Progress = _no_progress
 ) -> list[TableDone]:
-    """Remove what retention says, table by table, each step in a transaction of its own."""
+    """Remove what retention says, table by table, each step in a transaction of its own.
+    Raises RetentionBusy if another run is going on."""
     done = []
-    for part in retention_plan(days=days, include_open=include_open):
-        started = datetime.now(UTC)
-        advance = progress(part.table, part.rows)
-        if part.table == "signals":
-            removed = 0
-            for partition in part.partitions:
-                signals_partition_drop(partition=partition)
-                removed += partition.rows
-                advance(partition.rows)
-        else:
-            removed = _delete_in_chunks(part, include_open=include_open, chunk_rows=chunk_rows, advance=advance)
-        seconds = (datetime.now(UTC) - started).total_seconds()
-        done.append(TableDone(part.table, removed, part.kept, part.estimated, seconds))
+    with _one_run_at_a_time():
+        for part in retention_plan(days=days, include_open=include_open):
+            started = datetime.now(UTC)
+            bar = progress(part.table, part.rows)
+            try:
+                if part.table == "signals":
+                    removed = 0
+                    for partition in part.partitions:
+                        if signals_partition_drop(partition=partition):
+                            removed += partition.rows
+                        bar.update(partition.rows)
+                else:
+                    removed = _delete_in_chunks(part, include_open=include_open, chunk_rows=chunk_rows, bar=bar)
+            finally:
+                bar.close()
+            seconds = (datetime.now(UTC) - started).total_seconds()
+            done.append(TableDone(part.table, removed, part.kept, part.estimated, seconds))
     return done
 
 
-def _delete_in_chunks(part: TablePlan, *, include_open: bool, chunk_rows: int, advance: Callable[[int], None]) -> int:
+def _delete_in_chunks(part: TablePlan, *, include_open: bool, chunk_rows: int, bar: ProgressBar) -> int:
     removed = 0
     while True:
         with transaction.atomic():
@@ -133,4 +174,4 @@ def _delete_in_chunks(part: TablePlan, *, include_open: bool, chunk_rows: int, a
             _, by_model = going.model.objects.filter(pk__in=ids).delete()
         count = by_model.get(going.model._meta.label, 0)
         removed += count
-        advance(count)
+        bar.update(count)

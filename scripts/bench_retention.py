@@ -2,8 +2,9 @@
 
 On a copy of bench-api's database (made from it as a template, dropped at the end; bench-api
 loads the dataset first if it is not there):
-1. `manage.py cleanup --dry-run`, then `manage.py cleanup` with the default 30 days, each
-   timed as a user runs it (a process of its own, Django's start included);
+1. `manage.py cleanup --dry-run --days 23`, then `manage.py cleanup --days 23` (about a
+   week of each table goes), each timed as a user runs it (a process of its own, Django's
+   start included);
 2. for each of the three oldest whole days left: `DELETE` of that day's rows from an
    unpartitioned copy of `signals` (the table as it was before partitioning, with its five
    indexes), then the `VACUUM` that the delete leaves to do, against dropping the same day's
@@ -33,6 +34,7 @@ from bench_api import bench_database_url, dataset_load, django_setup  # noqa: E4
 
 DAY_MS = 86_400_000
 DAYS_MEASURED = 3
+KEEP_DAYS = 23
 
 FLAT_TABLE = """
 CREATE TABLE signals_flat (LIKE signals INCLUDING DEFAULTS);
@@ -125,8 +127,9 @@ def main() -> None:
     connections.close_all()  # a template database must have no one connected
     url = copy_database(source)
     try:
-        dry_run = manage(url, "cleanup", "--dry-run")
-        cleanup = manage(url, "cleanup")
+        # The dataset spans the last 30 days: keeping 23, about a week of each table goes.
+        dry_run = manage(url, "cleanup", "--dry-run", "--days", str(KEEP_DAYS))
+        cleanup = manage(url, "cleanup", "--days", str(KEEP_DAYS))
         with psycopg.connect(url, autocommit=True) as connection:
             started = time.monotonic()
             for statement in FLAT_TABLE.strip().split(";\n"):

@@ -33,6 +33,7 @@ import os
 import pwd
 import re
 import secrets
+import shlex
 import shutil
 import signal
 import socket
@@ -696,7 +697,20 @@ def start_missing_services(data_dir: Path, fresh: bool, stack: contextlib.ExitSt
     development = development_settings(data_dir, environment)
     if development:
         say(status_line("settings", "development", ", ".join(development)))
-    return {**environment, **development}
+    environment = {**environment, **development}
+    env_file_write(
+        data_dir / "env", {service.env_var: environment[service.env_var] for service in services} | development
+    )
+    return environment
+
+
+def env_file_write(path: Path, values: dict[str, str]) -> None:
+    """What the command got, for another terminal to use the same servers and settings:
+    `set -a; . .data/run/env; set +a`. Readable by its owner only: it holds the secrets."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.touch(mode=0o600)
+    path.chmod(0o600)
+    path.write_text("".join(f"{name}={shlex.quote(value)}\n" for name, value in values.items()))
 
 
 def build_parser() -> argparse.ArgumentParser:

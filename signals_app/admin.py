@@ -18,6 +18,11 @@ from signals_app.services import dead_letters_replay
 class SignalAdmin(admin.ModelAdmin):
     paginator = CappedCountPaginator  # counts no more than it shows
     list_display = ["id", "user_id", "type", "timestamp", "created_at"]
+    # Newest event first, on the primary key (timestamp, id). Not by id alone: `signals` is
+    # partitioned by event time and has no btree index on id, so that order would read
+    # every partition (docs/design.md, "Partitions").
+    ordering = ["-timestamp", "-id"]
+    sortable_by = ["timestamp"]
     list_filter = ["type"]
     search_fields = ["=user_id", "=event_id"]
     search_help_text = "A user id, or an event id (a UUID)."

@@ -151,14 +151,17 @@ def signals_partitions_forget() -> None:
     _known_days.clear()
 
 
-def signals_partition_drop(*, partition: Partition) -> None:
-    """Remove a whole day of signals.
+def signals_partition_drop(*, partition: Partition) -> bool:
+    """Remove a whole day of signals; False if it was gone already (dropped meanwhile).
 
     Outside a transaction the partition is first detached CONCURRENTLY, so inserts into
     other days go on meanwhile; one left half-detached by an interruption is finished.
     """
     concurrently = not connection.in_atomic_block
     with connection.cursor() as cursor:
+        cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{partition.name}"'])
+        if not cursor.fetchone()[0]:
+            return False
         cursor.execute("SELECT set_config('lock_timeout', %s, false)", [str(settings.PARTITION_LOCK_TIMEOUT_MS)])
         try:
             if partition.detach_pending:
@@ -170,6 +173,7 @@ def signals_partition_drop(*, partition: Partition) -> None:
         finally:
             cursor.execute("SELECT set_config('lock_timeout', '0', false)")
     _known_days.difference_update(range(*_day_range(partition)))
+    return True
 
 
 def _day_range(partition: Partition) -> tuple[int, int]:

@@ -178,8 +178,11 @@ def test_signal_filters(api: APIClient, signals: list[Signal], params: dict[str,
 
 def test_signal_ordering_on_whitelisted_fields(api: APIClient, signals: list[Signal]) -> None:
     assert ids(get(api, "/signals", ordering="timestamp")) == [s.id for s in signals]
-    assert ids(get(api, "/signals", ordering="-id")) == [s.id for s in reversed(signals)]
-    assert ids(get(api, "/signals", ordering="id")) == [s.id for s in signals]
+    assert ids(get(api, "/signals", ordering="-timestamp")) == [s.id for s in reversed(signals)]
+    # By id would read every daily partition: refused, with the orders there are.
+    assert api.get("/signals", {"ordering": "id"}).json() == {
+        "ordering": ["must be one of timestamp, -timestamp; got 'id'"]
+    }
 
 
 def test_user_signals(api: APIClient, signals: list[Signal]) -> None:
@@ -448,13 +451,13 @@ def test_the_default_size_is_50_and_the_cap_1000(api: APIClient) -> None:
     }
 
 
-@pytest.mark.parametrize("ordering", ["-timestamp", "timestamp", "id", "-id"])
+@pytest.mark.parametrize("ordering", ["-timestamp", "timestamp"])
 def test_a_cursor_walk_gives_each_row_once_both_ways(api: APIClient, many_signals: list[Signal], ordering: str) -> None:
     forward = walk(api, f"/signals?cursor=&size=5&ordering={ordering}")
     assert [len(page) for page in forward] == [5, 5, 5, 5, 3]
     walked = [row for page in forward for row in page]
     expected = newest_first(many_signals)
-    if ordering in {"timestamp", "id"}:
+    if ordering == "timestamp":
         expected.reverse()
     assert walked == expected
     # From the last page back to the first, by the `previous` links.
@@ -528,7 +531,7 @@ def test_rows_added_while_walking_do_not_shift_a_cursor_walk(api: APIClient, man
         ),
         ("/signals?start_timestamp=yesterday", "start_timestamp", "must be a whole number"),
         ("/signals?start_timestamp=2000&end_timestamp=1000", "end_timestamp", "must not be before start_timestamp"),
-        ("/signals?ordering=payload", "ordering", "must be one of timestamp, -timestamp, id, -id; got 'payload'"),
+        ("/signals?ordering=payload", "ordering", "must be one of timestamp, -timestamp; got 'payload'"),
         ("/signals?ordering=timestamp,id", "ordering", "must be one of"),
         ("/signals?cursor=abc", "cursor", "is not a cursor this API gave out; start again with `cursor=`"),
         ("/signals?cursor=&page=2", "cursor", "use either `page` or `cursor`, not both"),

@@ -32,6 +32,7 @@ def test_demo_is_an_analyst_not_a_superuser(tmp_path: Path, settings: Any) -> No
     password = (tmp_path / "demo-password").read_text().strip()
     assert demo.check_password(password)
     assert f"user demo, password {password}" in printed
-    assert f"DATABASE_URL={settings.DATABASE_URL} .venv/bin/python manage.py createsuperuser" in printed
+    assert f"set -a; . {tmp_path / 'env'}; set +a" in printed, "what devservices wrote for another terminal"
+    assert ".venv/bin/python manage.py createsuperuser" in printed
     assert "user flower, password a-flower-password" in printed
     assert bootstrap(tmp_path) == printed, "a second run changes nothing"

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 import socket
+import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
@@ -185,3 +187,27 @@ def test_development_settings_fill_in_only_what_is_unset(tmp_path: Path) -> None
     given = {"DEBUG": "true", "SECRET_KEY": "mine", "FLOWER_BASIC_AUTH": "me:mine"}
     assert devservices.development_settings(tmp_path / "other", given) == {}
     assert not (tmp_path / "other").exists()
+
+
+def test_another_terminal_gets_the_same_servers_and_settings_from_the_env_file(tmp_path: Path) -> None:
+    """What bootstrap prints for another terminal works: `set -a; . <data dir>/env; set +a`
+    gives a manage.py command the URLs and the development settings, secrets included,
+    where without it the command stops at SECRET_KEY."""
+    env_file = tmp_path / "env"
+    values = {"DATABASE_URL": "postgres://u:p@127.0.0.1:1/x", "DEBUG": "true", "SECRET_KEY": "it's a secret $HOME"}
+    devservices.env_file_write(env_file, values)
+    assert env_file.stat().st_mode & 0o777 == 0o600
+    clean = {key: value for key, value in os.environ.items() if key not in {"SECRET_KEY", "DEBUG", "DATABASE_URL"}}
+    command = f'{sys.executable} -c \'import os; print(os.environ["SECRET_KEY"], os.environ["DATABASE_URL"])\''
+    shown = subprocess.run(
+        ["sh", "-c", f"set -a; . {env_file}; set +a; {command}"], env=clean, capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == "it's a secret $HOME postgres://u:p@127.0.0.1:1/x"
+    check = [sys.executable, "manage.py", "check", "--fail-level", "ERROR"]
+    sourced = subprocess.run(
+        ["sh", "-c", f"set -a; . {env_file}; set +a; exec \"$@\"", "sh", *check],
+        env=clean, cwd=SCRIPT.parent.parent, capture_output=True, text=True,
+    )  # fmt: skip
+    assert sourced.returncode == 0, sourced.stderr
+    bare = subprocess.run(check, env=clean, cwd=SCRIPT.parent.parent, capture_output=True, text=True)
+    assert bare.returncode != 0 and "SECRET_KEY" in bare.stderr

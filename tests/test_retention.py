@@ -9,6 +9,7 @@ import uuid
 from datetime import timedelta
 from typing import Any
 
+import psycopg
 import pytest
 from django.core.management import CommandError, call_command
 from django.db import connection
@@ -16,6 +17,7 @@ from django.utils import timezone
 
 from anomalies_app.models import Anomaly
 from emitter.models import InjectedScenario, InjectionRun
+from eventpipeline import retention
 from eventpipeline.retention import retention_apply
 from eventpipeline.tasks import cleanup_old_data, signals_partitions_ahead
 from signals_app import partitions
@@ -169,3 +171,19 @@ def test_beat_keeps_partitions_ready_ahead() -> None:
     assert set(range(today - 1, today + 4)) <= partition_days()
     assert signals_partitions_ahead.apply().get() == []
     assert (today_utc() - timedelta(days=1)).strftime("signals_p%Y%m%d") in {p.name for p in signals_partitions()}
+
+
+@transactional
+def test_one_retention_run_at_a_time() -> None:
+    """Beat's hourly run and a `cleanup` in a terminal would race for the same rows."""
+    old_data()
+    db = connection.settings_dict
+    with psycopg.connect(
+        host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"]
+    ) as other:
+        other.execute("SELECT pg_advisory_lock(%s)", [retention._RETENTION_LOCK])
+        with pytest.raises(CommandError, match="another retention run is going on"):
+            cleanup()
+        assert cleanup_old_data.apply().get() == {}
+    assert Signal.objects.count() == 6, "nothing was removed meanwhile"
+    assert "signals: removed 4 rows" in cleanup()

@@ -39,7 +39,10 @@ class Command(BaseCommand):
             if flower_password
             else "does not start: FLOWER_BASIC_AUTH (user:password) is not set"
         )
-        database = f"DATABASE_URL={settings.DATABASE_URL} .venv/bin/python manage.py"
+        # devservices keeps the URLs and development settings it gave `make run` there.
+        env_file = Path(options["data_dir"]) / "env"
+        shown_env = env_file.relative_to(Path.cwd()) if env_file.is_relative_to(Path.cwd()) else env_file
+        database = ".venv/bin/python manage.py"
         self.stdout.write(
             "\n".join(
                 [
@@ -49,10 +52,14 @@ class Command(BaseCommand):
                     f"  Docs      http://{host}:8000/docs   health http://{host}:8000/health",
                     f"  Admin     http://{host}:8000/admin/   user demo, password {password}",
                     "            demo is an analyst: triages anomalies, may not edit rules or users",
-                    "  Admins    who may do everything, in another terminal:",
+                    "  Another terminal, for the commands below (same servers and settings):",
+                    f"    set -a; . {shown_env}; set +a",
+                    "  Admins    who may do everything:",
                     f"    {database} createsuperuser",
-                    "  Analysts  who triage anomalies but may not edit rules, in another terminal:",
+                    "  Analysts  who triage anomalies but may not edit rules:",
                     f"    {database} create_analyst alice",
+                    "  Status    the whole pipeline on one screen:",
+                    f"    {database} pipeline_status --watch",
                     f"  Flower    http://{host}:5555/   {flower_login}",
                     f"  Metrics   http://{host}:8000/prometheus/metrics; emitter :8011, bridge :8012, worker :8013",
                     f"  Kafka     {settings.KAFKA_BOOTSTRAP_SERVERS}, topic {settings.SIGNALS_TOPIC}",

@@ -3,14 +3,22 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
 from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError, CommandParser
 from tqdm import tqdm
 
-from eventpipeline.retention import TABLES, TableDone, TablePlan, retention_apply, retention_plan
+from eventpipeline.retention import (
+    TABLES,
+    NoProgress,
+    ProgressBar,
+    RetentionBusy,
+    TableDone,
+    TablePlan,
+    retention_apply,
+    retention_plan,
+)
 
 
 def parse_days(values: list[str] | None) -> dict[str, int]:
@@ -65,9 +73,12 @@ class Command(BaseCommand):
                 self.stdout.write(self._planned(part))
             self._kept(sum(part.kept for part in plan))
             return
-        done = retention_apply(
-            days=days, include_open=include_open, chunk_rows=settings.RETENTION_CHUNK_ROWS, progress=self._progress
-        )
+        try:
+            done = retention_apply(
+                days=days, include_open=include_open, chunk_rows=settings.RETENTION_CHUNK_ROWS, progress=self._progress
+            )
+        except RetentionBusy as busy:
+            raise CommandError(f"{busy}; try again when it ends") from None
         for finished in done:
             self.stdout.write(self._done(finished))
         self._kept(sum(finished.kept for finished in done))
@@ -98,15 +109,8 @@ class Command(BaseCommand):
             )
 
     @staticmethod
-    def _progress(table: str, total: int) -> Callable[[int], None]:
+    def _progress(table: str, total: int) -> ProgressBar:
         """A progress bar on a terminal; nothing in a log or a pipe."""
         if total == 0 or not sys.stderr.isatty():
-            return lambda done: None
-        bar = tqdm(total=total, desc=table, unit=" rows", unit_scale=True, leave=True)
-
-        def advance(done: int) -> None:
-            bar.update(done)
-            if bar.n >= total:
-                bar.close()
-
-        return advance
+            return NoProgress()
+        return tqdm(total=total, desc=table, unit=" rows", unit_scale=True, leave=True)
