@@ -220,7 +220,8 @@ class EvidenceEvent:
 
 def anomaly_evidence_events(*, anomaly: Anomaly) -> list[EvidenceEvent]:
     """The events an anomaly's evidence names, as stored, in event-time order; those not
-    stored follow in the evidence's order. One query, on the unique index of event_id."""
+    stored follow in the evidence's order. One query, on the unique index of (event_id,
+    timestamp) of each partition, which event_id leads."""
     listed = [str(event_id) for event_id in (anomaly.evidence or {}).get("event_ids") or []]
     ids: dict[str, uuid.UUID] = {}
     for event_id in listed:

@@ -21,7 +21,7 @@ from django.core.cache import cache
 from anomalies_app.models import AnomalyStatus, Severity
 from anomalies_app.rules import DEFAULT_RULES
 from anomalies_app.selectors import anomaly_counts, anomaly_top_users
-from eventpipeline.celery import app as celery_app
+from eventpipeline.celery import workers_ping
 from signals_app.messages import ms_to_datetime
 from signals_app.models import SignalType
 from signals_app.selectors import HOUR_MS, dead_letter_counts, signal_counts, signal_top_users
@@ -191,14 +191,10 @@ def _kafka(timeout: float) -> str:
 
 
 def _celery(timeout: float) -> str:
-    # A broker connection of its own, with socket timeouts and no retries: the app's own
-    # would wait for a broker that does not answer, and try again, for ever.
-    bounded = {"socket_timeout": timeout + 1, "socket_connect_timeout": timeout, "max_retries": 0}
-    with celery_app.connection_for_write(transport_options=bounded) as broker:
-        replies = celery_app.control.ping(timeout=timeout, limit=1, connection=broker)
-    if not replies:
+    answered = workers_ping(timeout=timeout, limit=1)
+    if not answered:
         raise HealthCheckFailed(f"no worker answered a ping within {timeout:g} s")
-    return f"{next(iter(replies[0]))} answered"
+    return f"{answered[0]} answered"
 
 
 class HealthCheckFailed(Exception):

@@ -21,6 +21,7 @@ from django.conf import settings
 from anomalies_app.selectors import rule_settings_list
 from bridge.status import PERIODS_TO_LIVE, BridgeReport, bridge_report_list
 from eventpipeline.celery import app as celery_app
+from eventpipeline.celery import workers_ping
 from eventpipeline.kafka import PartitionLag, consumer_lag, log_end_probe
 from eventpipeline.queues import celery_queue_lengths, celery_queue_names
 from signals_app.selectors import dead_letter_reasons, signal_newest_stored
@@ -109,8 +110,7 @@ def pipeline_status_read(*, topic: str, group_id: str, ping_timeout: float) -> P
             return bridge_report_list(client=client, group_id=group_id)
 
     def workers() -> list[str]:
-        replies = celery_app.control.ping(timeout=ping_timeout) or []
-        return sorted(name for reply in replies for name in reply)
+        return workers_ping(timeout=ping_timeout)
 
     def newest_event() -> NewestEvent | None:
         signal = signal_newest_stored()

@@ -101,3 +101,13 @@ def forget_worker_process(pid: int | None = None, **_: Any) -> None:
         from prometheus_client import multiprocess
 
         multiprocess.mark_process_dead(pid)
+
+
+def workers_ping(*, timeout: float, limit: int | None = None) -> list[str]:
+    """The names of the workers that answer a ping within `timeout`, on a broker connection
+    of its own with socket timeouts and no retries: the app's own would wait for a broker
+    that does not answer, and try again, for ever."""
+    bounded = {"socket_timeout": timeout + 1, "socket_connect_timeout": timeout, "max_retries": 0}
+    with app.connection_for_write(transport_options=bounded) as broker:
+        replies = app.control.ping(timeout=timeout, limit=limit, connection=broker) or []
+    return sorted(name for reply in replies for name in reply)

@@ -323,6 +323,10 @@ CACHES = {
 }
 
 REST_FRAMEWORK = {
+    # How many proxies in front of the api add to X-Forwarded-For: the throttles tell
+    # anonymous callers apart by the address that many hops back. 0 (no proxy): the
+    # connection's own address, so a caller cannot pick its key by sending the header.
+    "NUM_PROXIES": env_int("NUM_PROXIES", 0),
     "DEFAULT_AUTHENTICATION_CLASSES": [
         "api.authentication.TokenAuthentication",
         "rest_framework.authentication.SessionAuthentication",

@@ -9,6 +9,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
+from django.db import close_old_connections
 
 from bridge.pipeline_status import (
     Thresholds,
@@ -56,6 +57,8 @@ class Command(BaseCommand):
                 if not options["watch"]:
                     break
                 time.sleep(options["interval"])
+                # A connection PostgreSQL dropped meanwhile is opened again for the next look.
+                close_old_connections()
         except KeyboardInterrupt:
             pass
         sys.exit(0 if healthy else 1)
