@@ -149,7 +149,7 @@ class StatusReporter(threading.Thread):
             lag=self.measure_lag(state.assigned),
         )
         if self.stopping.is_set():
-            return  # stopped while measuring (a slow broker): its record is already deleted
+            return report  # stopped while measuring (a slow broker): its record is deleted, not written
         bridge_report_write(client=self.client, report=report, ttl_seconds=self.interval_seconds * PERIODS_TO_LIVE)
         self.last_report = report
         return report
