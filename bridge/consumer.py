@@ -114,6 +114,9 @@ class Bridge:
         prefix = secrets.token_hex(4)
         self.batch_ids = (f"{prefix}-{number}" for number in itertools.count(1))
         self.in_flight: dict[str, InFlightBatch] = {}
+        # Done batches whose offsets are not committed yet: their records' Kafka times, for
+        # end_to_end_latency_seconds at the commit that covers them.
+        self.awaiting_commit: dict[str, list[int]] = {}
         self.paused = False
         self.shutdown = False
         # Replaced, never changed in place: the status thread reads it (bridge/status.py).
@@ -311,6 +314,7 @@ class Bridge:
             logger.warning("offset commit failed, will retry: %s", error)
             return
         batch_ids = [str(batch_id) for batch_id in self.tracker.covered()]
+        self._observe_end_to_end(batch_ids)
         positions = sorted((partition, offset) for (_, partition), offset in offsets.items())
         logger.info(
             "committed %s %s, done with batches %s",
@@ -343,11 +347,17 @@ class Bridge:
         del self.in_flight[batch.batch_id]
         self.tracker.complete(batch.batch_id)
         PROCESSING_LATENCY.observe(now - batch.received_at)
-        # Per record, so that p50/p95/p99 are those of events, not of batches. A producer
-        # clock ahead of ours would make an age below 0: that counts as 0.
-        done_ms = time.time() * 1000
-        for record_ms in batch.record_times_ms:
-            END_TO_END_LATENCY.observe(max(0.0, done_ms - record_ms) / 1000)
+        self.awaiting_commit[batch.batch_id] = batch.record_times_ms
+
+    def _observe_end_to_end(self, batch_ids: list[str]) -> None:
+        """Kafka record time to the commit that covers it: the record is then stored,
+        analysed, and never read again. Per record, so that p50/p95/p99 are those of events,
+        not of batches. A producer clock ahead of ours would make an age below 0: that
+        counts as 0."""
+        committed_ms = time.time() * 1000
+        for batch_id in batch_ids:
+            for record_ms in self.awaiting_commit.pop(batch_id, ()):
+                END_TO_END_LATENCY.observe(max(0.0, committed_ms - record_ms) / 1000)
 
     def _task_states(self, task_ids: list[str | None]) -> list[str | None]:
         """States of many tasks in one round trip to the result backend."""
@@ -395,6 +405,9 @@ class Bridge:
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         self.tracker.forget(revoked)
+        # What is done but not committed now is read again by the partitions' next owner,
+        # which measures it then.
+        self.awaiting_commit.clear()
 
 
 def batch_log(batch: InFlightBatch, *, dead_letters: int) -> None:

@@ -56,6 +56,8 @@ class OffsetTracker:
     def forget(self, partitions: list[TopicPartition]) -> None:
         """Drop partitions this consumer no longer owns (rebalance); their batches will be
         consumed again by the new owner, and storing is idempotent."""
+        # Batches finished but not committed belong to the next owner now.
+        self._covered.clear()
         for partition in partitions:
             self._pending.pop(partition, None)
             self._watermarks.pop(partition, None)

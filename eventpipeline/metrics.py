@@ -46,11 +46,11 @@ BRIDGE_CONSUMER_LAG = Gauge(
     "Records of an assigned partition after the bridge's committed offset (log end less committed).",
     ["topic", "partition"],
 )
-# Observed once per accepted record, when the bridge sees its batch stored and analysed
-# (docs/design.md, "Prometheus metrics").
+# Observed once per accepted record, when the bridge commits the offset that covers it:
+# stored and analysed (docs/design.md, "Prometheus metrics").
 END_TO_END_LATENCY = Histogram(
     "end_to_end_latency_seconds",
-    "Kafka record timestamp to the record stored and analysed, per record.",
+    "Kafka record timestamp to the commit of its offset (stored and analysed), per record.",
     buckets=(0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 900.0, 3600.0),
 )
 DEAD_LETTERS = Counter(

@@ -95,3 +95,13 @@ def test_a_batch_is_finished_only_when_every_partition_of_it_is_passed() -> None
     assert tracker.covered() == []  # its records on P1 wait behind "a"
     tracker.complete("a")
     assert tracker.covered() == ["a", "b"]
+
+
+def test_a_rebalance_leaves_no_finished_batch_to_name_at_the_next_commit() -> None:
+    """Finished but not committed when their partitions were revoked: the next owner reads
+    them again (and measures them then); this bridge's next commit does not cover them."""
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 4})
+    tracker.complete("a")
+    tracker.forget([P0])
+    assert tracker.covered() == [] and tracker.committable() == {}
