@@ -7,6 +7,7 @@ from django.conf import settings
 from django.contrib import admin, messages
 from django.contrib.admin.views.main import ChangeList
 from django.db.models import QuerySet
+from django.db.models.expressions import Combinable
 from django.http import HttpRequest
 
 from signals_app.models import DeadLetter, Signal
@@ -16,10 +17,10 @@ from signals_app.services import dead_letters_replay
 
 
 class SignalChangeList(ChangeList):
-    def get_ordering(self, request: HttpRequest, queryset: QuerySet[Any]) -> list[str]:
+    def get_ordering(self, request: HttpRequest, queryset: QuerySet[Any]) -> list[str | Combinable]:
         """By event time only, newest or oldest first: any other order (`?o=` can name
         every column) would read every daily partition of `signals`."""
-        asked = super().get_ordering(request, queryset)
+        asked = [field for field in super().get_ordering(request, queryset) if isinstance(field, str)]
         first = next((field for field in asked if field.lstrip("-") == "timestamp"), "-timestamp")
         return [first, "-id" if first.startswith("-") else "id"]
 
