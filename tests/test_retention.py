@@ -114,6 +114,7 @@ def test_days_are_per_table_or_for_all() -> None:
     out = cleanup("--dry-run", "--days", "100", "--days", "signals=32")
     assert "signals: keeps 32 days" in out and "would remove 2 daily partitions" in out
     assert "anomalies: keeps 100 days" in out and "would remove 0 rows" in out
+    assert "dead_letters: keeps 1 day (" in cleanup("--dry-run", "--days", "dead_letters=1")
     for bad, reason in (("0", "at least 1 day"), ("week", "not a whole number"), ("signal=3", "unknown table")):
         with pytest.raises(CommandError, match=reason):
             cleanup("--days", bad)

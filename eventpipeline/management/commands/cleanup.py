@@ -85,7 +85,8 @@ class Command(BaseCommand):
 
     @staticmethod
     def _planned(part: TablePlan) -> str:
-        line = f"{part.table}: keeps {part.days} days (from {part.before:%Y-%m-%d %H:%M} UTC); would remove "
+        days = f"{part.days} day" + ("" if part.days == 1 else "s")
+        line = f"{part.table}: keeps {days} (from {part.before:%Y-%m-%d %H:%M} UTC); would remove "
         if part.table != "signals":
             return line + f"{part.rows:,} rows"
         if not part.partitions:
