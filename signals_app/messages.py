@@ -7,6 +7,7 @@ field and the problem, in words an operator can act on. Nothing here raises for 
 
 from __future__ import annotations
 
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -100,16 +101,33 @@ def with_original_identity(raw: bytes, *, topic: str, partition: int, offset: in
 
     A message without `event_id` is identified by its Kafka coordinates; replayed, it gets
     new ones. Writing the original identity into it keeps a replay (or two) from storing
-    the event twice. Anything that is not a JSON object goes back as it was.
+    the event twice. The `event_id` goes in as text, right after the object's opening
+    brace, and every other byte stays as it was: a record refused for what it holds
+    (nested too deeply, an integer beyond 64 bits, a lone surrogate, a key twice) goes
+    back exactly so, to be judged again. Anything that is not a JSON object, or has an
+    `event_id` already, goes back as it was.
     """
+    message = _json_object(raw)
+    if message is None or "event_id" in message:
+        return raw
+    brace = len(raw) - len(raw.lstrip(b" \t\r\n")) + 1
+    identity = b'"event_id":"' + derived_event_id(topic, partition, offset).encode() + b'"'
+    return raw[:brace] + identity + (b"," if message else b"") + raw[brace:]
+
+
+def _json_object(raw: bytes) -> dict[str, Any] | None:
+    """The top-level object of a UTF-8 JSON text, or None. orjson first; what it refuses
+    (integers beyond 64 bits, lone surrogates) the standard library may still read."""
+    if not raw.lstrip(b" \t\r\n").startswith(b"{"):
+        return None
     try:
         message = orjson.loads(raw)
     except orjson.JSONDecodeError:
-        return raw
-    if not isinstance(message, dict) or "event_id" in message:
-        return raw
-    message["event_id"] = derived_event_id(topic, partition, offset)
-    return orjson.dumps(message)
+        try:
+            message = json.loads(raw.decode("utf-8"))
+        except (ValueError, RecursionError):  # UnicodeDecodeError is a ValueError
+            return None
+    return message if isinstance(message, dict) else None
 
 
 def _json_type(value: Any) -> str:

@@ -218,3 +218,26 @@ def test_replaying_keeps_messages_with_an_event_id_or_not_json_as_they_are() -> 
     assert with_original_identity(with_id, topic="t", partition=0, offset=1) == with_id
     assert with_original_identity(b"\xff not json", topic="t", partition=0, offset=1) == b"\xff not json"
     assert with_original_identity(b"[1]", topic="t", partition=0, offset=1) == b"[1]"
+
+
+def hard_to_replay() -> dict[str, bytes]:
+    """Records without an event_id that the old replay could not write back, or changed."""
+    good = b'"type": "click", "timestamp": 1, "payload": {"page": "/", "element": "a"}'
+    return {
+        "nested too deeply": b'{"user_id": 1, ' + good + b', "deep": ' + b"[" * 300 + b"]" * 300 + b"}",
+        "an integer beyond 64 bits": b'{"user_id": 18446744073709551616, ' + good + b"}",
+        "a lone surrogate": b'{"user_id": 1, ' + good + b', "note": "\\ud800"}',
+        "a key twice": b'{"user_id": 1, "user_id": "two", ' + good + b"}",
+        "an empty object": b"{}",
+        "space first": b'  \n {"user_id": 1}',
+    }
+
+
+@pytest.mark.parametrize("kind", list(hard_to_replay()))
+def test_a_replay_writes_the_identity_in_and_leaves_every_other_byte(kind: str) -> None:
+    raw = hard_to_replay()[kind]
+    replayed = with_original_identity(raw, topic="signals", partition=1, offset=9)
+    identity = b'"event_id":"' + derived_event_id("signals", 1, 9).encode() + b'"'
+    assert replayed.replace(identity + b",", b"", 1).replace(identity, b"", 1) == raw
+    assert json.loads(replayed)["event_id"] == derived_event_id("signals", 1, 9)
+    assert with_original_identity(replayed, topic="signals", partition=5, offset=0) == replayed, "replayed again"
