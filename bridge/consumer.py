@@ -9,7 +9,8 @@ One turn of the loop (`step`):
 4. `consume_batch`: read up to BATCH_SIZE records (or what arrived within
    BATCH_TIMEOUT_MS), validate each, keep the invalid ones as dead letters (table and DLQ
    topic) and hand the valid ones to Celery as two tasks: one stores them (queue
-   STORE_QUEUE), one runs detection on them (DETECT_QUEUE).
+   STORE_QUEUE), one runs detection on them (DETECT_QUEUE). With DLQ_MAX_RATIO set, stop
+   (`stopped_by`) once too many of the last minute's records were refused.
 A record's offset is committed only after its batch is both stored and analysed (or the
 record dead-lettered), so a crash anywhere replays records, and idempotent storing and
 detection turn the replay into no-ops.
@@ -38,6 +39,7 @@ from confluent_kafka import (
 from django.db import DatabaseError, connection
 
 from anomalies_app.tasks import detect_anomalies
+from bridge.dlq_limit import DeadLetterWindow
 from bridge.offsets import OffsetTracker
 from bridge.status import BridgeState
 from eventpipeline.metrics import (
@@ -94,6 +96,9 @@ class BridgeOptions:
     redispatch_after_s: float
     limits: Limits
     drain_timeout_s: float = 30.0
+    # None: dead letters never stop the bridge (docs/design.md, "Dead letters").
+    dlq_max_ratio: float | None = None
+    dlq_min_records: int = 100
 
 
 class Bridge:
@@ -119,6 +124,13 @@ class Bridge:
         self.awaiting_commit: dict[str, list[int]] = {}
         self.paused = False
         self.shutdown = False
+        # Why the bridge stopped itself, if it did: the process then exits non-zero.
+        self.stopped_by: str | None = None
+        self.dead_letter_window = (
+            None
+            if options.dlq_max_ratio is None
+            else DeadLetterWindow(max_ratio=options.dlq_max_ratio, min_records=options.dlq_min_records)
+        )
         # Replaced, never changed in place: the status thread reads it (bridge/status.py).
         self.assigned: frozenset[tuple[str, int]] = frozenset()
 
@@ -223,6 +235,29 @@ class Bridge:
                 self.dispatch(batch, name)
         else:
             self.tracker.complete(batch.batch_id)
+        self.judge_dead_letters(accepted=len(rows), dead_letters=dead_letters)
+
+    def judge_dead_letters(self, *, accepted: int, dead_letters: list[DeadLetterRecord]) -> None:
+        """Stop on a poison flood, with DLQ_MAX_RATIO set. The batch is handled by now (its
+        dead letters kept, its events handed over), so stopping drains and commits it, and
+        nothing read after it."""
+        window = self.dead_letter_window
+        if window is None:
+            return
+        now = self.clock()
+        window.add(now=now, accepted=accepted, reasons=(dead_letter.reason for dead_letter in dead_letters))
+        if self.stopped_by is not None or not window.exceeded(now=now):
+            return
+        refused, read = window.counts(now=now)
+        # repr: one line, whatever a reason holds.
+        reasons = "; ".join(repr(reason[:200]) for reason in window.last_reasons())
+        self.stopped_by = (
+            f"dead-letter flood on {self.options.topic}: {refused} of the {read} records read in the last "
+            f"{window.window_s} s were refused ({refused / read:.0%}, DLQ_MAX_RATIO is {window.max_ratio:g}); "
+            f"stopping the bridge. Last reasons: {reasons}"
+        )
+        logger.critical("%s", self.stopped_by)
+        self.shutdown = True
 
     def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> bool:
         """Keep refused records in the table and on the DLQ topic, retrying until both take

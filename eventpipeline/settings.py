@@ -55,6 +55,14 @@ def env_float(name: str, default: float, *, minimum: float = 0.0) -> float:
     return value
 
 
+def env_ratio(name: str) -> float | None:
+    """A share above 0 and at most 1, or None when unset (the feature it bounds is off)."""
+    value = _env(name, None, float, "a number")
+    if value is not None and not 0 < value <= 1:
+        _refuse(name, f"must be above 0 and at most 1, got {value}")
+    return value
+
+
 def _parse_bool(raw: str) -> bool:
     lowered = raw.strip().lower()
     if lowered in {"1", "true", "yes", "on"}:
@@ -145,6 +153,11 @@ BRIDGE_STATUS_SECONDS = env_float("BRIDGE_STATUS_SECONDS", 5.0, minimum=0.5)
 KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45_000, minimum=1000)
 # Messages larger than this are dead letters ("oversize"), whatever Kafka accepted.
 MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
+# Unset: a flood of bad records becomes dead letters, all of them, and DeadLetterRateHigh
+# fires. Set: the bridge stops when at least this share of the records it read in the last
+# minute (and at least DLQ_RATIO_MIN_RECORDS of them) were refused (docs/design.md, "Dead letters").
+DLQ_MAX_RATIO = env_ratio("DLQ_MAX_RATIO")
+DLQ_RATIO_MIN_RECORDS = env_int("DLQ_RATIO_MIN_RECORDS", 100, minimum=1)
 # Event timestamps outside [now - MAX_EVENT_AGE_DAYS, now + MAX_CLOCK_SKEW_S] are absurd.
 MAX_EVENT_AGE_DAYS = env_int("MAX_EVENT_AGE_DAYS", 365, minimum=1)
 MAX_CLOCK_SKEW_S = env_int("MAX_CLOCK_SKEW_S", 300, minimum=0)

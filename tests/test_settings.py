@@ -36,6 +36,9 @@ def start(env: dict[str, str] | None = None, *, unset: tuple[str, ...] = ()) -> 
         ({"API_THROTTLE_RATE": "0/min"}, "API_THROTTLE_RATE must be a rate such as 6000/min"),
         ({"LOG_FORMAT": "xml"}, "eventpipeline: configuration error: LOG_FORMAT must be one of text/json, got 'xml'"),
         ({"LOG_LEVEL": "loud"}, "LOG_LEVEL must be one of DEBUG/INFO/WARNING/ERROR/CRITICAL, got 'loud'"),
+        ({"DLQ_MAX_RATIO": "5%"}, "eventpipeline: configuration error: DLQ_MAX_RATIO must be a number, got '5%'"),
+        ({"DLQ_MAX_RATIO": "0"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 0.0"),
+        ({"DLQ_MAX_RATIO": "1.5"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 1.5"),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:

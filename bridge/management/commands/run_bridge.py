@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import sys
 from types import FrameType
 from typing import Any
 
@@ -54,6 +55,8 @@ class Command(BaseCommand):
                 max_age_ms=settings.MAX_EVENT_AGE_DAYS * 86_400_000,
                 max_skew_ms=settings.MAX_CLOCK_SKEW_S * 1000,
             ),
+            dlq_max_ratio=settings.DLQ_MAX_RATIO,
+            dlq_min_records=settings.DLQ_RATIO_MIN_RECORDS,
         )
         bridge = Bridge(
             options=bridge_options,
@@ -88,4 +91,7 @@ class Command(BaseCommand):
             bridge.run()
         finally:
             reporter.stop()
+        if bridge.stopped_by is not None:
+            # Its reason is logged already: exit non-zero, so that a supervisor shows it.
+            sys.exit(1)
         logger.info("bridge stopped")
