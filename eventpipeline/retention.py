@@ -106,11 +106,6 @@ def _expiring(table: str, before: datetime, include_open: bool) -> tuple[models.
     return going, going.none()
 
 
-def _signals_expiring(before: datetime) -> list[Partition]:
-    """The partitions whose whole day is older than `before`."""
-    return signals_partitions(ending_by_ms=int(before.timestamp() * 1000))
-
-
 def retention_plan(*, days: Mapping[str, int], include_open: bool, now: datetime | None = None) -> list[TablePlan]:
     """What each table in `days` would lose now, without changing anything."""
     now = now or datetime.now(UTC)
@@ -120,7 +115,8 @@ def retention_plan(*, days: Mapping[str, int], include_open: bool, now: datetime
             continue
         before = now - timedelta(days=days[table])
         if table == "signals":
-            partitions = _signals_expiring(before)
+            # The partitions whose whole day is older than `before`.
+            partitions = signals_partitions(ending_by_ms=int(before.timestamp() * 1000))
             plan.append(
                 TablePlan(
                     table,

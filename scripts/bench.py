@@ -24,6 +24,7 @@ import sys
 import time
 import uuid
 from pathlib import Path
+from typing import cast
 
 import django
 import psutil
@@ -235,7 +236,7 @@ def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
     rows = [(e["event_id"], e["user_id"], e["type"], e["timestamp"], json.dumps(e["payload"])) for e in events]
     truncate()
     # The partitions of their days, as the store task makes them before its COPY.
-    signals_partitions_ensure(days={day_number(int(str(row[3]))) for row in rows})
+    signals_partitions_ensure(days={day_number(cast(int, e["timestamp"])) for e in events})
     started = time.monotonic()
     for offset in range(0, len(rows), batch_size):
         with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
