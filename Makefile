@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-api bench-indexes bench-retention venv clean promtool hey chromium
+.PHONY: run test test-here lint bench bench-api bench-indexes bench-retention venv clean promtool hey chromium pgbouncer
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -34,7 +34,7 @@ run: $(VENV)/.local
 		sh -c 'python manage.py bootstrap --data-dir "$$DATA_DIR" && exec honcho start -f Procfile'
 
 ## test: lint, type-check, deploy checks, then the whole suite against real servers
-test: $(VENV)/.dev promtool chromium
+test: $(VENV)/.dev promtool chromium pgbouncer
 	$(DEVSERVICES) --data-dir .data/test -- $(MAKE) --no-print-directory test-here
 
 # The settings refuse to start without SECRET_KEY and take a missing DEBUG as false (closed
@@ -88,6 +88,13 @@ chromium:
 		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium chromium-driver >/dev/null; \
 		else echo "chromium or chromedriver is missing: install the 'chromium' and 'chromium-driver' packages"; exit 1; fi; }
+
+# The pipeline is tested behind PgBouncer in transaction mode (Debian package "pgbouncer").
+pgbouncer:
+	@{ command -v pgbouncer || test -x /usr/sbin/pgbouncer; } >/dev/null || { \
+		if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+			apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends pgbouncer >/dev/null; \
+		else echo "pgbouncer is missing: install the 'pgbouncer' package"; exit 1; fi; }
 
 # bench-api's HTTP load generator (Debian package "hey").
 hey:

@@ -144,10 +144,12 @@ def postgresql_timeout(timeout: float) -> int:
 
 def _postgresql(timeout: float) -> str:
     # A connection of its own rather than Django's: connect_timeout bounds the whole
-    # handshake, which needs the server to answer, and the statement has its own bound.
+    # handshake, which needs the server to answer, and the statement has its own bound, set
+    # for its transaction only: PgBouncer refuses the startup parameter `options`, and in
+    # transaction mode a session's setting would outlive this check on another client.
     seconds = postgresql_timeout(timeout)
-    options = f"-c statement_timeout={seconds * 1000}"
-    with psycopg.connect(settings.DATABASE_URL, connect_timeout=seconds, options=options, autocommit=True) as pg:
+    with psycopg.connect(settings.DATABASE_URL, connect_timeout=seconds) as pg:
+        pg.execute("SELECT set_config('statement_timeout', %s, true)", [str(seconds * 1000)])
         pg.execute("SELECT 1")
     return "answered"
 

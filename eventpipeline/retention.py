@@ -13,7 +13,7 @@ Anomalies still waiting for an analyst are kept past retention unless `include_o
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Protocol
@@ -82,15 +82,23 @@ def _no_progress(table: str, total: int) -> ProgressBar:
 
 @contextmanager
 def _one_run_at_a_time() -> Iterator[None]:
-    with connection.cursor() as cursor:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [_RETENTION_LOCK])
-        if not cursor.fetchone()[0]:
-            raise RetentionBusy("another retention run is going on (beat's, or `manage.py cleanup` elsewhere)")
-    try:
-        yield
-    finally:
-        with connection.cursor() as cursor:
-            cursor.execute("SELECT pg_advisory_unlock(%s)", [_RETENTION_LOCK])
+    """Hold the retention lock for the whole run: a transaction's advisory lock, taken on a
+    connection of its own whose one transaction stays open until the run ends.
+
+    The run's own steps each commit, so the lock cannot be one of theirs; and a session's
+    lock is not safe behind a pooler in transaction mode, which lends the session holding it
+    to other clients between transactions (and may run the unlock on another one), where an
+    open transaction keeps its session to itself (docs/scaling.md, "PgBouncer in transaction
+    mode"). The transaction only waits: it reads no table and writes nothing, so it holds
+    back neither vacuum nor DETACH PARTITION ... CONCURRENTLY.
+    """
+    with closing(connection.get_new_connection(connection.get_connection_params())) as holder:
+        try:
+            if not holder.execute("SELECT pg_try_advisory_xact_lock(%s)", [_RETENTION_LOCK]).fetchone()[0]:
+                raise RetentionBusy("another retention run is going on (beat's, or `manage.py cleanup` elsewhere)")
+            yield
+        finally:
+            holder.rollback()  # ends the transaction, and with it the lock
 
 
 def _expiring(table: str, before: datetime, include_open: bool) -> tuple[models.QuerySet, models.QuerySet]:  # type: ignore[type-arg]

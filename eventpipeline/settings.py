@@ -278,6 +278,14 @@ TEMPLATES = [
 
 DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=600, conn_health_checks=True)}
 DATABASES["default"].setdefault("OPTIONS", {})["connect_timeout"] = 10
+# True when DATABASE_URL names a pooler in transaction mode (PgBouncer's
+# pool_mode=transaction), where consecutive transactions of one client may run on different
+# server sessions, so nothing may rely on a session: no server-side cursors (Django's
+# QuerySet.iterator() would open one WITH HOLD and fetch from it in later transactions), and
+# retention detaches a day in one transaction instead of CONCURRENTLY
+# (docs/scaling.md, "PgBouncer in transaction mode").
+DATABASE_TRANSACTION_POOLING = env_bool("DATABASE_TRANSACTION_POOLING", False)
+DATABASES["default"]["DISABLE_SERVER_SIDE_CURSORS"] = DATABASE_TRANSACTION_POOLING
 # Bounds one statement of the store task: the threads pool does not enforce Celery's
 # time limits, and a COPY waiting on a lock must not hold a worker thread for ever.
 STORE_STATEMENT_TIMEOUT_MS = env_int("STORE_STATEMENT_TIMEOUT_MS", 30_000, minimum=100)
@@ -316,6 +324,14 @@ API_THROTTLE_RATE = env_rate("API_THROTTLE_RATE", "6000/min")
 # and leaving the query running. The api's connections only (eventpipeline/wsgi.py):
 # workers, beat and migrations are bounded otherwise or not at all.
 API_STATEMENT_TIMEOUT_MS = env_int("API_STATEMENT_TIMEOUT_MS", 20_000, minimum=0)
+if DATABASE_TRANSACTION_POOLING and API_STATEMENT_TIMEOUT_MS:
+    # It is set once per session; behind a transaction pooler that session is lent to other
+    # clients, and the api's later transactions run on sessions without it.
+    _refuse(
+        "API_STATEMENT_TIMEOUT_MS",
+        "must be 0 with DATABASE_TRANSACTION_POOLING: a pooler in transaction mode cannot keep a "
+        "session's statement_timeout; give the api's pool its own (docs/scaling.md, \"PgBouncer in transaction mode\")",
+    )
 # /metrics computes each period's report at most this often (0: on every request).
 METRICS_CACHE_SECONDS = env_float("METRICS_CACHE_SECONDS", 30.0, minimum=0.0)
 # /health waits this long for each of PostgreSQL, Redis, Kafka and a Celery worker.

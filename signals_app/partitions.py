@@ -156,22 +156,33 @@ def signals_partition_drop(*, partition: Partition) -> bool:
 
     Outside a transaction the partition is first detached CONCURRENTLY, so inserts into
     other days go on meanwhile; one left half-detached by an interruption is finished.
+    Behind a pooler in transaction mode (DATABASE_TRANSACTION_POOLING) the day is detached
+    in one transaction instead: CONCURRENTLY runs outside any, under a session's
+    lock_timeout, and such a pooler keeps no session for a client between statements. That
+    holds `signals` to itself for the moment of the catalog change, after waiting at most
+    PARTITION_LOCK_TIMEOUT_MS for it (docs/scaling.md, "PgBouncer in transaction mode").
     """
-    concurrently = not connection.in_atomic_block
+    if settings.DATABASE_TRANSACTION_POOLING and not connection.in_atomic_block:
+        with transaction.atomic():
+            return signals_partition_drop(partition=partition)
+    in_transaction = connection.in_atomic_block
     with connection.cursor() as cursor:
         cursor.execute("SELECT to_regclass(%s) IS NOT NULL", [f'"{partition.name}"'])
         if not cursor.fetchone()[0]:
             return False
-        cursor.execute("SELECT set_config('lock_timeout', %s, false)", [str(settings.PARTITION_LOCK_TIMEOUT_MS)])
+        # For the transaction, or, outside one, for the session until the end.
+        timeout = str(settings.PARTITION_LOCK_TIMEOUT_MS)
+        cursor.execute("SELECT set_config('lock_timeout', %s, %s)", [timeout, in_transaction])
         try:
             if partition.detach_pending:
                 cursor.execute(f'ALTER TABLE signals DETACH PARTITION "{partition.name}" FINALIZE')
             else:
-                mode = " CONCURRENTLY" if concurrently else ""
+                mode = "" if in_transaction else " CONCURRENTLY"
                 cursor.execute(f'ALTER TABLE signals DETACH PARTITION "{partition.name}"{mode}')
             cursor.execute(f'DROP TABLE "{partition.name}"')
         finally:
-            cursor.execute("SELECT set_config('lock_timeout', '0', false)")
+            if not in_transaction:
+                cursor.execute("SELECT set_config('lock_timeout', '0', false)")
     _known_days.difference_update(range(*_day_range(partition)))
     return True
 

@@ -39,6 +39,10 @@ def start(env: dict[str, str] | None = None, *, unset: tuple[str, ...] = ()) -> 
         ({"DLQ_MAX_RATIO": "5%"}, "eventpipeline: configuration error: DLQ_MAX_RATIO must be a number, got '5%'"),
         ({"DLQ_MAX_RATIO": "0"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 0.0"),
         ({"DLQ_MAX_RATIO": "1.5"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 1.5"),
+        (
+            {"DATABASE_TRANSACTION_POOLING": "true"},
+            "API_STATEMENT_TIMEOUT_MS must be 0 with DATABASE_TRANSACTION_POOLING: a pooler in transaction mode",
+        ),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:
@@ -79,3 +83,25 @@ def test_a_missing_debug_means_production() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "False"
+
+
+def test_behind_a_transaction_pooler_no_server_side_cursor_is_opened() -> None:
+    """Django's QuerySet.iterator() would open one WITH HOLD and fetch from it in later
+    transactions, which PgBouncer in transaction mode may run on another session."""
+    result = subprocess.run(
+        [
+            sys.executable,
+            "manage.py",
+            "shell",
+            "--no-imports",
+            "-c",
+            "from django.conf import settings; print(settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'])",
+        ],
+        cwd=REPO,
+        env={**os.environ, "DATABASE_TRANSACTION_POOLING": "true", "API_STATEMENT_TIMEOUT_MS": "0"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "True"
