@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-api bench-indexes bench-retention venv clean promtool hey chromium pgbouncer
+.PHONY: run test test-here lint bench bench-api bench-indexes bench-retention venv clean promtool hey chromium pgbouncer bench-sizes
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -73,6 +73,10 @@ bench-retention: $(VENV)/.dev
 ## bench-indexes: the insert rate each choice of indexes on signals allows
 bench-indexes: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_indexes.py
+
+## bench-sizes: bytes per event on Kafka, through the broker, in the WAL and in the table
+bench-sizes: $(VENV)/.dev
+	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_sizes.py
 
 # The monitoring-config tests need promtool (Debian package "prometheus").
 promtool:

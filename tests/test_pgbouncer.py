@@ -39,6 +39,8 @@ NOW_MS = int(time.time() * 1000)
 TOPIC = "pgbouncer-test"
 # Fewer server sessions than clients: the pipeline's worker alone runs 8 threads.
 POOL_SIZE = 3
+# The statement timeout of the api's pool, as docs/scaling.md sets one up.
+API_TIMEOUT_MS = 300
 transactional = pytest.mark.django_db(transaction=True, serialized_rollback=True)
 T = TypeVar("T")
 
@@ -86,6 +88,8 @@ def pgbouncer(django_db_setup: None, tmp_path: Path) -> Iterator[PgBouncer]:
     (tmp_path / "pgbouncer.ini").write_text(
         f"""[databases]
 * = host={db["HOST"] or "127.0.0.1"} port={db["PORT"] or 5432}
+{bouncer.database}_api = host={db["HOST"] or "127.0.0.1"} port={db["PORT"] or 5432} dbname={bouncer.database} \
+connect_query='SET statement_timeout = {API_TIMEOUT_MS}'
 [pgbouncer]
 listen_addr = 127.0.0.1
 listen_port = {bouncer.port}
@@ -252,6 +256,19 @@ def test_one_retention_run_at_a_time_through_pgbouncer(through_pgbouncer: PgBoun
     assert [(part.table, part.removed >= 10) for part in done] == [("signals", True)]
     assert direct("SELECT to_regclass(%s)", [partition_name(day_number(old_ms))]) == [(None,)]
     assert direct(held, [lock]) == [(0,)]
+
+
+def test_the_apis_pool_gives_every_session_its_statement_timeout(pgbouncer: PgBouncer) -> None:
+    """How the api keeps API_STATEMENT_TIMEOUT_MS behind a transaction pooler: a pool of its
+    own whose server sessions PgBouncer starts with the timeout (connect_query); the other
+    pool's sessions do not get it."""
+    with psycopg.connect(pgbouncer.url(f"{pgbouncer.database}_api"), autocommit=True) as api:
+        with pytest.raises(psycopg.errors.QueryCanceled):
+            api.execute("SELECT pg_sleep(2)")
+        assert api.execute("SHOW statement_timeout").fetchone() == (f"{API_TIMEOUT_MS}ms",)
+    with psycopg.connect(pgbouncer.url(), autocommit=True) as worker:
+        assert worker.execute("SHOW statement_timeout").fetchone() == ("0",)
+        assert worker.execute("SELECT pg_sleep(0.5)").fetchone() == ("",)
 
 
 def test_the_health_check_answers_through_pgbouncer(pgbouncer: PgBouncer, settings: Any) -> None:
