@@ -11,9 +11,11 @@ import pytest
 from tests.conftest import REPO
 
 
-def start(env: dict[str, str] | None = None, *, unset: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+def start(
+    env: dict[str, str] | None = None, *, unset: tuple[str, ...] = (), command: tuple[str, ...] = ("check",)
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "manage.py", "check"],
+        [sys.executable, "manage.py", *command],
         cwd=REPO,
         env={**{name: value for name, value in os.environ.items() if name not in unset}, **(env or {})},
         capture_output=True,
@@ -64,44 +66,21 @@ def test_a_missing_secret_key_stops_the_process_with_one_line() -> None:
     )
 
 
+def setting(expression: str, env: dict[str, str], *, unset: tuple[str, ...] = ()) -> str:
+    """What a setting is in a process started with this environment."""
+    code = f"from django.conf import settings; print({expression})"
+    result = start(env, unset=unset, command=("shell", "--no-imports", "-c", code))
+    assert result.returncode == 0, result.stderr
+    return result.stdout.strip()
+
+
 def test_a_missing_debug_means_production() -> None:
     """Closed by default: without DEBUG the process runs with production settings."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "shell",
-            "--no-imports",
-            "-c",
-            "from django.conf import settings; print(settings.DEBUG)",
-        ],
-        cwd=REPO,
-        env={**{name: value for name, value in os.environ.items() if name != "DEBUG"}, "SECRET_KEY": "x" * 50},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "False"
+    assert setting("settings.DEBUG", {"SECRET_KEY": "x" * 50}, unset=("DEBUG",)) == "False"
 
 
 def test_behind_a_transaction_pooler_no_server_side_cursor_is_opened() -> None:
     """Django's QuerySet.iterator() would open one WITH HOLD and fetch from it in later
     transactions, which PgBouncer in transaction mode may run on another session."""
-    result = subprocess.run(
-        [
-            sys.executable,
-            "manage.py",
-            "shell",
-            "--no-imports",
-            "-c",
-            "from django.conf import settings; print(settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS'])",
-        ],
-        cwd=REPO,
-        env={**os.environ, "DATABASE_TRANSACTION_POOLING": "true", "API_STATEMENT_TIMEOUT_MS": "0"},
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "True"
+    env = {"DATABASE_TRANSACTION_POOLING": "true", "API_STATEMENT_TIMEOUT_MS": "0"}
+    assert setting("settings.DATABASES['default']['DISABLE_SERVER_SIDE_CURSORS']", env) == "True"
