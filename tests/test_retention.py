@@ -188,3 +188,20 @@ def test_one_retention_run_at_a_time() -> None:
         assert cleanup_old_data.apply().get() == {}
     assert Signal.objects.count() == 6, "nothing was removed meanwhile"
     assert "signals: removed 4 rows" in cleanup()
+
+
+@transactional
+def test_a_failed_retention_run_lets_go_of_its_lock() -> None:
+    """The lock is a transaction's, held on a connection of its own (it must not depend on
+    one session: docs/scaling.md, "PgBouncer in transaction mode"); a run that fails ends
+    that transaction, and the next run goes ahead."""
+    held = "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND objid = %s"
+    with pytest.raises(RuntimeError), retention._one_run_at_a_time():
+        with connection.cursor() as cursor:
+            cursor.execute(held, [retention._RETENTION_LOCK & 0xFFFF_FFFF])
+            assert cursor.fetchone()[0] == 1, "the run holds the lock"
+        raise RuntimeError("a run that fails")
+    with connection.cursor() as cursor:
+        cursor.execute(held, [retention._RETENTION_LOCK & 0xFFFF_FFFF])
+        assert cursor.fetchone()[0] == 0
+    assert retention_apply(days={"signals": 30}, include_open=False, chunk_rows=100)[0].table == "signals"
