@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 from django.core.management.base import CommandError
+
+logger = logging.getLogger(__name__)
 
 
 def producer_config(**overrides: Any) -> dict[str, Any]:
@@ -117,17 +120,24 @@ class KafkaUnreachable(CommandError):
 
 
 def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet; return the names created.
+
+    An existing topic with fewer partitions is left as it is, with a warning: raising them
+    moves most keys to other partitions, and an operator picks the moment
+    (docs/operations.md, "Raising partitions")."""
     # log_level 0: an unreachable broker would print a line per reconnect attempt; the
     # exception below says it once.
     admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as error:
         raise KafkaUnreachable(
             f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.KAFKA_BOOTSTRAP_SERVERS} "
             f"within {timeout:.0f} s ({error.args[0].str()})"
         ) from error
+    for name in topics:
+        if name in existing and len(existing[name].partitions) < partitions:
+            logger.warning("%s", partitions_short(name, len(existing[name].partitions), partitions))
     missing = [name for name in topics if name not in existing]
     if not missing:
         return []
@@ -144,6 +154,14 @@ def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) 
             if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+def partitions_short(topic: str, has: int, wanted: int) -> str:
+    """The warning for a topic made before TOPIC_PARTITIONS was raised."""
+    return (
+        f"topic {topic} has {has} partitions, fewer than TOPIC_PARTITIONS={wanted}: at most {has} bridges "
+        'can share it. It is left as it is; to raise its partitions, see docs/operations.md, "Raising partitions"'
+    )
 
 
 # --- consumer lag ---------------------------------------------------------------------

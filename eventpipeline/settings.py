@@ -132,7 +132,10 @@ CELERY_RESULT_BACKEND = env_url("CELERY_RESULT_BACKEND", REDIS_URL, ("redis", "r
 SIGNALS_TOPIC = env_str("SIGNALS_TOPIC", "signal-events")
 DLQ_TOPIC = env_str("DLQ_TOPIC", "signal-events-dlq")
 ANOMALIES_TOPIC = env_str("ANOMALIES_TOPIC", "anomaly-events")
-TOPIC_PARTITIONS = env_int("TOPIC_PARTITIONS", 4, minimum=1)
+# Partitions of the topics made when missing. A topic's partitions are the most bridges
+# that can share its records; 12 shares evenly among 2, 3, 4 or 6 of them. An existing
+# topic is not changed, only warned about (docs/operations.md, "Raising partitions").
+TOPIC_PARTITIONS = env_int("TOPIC_PARTITIONS", 12, minimum=1)
 BATCH_SIZE = env_int("BATCH_SIZE", 500, minimum=1, maximum=100_000)
 # The bridge closes a batch after this long even if it is not full, so a trickle of
 # events is stored promptly.

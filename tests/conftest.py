@@ -97,8 +97,11 @@ class Pipeline:
 
     logs: Path
     topic: str = field(default_factory=lambda: f"test-signals-{uuid.uuid4().hex[:10]}")
+    # Of each of the test's topics; the processes are told it too (TOPIC_PARTITIONS).
+    partitions: int = 4
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_paths: dict[str, Path] = field(default_factory=dict)
     starts: int = 0
     _end_offsets: dict[int, int] | None = None
 
@@ -128,21 +131,26 @@ class Pipeline:
             "EMITTER_METRICS_PORT": "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
             "PYTHONUNBUFFERED": "1",
+            "TOPIC_PARTITIONS": str(self.partitions),
         }
-        topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=4)
+        topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=self.partitions)
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
         self.starts += 1
-        log = open(self.logs / f"{name}.{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        self.log_paths[name] = self.logs / f"{name}.{self.starts}.log"
+        log = open(self.log_paths[name], "wb")  # noqa: SIM115 - closed with the process
         process = subprocess.Popen(
             command, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "worker", loglevel: str = "WARNING", **env: str) -> subprocess.Popen[bytes]:
-        queues = f"{self.queue},{self.detect_queue}"
-        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
+    def start_worker(
+        self, name: str = "worker", loglevel: str = "WARNING", queues: list[str] | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A Celery worker on `queues` (default: this pipeline's store and detect queues)."""
+        taken = ",".join(queues or [self.queue, self.detect_queue])
+        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", taken]
         command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
         return self.start(name, command, **env)
@@ -150,10 +158,10 @@ class Pipeline:
     def start_bridge(self, name: str = "bridge", **env: str) -> subprocess.Popen[bytes]:
         return self.start(name, [sys.executable, "manage.py", "run_bridge"], **env)
 
-    def start_emitter(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_emitter(self, *args: str, name: str = "emitter") -> subprocess.Popen[bytes]:
         """The real `emit_signals` command, writing to this pipeline's topic."""
         command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic, "--metrics-port", "0"]
-        return self.start("emitter", [*command, "--no-progress", *args])
+        return self.start(name, [*command, "--no-progress", *args])
 
     def emit(self, *args: str) -> None:
         process = self.start_emitter(*args)
@@ -179,6 +187,10 @@ class Pipeline:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
+
+    def log_text(self, name: str) -> str:
+        """What the latest process started under `name` has written so far."""
+        return self.log_paths[name].read_text(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []
@@ -268,8 +280,10 @@ def pipeline(
     request: pytest.FixtureRequest, tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
 ) -> Iterator[Pipeline]:
     """(Serialized rollback puts back what migrations wrote, such as the rules, after the
-    flush that ends a transactional test.)"""
-    running = Pipeline(logs=tmp_path)
+    flush that ends a transactional test.) `@pytest.mark.topic_partitions(N)` gives the
+    test's topics N partitions (default 4)."""
+    marker = request.node.get_closest_marker("topic_partitions")
+    running = Pipeline(logs=tmp_path, partitions=marker.args[0] if marker else 4)
     try:
         yield running
     finally:
