@@ -436,10 +436,17 @@ class Bridge:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
-        logger.info("revoked %s", revoked)
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
-        self.tracker.forget(revoked)
+        # The batches in flight on these partitions alone: their records are read again by
+        # the partitions' next owner (perhaps this bridge again), so they are let go rather
+        # than waited for, handed over again or counted against BRIDGE_MAX_IN_FLIGHT. Their
+        # tasks may still run; storing and detection are idempotent.
+        left = self.tracker.forget(revoked)
+        for batch_id in left:
+            self.in_flight.pop(str(batch_id), None)
+        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+        logger.info("revoked %s; %d batches in flight on them left to the partitions' next owner", revoked, len(left))
         # What is done but not committed now is read again by the partitions' next owner,
         # which measures it then.
         self.awaiting_commit.clear()
