@@ -93,7 +93,13 @@ def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
 
 @dataclass
 class Pipeline:
-    """The real bridge and Celery worker processes on this test's own topic and queue."""
+    """The real bridge and Celery worker processes on this test's own topic and queue.
+
+    They run with the settings users get: every timeout at its default, DEBUG off, the
+    metrics endpoints on. A test that needs another value sets it where it starts the
+    process, saying why. Only the names of topics, queues, group and keys are the test's
+    own, and the metrics ports, which are free ones: the defaults would collide with a
+    pipeline that runs on this machine, and with each other."""
 
     logs: Path
     topic: str = field(default_factory=lambda: f"test-signals-{uuid.uuid4().hex[:10]}")
@@ -124,12 +130,9 @@ class Pipeline:
             "DETECT_QUEUE": self.detect_queue,
             "DETECT_KEY_PREFIX": self.key_prefix,
             "BRIDGE_GROUP_ID": self.group_id,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "CELERY_VISIBILITY_TIMEOUT": "10",
-            "BRIDGE_REDISPATCH_SECONDS": "20",
-            "BRIDGE_METRICS_PORT": "0",
-            "EMITTER_METRICS_PORT": "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            # `make test` (and devservices) run with DEBUG=true; users' processes do not.
+            "DEBUG": "false",
             "PYTHONUNBUFFERED": "1",
             "TOPIC_PARTITIONS": str(self.partitions),
         }
@@ -137,13 +140,24 @@ class Pipeline:
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
         self.starts += 1
-        self.log_paths[name] = self.logs / f"{name}.{self.starts}.log"
-        log = open(self.log_paths[name], "wb")  # noqa: SIM115 - closed with the process
+        path = self.logs / f"{name}.{self.starts}.log"
+        log = open(path, "wb")  # noqa: SIM115 - closed with the process
+        ports = {"BRIDGE_METRICS_PORT": str(free_port()), "EMITTER_METRICS_PORT": str(free_port())}
         process = subprocess.Popen(
-            command, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env={**self.env, **ports, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes[name] = process
+        self.log_paths[name] = path
         return process
+
+    def log_of(self, name: str) -> str:
+        """What the process last started as `name` has logged so far."""
+        return self.log_paths[name].read_text(errors="replace")
 
     def start_worker(
         self, name: str = "worker", loglevel: str = "WARNING", queues: list[str] | None = None, **env: str
@@ -160,7 +174,7 @@ class Pipeline:
 
     def start_emitter(self, *args: str, name: str = "emitter") -> subprocess.Popen[bytes]:
         """The real `emit_signals` command, writing to this pipeline's topic."""
-        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic, "--metrics-port", "0"]
+        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic]
         return self.start(name, [*command, "--no-progress", *args])
 
     def emit(self, *args: str) -> None:
@@ -187,10 +201,6 @@ class Pipeline:
                 except subprocess.TimeoutExpired:
                     os.killpg(process.pid, signal.SIGKILL)
                     process.wait()
-
-    def log_text(self, name: str) -> str:
-        """What the latest process started under `name` has written so far."""
-        return self.log_paths[name].read_text(errors="replace")
 
     def log_tail(self, lines: int = 40) -> str:
         parts = []

@@ -96,9 +96,9 @@ def add_and_remove_a_bridge(pipeline: Pipeline, cycle: int, rng: random.Random) 
     # does not leave the group (KIP-345), so its partitions would wait for the session
     # timeout before moving, every cycle; the two that stay are static.
     pipeline.start_bridge(name, BRIDGE_INSTANCE_ID="")
-    wait_for(lambda: bool(ASSIGNED.search(pipeline.log_text(name))), timeout=60, what=f"{name} to get partitions")
+    wait_for(lambda: bool(ASSIGNED.search(pipeline.log_of(name))), timeout=60, what=f"{name} to get partitions")
     assigned_after = time.monotonic() - started
-    wait_for(lambda: bool(DISPATCHED.search(pipeline.log_text(name))), timeout=30, what=f"{name} to hand over a batch")
+    wait_for(lambda: bool(DISPATCHED.search(pipeline.log_of(name))), timeout=30, what=f"{name} to hand over a batch")
     time.sleep(rng.uniform(0.0, 0.5))
     if cycle in KILLED_CYCLES:
         pipeline.kill(name, signal.SIGKILL)
