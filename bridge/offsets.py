@@ -53,12 +53,20 @@ class OffsetTracker:
         self._committed.update(offsets)
         self._covered.clear()
 
-    def forget(self, partitions: list[TopicPartition]) -> None:
+    def forget(self, partitions: list[TopicPartition]) -> set[Hashable]:
         """Drop partitions this consumer no longer owns (rebalance); their batches will be
-        consumed again by the new owner, and storing is idempotent."""
+        consumed again by the new owner, and storing is idempotent.
+
+        Returns the batches left with no partition to wait for: whether they finish or not
+        now moves no watermark. A batch that also holds a partition still owned stays:
+        that partition's commit still waits for it."""
         # Batches finished but not committed belong to the next owner now.
         self._covered.clear()
+        dropped: set[Hashable] = set()
         for partition in partitions:
-            self._pending.pop(partition, None)
+            dropped.update(batch for batch, _ in self._pending.pop(partition, ()))
             self._watermarks.pop(partition, None)
             self._committed.pop(partition, None)
+        still_pending = {batch for queue in self._pending.values() for batch, _ in queue}
+        self._done &= still_pending
+        return dropped - still_pending

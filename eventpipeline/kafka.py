@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
@@ -19,6 +20,8 @@ from confluent_kafka import (
 from confluent_kafka.admin import AdminClient, NewTopic
 from django.conf import settings
 from django.core.management.base import CommandError
+
+logger = logging.getLogger(__name__)
 
 
 def producer_config(**overrides: Any) -> dict[str, Any]:
@@ -95,7 +98,10 @@ def shared_producer() -> Producer:
     return Producer(producer_config())
 
 
-def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -> dict[str, Any]:
+    """The bridge's consumer. With an `instance_id` it is a static member of its group
+    (KIP-345): restarted under the same id it gets its partitions back at once, and a
+    stop does not make the group rebalance (docs/design.md, "Consumer group")."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
         "group.id": group_id,
@@ -105,9 +111,13 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
         "heartbeat.interval.ms": max(settings.KAFKA_SESSION_TIMEOUT_MS // 10, 100),
+        # Also the rebalance timeout a join waits for the other members (KIP-62).
+        "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         "enable.partition.eof": False,
         "fetch.max.bytes": 16 * 1024 * 1024,
     }
+    if instance_id:
+        config["group.instance.id"] = instance_id
     config.update(overrides)
     return config
 
@@ -117,17 +127,24 @@ class KafkaUnreachable(CommandError):
 
 
 def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) -> list[str]:
-    """Create the topics that do not exist yet; return the names created."""
+    """Create the topics that do not exist yet; return the names created.
+
+    An existing topic with fewer partitions is left as it is, with a warning: raising them
+    moves most keys to other partitions, and an operator picks the moment
+    (docs/operations.md, "Raising partitions")."""
     # log_level 0: an unreachable broker would print a line per reconnect attempt; the
     # exception below says it once.
     admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
     try:
-        existing = set(admin.list_topics(timeout=timeout).topics)
+        existing = admin.list_topics(timeout=timeout).topics
     except KafkaException as error:
         raise KafkaUnreachable(
             f"cannot reach Kafka at KAFKA_BOOTSTRAP_SERVERS={settings.KAFKA_BOOTSTRAP_SERVERS} "
             f"within {timeout:.0f} s ({error.args[0].str()})"
         ) from error
+    for name in topics:
+        if name in existing and len(existing[name].partitions) < partitions:
+            logger.warning("%s", partitions_short(name, len(existing[name].partitions), partitions))
     missing = [name for name in topics if name not in existing]
     if not missing:
         return []
@@ -144,6 +161,14 @@ def topics_ensure(topics: list[str], *, partitions: int, timeout: float = 15.0) 
             if error.args[0].name() != "TOPIC_ALREADY_EXISTS":
                 raise
     return created
+
+
+def partitions_short(topic: str, has: int, wanted: int) -> str:
+    """The warning for a topic made before TOPIC_PARTITIONS was raised."""
+    return (
+        f"topic {topic} has {has} partitions, fewer than TOPIC_PARTITIONS={wanted}: at most {has} bridges "
+        'can share it. It is left as it is; to raise its partitions, see docs/operations.md, "Raising partitions"'
+    )
 
 
 # --- consumer lag ---------------------------------------------------------------------

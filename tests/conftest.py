@@ -93,12 +93,21 @@ def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
 
 @dataclass
 class Pipeline:
-    """The real bridge and Celery worker processes on this test's own topic and queue."""
+    """The real bridge and Celery worker processes on this test's own topic and queue.
+
+    They run with the settings users get: every timeout at its default, DEBUG off, the
+    metrics endpoints on. A test that needs another value sets it where it starts the
+    process, saying why. Only the names of topics, queues, group and keys are the test's
+    own, and the metrics ports, which are free ones: the defaults would collide with a
+    pipeline that runs on this machine, and with each other."""
 
     logs: Path
     topic: str = field(default_factory=lambda: f"test-signals-{uuid.uuid4().hex[:10]}")
+    # Of each of the test's topics; the processes are told it too (TOPIC_PARTITIONS).
+    partitions: int = 4
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_paths: dict[str, Path] = field(default_factory=dict)
     starts: int = 0
     _end_offsets: dict[int, int] | None = None
 
@@ -121,28 +130,41 @@ class Pipeline:
             "DETECT_QUEUE": self.detect_queue,
             "DETECT_KEY_PREFIX": self.key_prefix,
             "BRIDGE_GROUP_ID": self.group_id,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "CELERY_VISIBILITY_TIMEOUT": "10",
-            "BRIDGE_REDISPATCH_SECONDS": "20",
-            "BRIDGE_METRICS_PORT": "0",
-            "EMITTER_METRICS_PORT": "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            # `make test` (and devservices) run with DEBUG=true; users' processes do not.
+            "DEBUG": "false",
             "PYTHONUNBUFFERED": "1",
+            "TOPIC_PARTITIONS": str(self.partitions),
         }
-        topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=4)
+        topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=self.partitions)
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
         self.starts += 1
-        log = open(self.logs / f"{name}.{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        path = self.logs / f"{name}.{self.starts}.log"
+        log = open(path, "wb")  # noqa: SIM115 - closed with the process
+        ports = {"BRIDGE_METRICS_PORT": str(free_port()), "EMITTER_METRICS_PORT": str(free_port())}
         process = subprocess.Popen(
-            command, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env={**self.env, **ports, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes[name] = process
+        self.log_paths[name] = path
         return process
 
-    def start_worker(self, name: str = "worker", loglevel: str = "WARNING", **env: str) -> subprocess.Popen[bytes]:
-        queues = f"{self.queue},{self.detect_queue}"
-        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
+    def log_of(self, name: str) -> str:
+        """What the process last started as `name` has logged so far."""
+        return self.log_paths[name].read_text(errors="replace")
+
+    def start_worker(
+        self, name: str = "worker", loglevel: str = "WARNING", queues: list[str] | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A Celery worker on `queues` (default: this pipeline's store and detect queues)."""
+        taken = ",".join(queues or [self.queue, self.detect_queue])
+        command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", taken]
         command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
         return self.start(name, command, **env)
@@ -150,10 +172,10 @@ class Pipeline:
     def start_bridge(self, name: str = "bridge", **env: str) -> subprocess.Popen[bytes]:
         return self.start(name, [sys.executable, "manage.py", "run_bridge"], **env)
 
-    def start_emitter(self, *args: str) -> subprocess.Popen[bytes]:
+    def start_emitter(self, *args: str, name: str = "emitter") -> subprocess.Popen[bytes]:
         """The real `emit_signals` command, writing to this pipeline's topic."""
-        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic, "--metrics-port", "0"]
-        return self.start("emitter", [*command, "--no-progress", *args])
+        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic]
+        return self.start(name, [*command, "--no-progress", *args])
 
     def emit(self, *args: str) -> None:
         process = self.start_emitter(*args)
@@ -268,8 +290,10 @@ def pipeline(
     request: pytest.FixtureRequest, tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
 ) -> Iterator[Pipeline]:
     """(Serialized rollback puts back what migrations wrote, such as the rules, after the
-    flush that ends a transactional test.)"""
-    running = Pipeline(logs=tmp_path)
+    flush that ends a transactional test.) `@pytest.mark.topic_partitions(N)` gives the
+    test's topics N partitions (default 4)."""
+    marker = request.node.get_closest_marker("topic_partitions")
+    running = Pipeline(logs=tmp_path, partitions=marker.args[0] if marker else 4)
     try:
         yield running
     finally:

@@ -90,6 +90,11 @@ INFRA = {
 }
 HEALTHY_INFRA = ("kafka", "postgres", "redis")
 
+# Services that run several replicas by default (issue 13, "Several bridges and workers").
+REPLICATED = {"bridge": 2, "worker-store": 2, "worker-detect": 2}
+# Partitions the topics get by default: room for more bridges than run at first.
+MIN_TOPIC_PARTITIONS = 12
+
 # Prometheus job -> (compose services scraped, container port, metrics path).
 SCRAPE_JOBS = {
     "api": (["api"], 8000, "/prometheus/metrics"),
@@ -405,6 +410,36 @@ def test_workers_consume_every_queue(workers: dict[str, dict[str, Any]]) -> None
     assert needed <= set(consumed), f"no worker consumes {sorted(needed - set(consumed))}"
 
 
+@pytest.mark.parametrize("name", sorted(REPLICATED))
+def test_replicated_services(services: dict[str, dict[str, Any]], name: str) -> None:
+    """Several replicas of one service: no fixed host port (two containers cannot publish
+    the same one) and no container_name (compose names each replica itself)."""
+    service = services[name]
+    replicas = (service.get("deploy") or {}).get("replicas")
+    assert replicas == REPLICATED[name], f"`{name}` runs {replicas} replicas, not deploy.replicas {REPLICATED[name]}"
+    assert "container_name" not in service, f"`{name}` has a container_name: its replicas cannot all have it"
+    host, _ = published_ports(service)
+    assert not host, f"`{name}` publishes host ports {sorted(host)}: only one replica could bind them"
+
+
+def test_workers_name_their_nodes_by_host(workers: dict[str, dict[str, Any]]) -> None:
+    """Celery node names must differ between replicas: %h is each container's host name."""
+    for name, service in workers.items():
+        match = re.search(r"-n (\S+)", command_text(service))
+        assert match and "%h" in match.group(1), f"worker `{name}` node name must contain %h (replicas)"
+
+
+def test_topics_have_room_for_more_bridges(app_services: dict[str, dict[str, Any]]) -> None:
+    settings_source = (REPO / "eventpipeline" / "settings.py").read_text(encoding="utf-8")
+    default = re.search(r'env_int\("TOPIC_PARTITIONS", ([\d_]+)', settings_source)
+    assert default and int(default.group(1)) >= MIN_TOPIC_PARTITIONS, "TOPIC_PARTITIONS' default in settings.py"
+    bridges = REPLICATED["bridge"]
+    for name, service in app_services.items():
+        partitions = int(environment(service)["TOPIC_PARTITIONS"])
+        assert partitions >= MIN_TOPIC_PARTITIONS, f"`{name}`: TOPIC_PARTITIONS defaults to {partitions}"
+        assert partitions % bridges == 0, f"`{name}`: {partitions} partitions do not share evenly among {bridges}"
+
+
 def test_workers_have_a_prometheus_multiproc_dir(workers: dict[str, dict[str, Any]]) -> None:
     for name, svc in workers.items():
         directory = environment(svc).get("PROMETHEUS_MULTIPROC_DIR")
@@ -606,6 +641,16 @@ def test_make_run_installs_what_it_runs() -> None:
     assert not missing, f"`make run` needs {sorted(missing)}, which requirements-local.txt does not install"
 
 
+def test_every_procfile_process_is_restarted_when_it_dies() -> None:
+    """honcho stops everything when one process exits: each line runs under scripts/respawn.py
+    (docs/operations.md, "Processes that die")."""
+    lines = [line for line in PROCFILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        name, command = line.split(":", 1)
+        assert f"exec python scripts/respawn.py --name {name} -- " in command, f"{name} runs without respawn: {line}"
+
+
 def test_requirements_are_pinned() -> None:
     """Every requirement is name==version, and a package named in two files has one version."""
     files = sorted(REPO.glob("requirements*.txt"))
@@ -635,14 +680,46 @@ def test_prometheus_scrapes_every_process(workers: dict[str, dict[str, Any]], se
     for job_name, (service_names, port, path) in expected.items():
         assert job_name in jobs, f"prometheus.yml has no `{job_name}` job"
         job = jobs[job_name]
-        targets = {target for static in job.get("static_configs", []) for target in static["targets"]}
+        targets = scrape_targets(job)
         assert targets == {f"{name}:{port}" for name in service_names}, f"job `{job_name}` scrapes {sorted(targets)}"
         assert job.get("metrics_path", "/metrics") == path, f"job `{job_name}` should scrape {path}"
     for job in jobs.values():
-        for static in job.get("static_configs", []):
-            for target in static["targets"]:
-                host = target.rsplit(":", 1)[0]
-                assert host == "localhost" or host in services, f"scrape target {target} is not a compose service"
+        for target in scrape_targets(job):
+            host = target.rsplit(":", 1)[0]
+            assert host == "localhost" or host in services, f"scrape target {target} is not a compose service"
+
+
+def scrape_targets(job: dict[str, Any]) -> set[str]:
+    """host:port of a job's static targets, and of the names it looks up in DNS."""
+    targets = {target for static in job.get("static_configs", []) for target in static["targets"]}
+    for lookup in job.get("dns_sd_configs", []):
+        targets |= {f"{name}:{lookup['port']}" for name in lookup["names"]}
+    return targets
+
+
+def test_prometheus_scrapes_every_replica() -> None:
+    """A static target `bridge:8012` would reach one replica of the bridge, whichever the
+    name resolves to at that scrape; a DNS A lookup of the service name finds them all."""
+    jobs = {job["job_name"]: job for job in load_yaml(PROMETHEUS_FILE)["scrape_configs"]}
+    for name in REPLICATED:
+        job = next(job for job in jobs.values() if any(f"{name}:" in target for target in scrape_targets(job)))
+        static = {target for static in job.get("static_configs", []) for target in static["targets"]}
+        assert not any(target.startswith(f"{name}:") for target in static), f"`{name}` is a static target"
+        lookups = [lookup for lookup in job["dns_sd_configs"] if name in lookup["names"]]
+        assert lookups and all(lookup.get("type", "SRV") == "A" for lookup in lookups), (
+            f"`{name}` must be looked up as DNS A records (compose answers them with every replica)"
+        )
+
+
+def test_worker_replicas_are_labelled_with_their_queue() -> None:
+    """The alerts and the dashboard tell the store workers from the detect workers by `queue`."""
+    job = next(job for job in load_yaml(PROMETHEUS_FILE)["scrape_configs"] if job["job_name"] == "worker")
+    (rule,) = [rule for rule in job["relabel_configs"] if rule.get("target_label") == "queue"]
+    assert rule["source_labels"] == ["__meta_dns_name"]
+    assert rule.get("replacement", "$1") == "$1"
+    for service, queue in (("worker-store", "store"), ("worker-detect", "detect")):
+        match = re.fullmatch(rule["regex"], service)
+        assert match and match.group(1) == queue, f"`{service}` replicas would not be labelled queue={queue}"
 
 
 def test_promtool_check_config(promtool: str) -> None:
@@ -659,6 +736,7 @@ def test_expected_alerts_exist() -> None:
     names = {rule["alert"] for rule in alert_rules()}
     expected = (
         "BridgeDown",
+        "NoBridgeUp",
         "WorkerDown",
         "NoWorkerUp",
         "NoEventsStored",
@@ -871,22 +949,67 @@ tests:
       - expr: ALERTS{{alertname="EndToEndLatencyHigh", alertstate="firing"}}
         eval_time: 25m
         exp_samples: []
-  # The store worker goes at minute 2, the detect worker at minute 4.
+  # Replicas found by DNS. One store replica stops answering at minute 2, the other's
+  # container is gone at minute 4 (its target vanishes); the detect replicas stay, but
+  # one of them stops answering at minute 6.
   - interval: 1m
     input_series:
-      - series: 'up{{job="worker", instance="worker-store:8013", queue="store"}}'
-        values: '1 1 0 0 0 0 0 0 0 0'
-      - series: 'up{{job="worker", instance="worker-detect:8013", queue="detect"}}'
-        values: '1 1 1 1 0 0 0 0 0 0'
+      - series: 'up{{job="worker", instance="10.0.0.1:8013", queue="store"}}'
+        values: '1 1 0 0 0 0 0 0 0 0 0 0'
+      - series: 'up{{job="worker", instance="10.0.0.2:8013", queue="store"}}'
+        values: '1 1 1 1 stale'
+      - series: 'up{{job="worker", instance="10.0.0.3:8013", queue="detect"}}'
+        values: '1x11'
+      - series: 'up{{job="worker", instance="10.0.0.4:8013", queue="detect"}}'
+        values: '1 1 1 1 1 1 0 0 0 0 0 0'
     promql_expr_test:
       - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
         eval_time: 4m
         exp_samples: []
       - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
-        eval_time: 6m
+        eval_time: 10m
         exp_samples:
-          - labels: 'ALERTS{{alertname="NoWorkerUp", alertstate="firing", severity="critical"}}'
+          - labels: 'ALERTS{{alertname="NoWorkerUp", alertstate="firing", queue="store", severity="critical"}}'
             value: 1
+      - expr: ALERTS{{alertname="WorkerDown", alertstate="firing"}}
+        eval_time: 10m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="WorkerDown", alertstate="firing", job="worker", instance="10.0.0.1:8013",
+                             queue="store", severity="critical"}}'
+            value: 1
+          - labels: 'ALERTS{{alertname="WorkerDown", alertstate="firing", job="worker", instance="10.0.0.4:8013",
+                             queue="detect", severity="critical"}}'
+            value: 1
+  # No detect worker was ever found (a queue with no target at all).
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="worker", instance="10.0.0.1:8013", queue="store"}}'
+        values: '1x5'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="NoWorkerUp", alertstate="firing"}}
+        eval_time: 3m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoWorkerUp", alertstate="firing", queue="detect", severity="critical"}}'
+            value: 1
+  # Both bridges' containers are gone at minute 2: no target, no `up` of 0, yet NoBridgeUp.
+  - interval: 1m
+    input_series:
+      - series: 'up{{job="bridge", instance="10.0.0.5:8012"}}'
+        values: '1 1 stale'
+      - series: 'up{{job="bridge", instance="10.0.0.6:8012"}}'
+        values: '1 1 stale'
+    promql_expr_test:
+      - expr: ALERTS{{alertname="NoBridgeUp", alertstate="firing"}}
+        eval_time: 2m
+        exp_samples: []
+      - expr: ALERTS{{alertname="NoBridgeUp", alertstate="firing"}}
+        eval_time: 4m
+        exp_samples:
+          - labels: 'ALERTS{{alertname="NoBridgeUp", alertstate="firing", severity="critical"}}'
+            value: 1
+      - expr: ALERTS{{alertname="BridgeDown", alertstate="firing"}}
+        eval_time: 4m
+        exp_samples: []
 """
 
 

@@ -105,3 +105,31 @@ def test_a_rebalance_leaves_no_finished_batch_to_name_at_the_next_commit() -> No
     tracker.complete("a")
     tracker.forget([P0])
     assert tracker.covered() == [] and tracker.committable() == {}
+
+
+def test_forgetting_partitions_names_the_batches_left_with_nothing_to_wait_for() -> None:
+    """A batch only on revoked partitions can move no watermark any more; one that also
+    holds a partition still owned must still be waited for."""
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    tracker.add("b", {P0: 19, P1: 4})
+    tracker.add("c", {P1: 9})
+    assert tracker.forget([P0]) == {"a"}
+    tracker.complete("c")
+    assert tracker.committable() == {}  # "b" still holds P1
+    tracker.complete("b")
+    assert tracker.committable() == {P1: 10}
+    assert tracker.forget([P1]) == set()  # nothing in flight there any more
+
+
+def test_a_partition_given_back_starts_again_from_what_its_next_batch_covers() -> None:
+    """Revoked and assigned again (an eager rebalance revokes everything): the records are
+    read again from the committed offset; a batch of before that finishes moves nothing."""
+    tracker = OffsetTracker()
+    tracker.add("a", {P0: 9})
+    assert tracker.forget([P0]) == {"a"}
+    tracker.add("b", {P0: 9})  # the same records, read again
+    tracker.complete("a")
+    assert tracker.committable() == {}
+    tracker.complete("b")
+    assert tracker.committable() == {P0: 10}

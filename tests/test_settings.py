@@ -45,6 +45,14 @@ def start(
             {"DATABASE_TRANSACTION_POOLING": "true"},
             "API_STATEMENT_TIMEOUT_MS must be 0 with DATABASE_TRANSACTION_POOLING: a pooler in transaction mode",
         ),
+        (
+            {"BRIDGE_INSTANCE_ID": "bridge 1"},
+            "BRIDGE_INSTANCE_ID may hold only letters, digits, '.', '_' and '-' (1 to 249), got 'bridge 1'",
+        ),
+        (
+            {"KAFKA_SESSION_TIMEOUT_MS": "45000"},
+            "KAFKA_MAX_POLL_INTERVAL_MS must be at least KAFKA_SESSION_TIMEOUT_MS (45000), got 30000",
+        ),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:

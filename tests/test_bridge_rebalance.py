@@ -1,0 +1,109 @@
+"""The bridge's side of a rebalance, on a consumer that records what it is asked (pure: no
+server). The same on real servers, with bridges coming and going mid-run: test_scaling.py."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from confluent_kafka import TopicPartition
+
+from bridge.consumer import Bridge, BridgeOptions, InFlightBatch
+from signals_app.messages import Limits
+
+TOPIC = "signals"
+
+
+class RecordingConsumer:
+    """What the bridge asks of its Kafka consumer around a rebalance."""
+
+    def __init__(self) -> None:
+        self.commits: list[dict[int, int]] = []
+
+    def commit(self, *, offsets: list[TopicPartition], asynchronous: bool) -> None:
+        self.commits.append({tp.partition: tp.offset for tp in offsets})
+
+    def assignment(self) -> list[TopicPartition]:
+        return []
+
+    def pause(self, partitions: Any) -> None:
+        pass
+
+    def resume(self, partitions: Any) -> None:
+        pass
+
+
+def bridge_with(consumer: RecordingConsumer) -> Bridge:
+    options = BridgeOptions(
+        topic=TOPIC,
+        dlq_topic="dlq",
+        batch_size=500,
+        batch_timeout_s=0.2,
+        max_in_flight=3,
+        redispatch_after_s=60,
+        limits=Limits(max_bytes=65536, max_age_ms=86_400_000, max_skew_ms=300_000),
+    )
+    return Bridge(options=options, consumer=consumer, dlq_producer=None)  # type: ignore[arg-type]
+
+
+def in_flight(bridge: Bridge, batch_id: str, offsets: dict[int, tuple[int, int]]) -> None:
+    """A batch read and handed over, not yet done (as consume_batch leaves it)."""
+    bridge.in_flight[batch_id] = InFlightBatch(batch_id, TOPIC, rows=[], received_at=0.0, offsets=offsets)
+    bridge.tracker.add(batch_id, {(TOPIC, partition): last for partition, (_, last) in offsets.items()})
+
+
+def revoke(bridge: Bridge, consumer: RecordingConsumer, *partitions: int) -> None:
+    bridge._on_revoke(consumer, [TopicPartition(TOPIC, partition) for partition in partitions])  # type: ignore[arg-type]
+
+
+def test_a_revoke_commits_what_is_done_and_lets_go_of_batches_only_on_revoked_partitions() -> None:
+    consumer = RecordingConsumer()
+    bridge = bridge_with(consumer)
+    bridge.assigned = frozenset({(TOPIC, 0), (TOPIC, 1), (TOPIC, 2)})
+    in_flight(bridge, "done", {0: (0, 99)})
+    in_flight(bridge, "on-0", {0: (100, 199)})
+    in_flight(bridge, "on-0-and-1", {0: (200, 249), 1: (0, 49)})
+    in_flight(bridge, "on-2", {2: (0, 99)})
+    bridge._finish(bridge.in_flight["done"], now=1.0)
+
+    revoke(bridge, consumer, 0, 1)
+
+    assert consumer.commits == [{0: 100}], "what is done is committed before the partitions go"
+    # The records of "on-0" come again to the partition's next owner; "on-0-and-1" is
+    # theirs too now. Neither counts against BRIDGE_MAX_IN_FLIGHT nor is handed over again.
+    assert set(bridge.in_flight) == {"on-2"}
+    assert bridge.assigned == {(TOPIC, 2)}
+    bridge._finish(bridge.in_flight["on-2"], now=2.0)
+    bridge.commit()
+    assert consumer.commits[-1] == {2: 100}
+
+
+def test_a_batch_also_on_a_partition_still_owned_is_still_waited_for() -> None:
+    consumer = RecordingConsumer()
+    bridge = bridge_with(consumer)
+    in_flight(bridge, "on-0-and-1", {0: (0, 49), 1: (0, 49)})
+    in_flight(bridge, "on-1", {1: (50, 99)})
+
+    revoke(bridge, consumer, 0)
+
+    assert set(bridge.in_flight) == {"on-0-and-1", "on-1"}
+    bridge._finish(bridge.in_flight["on-1"], now=1.0)
+    bridge.commit()
+    assert consumer.commits == [], "partition 1 waits for the batch read before"
+    bridge._finish(bridge.in_flight["on-0-and-1"], now=2.0)
+    bridge.commit()
+    assert consumer.commits == [{1: 100}], "partition 0 is not this bridge's to commit any more"
+
+
+def test_letting_go_of_batches_on_revoked_partitions_ends_the_pause_they_caused() -> None:
+    """Three batches in flight (BRIDGE_MAX_IN_FLIGHT) pause the bridge; once their partitions
+    are gone there is nothing to wait for, and the partitions it gets next are read."""
+    consumer = RecordingConsumer()
+    bridge = bridge_with(consumer)
+    for number in range(3):
+        in_flight(bridge, f"b{number}", {number: (0, 99)})
+    bridge.apply_backpressure()
+    assert bridge.paused
+
+    revoke(bridge, consumer, 0, 1, 2)
+    bridge.apply_backpressure()
+    assert not bridge.paused and bridge.in_flight == {}
