@@ -207,6 +207,14 @@ T = TypeVar("T")
 REDIRECTED = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 
+def _raised(replies: list[Any]) -> list[Any]:
+    """The replies of a pipeline run with raise_on_error=False, or the first error."""
+    for reply in replies:
+        if isinstance(reply, Exception):
+            raise reply
+    return replies
+
+
 def user_slot(user_id: int) -> int:
     """The cluster slot of every key of this user: the slot of its hash tag, the user id."""
     return key_slot(str(user_id).encode())
@@ -356,19 +364,22 @@ class WindowStore:
         shards = range(REDIS_CLUSTER_HASH_SLOTS) if self.cluster else range(1)
         keys = [self.epoch_key(shard) for shard in shards]
         raws = self._mget(keys)
-        missing = [key for key, raw in zip(keys, raws, strict=True) if raw is None]
+        missing = [index for index, raw in enumerate(raws) if raw is None]
         if missing:
             history_before = int(self.clock() * 1000) if self.history_exists() else 0
             if self.generations is not None:
                 self.generations.renew()  # before the epochs: see WindowsGeneration
-            pipe = self.client.pipeline(transaction=False)
             name = f"{uuid.uuid4().hex}:{history_before}"
-            for key in missing:
-                pipe.set(key, name, nx=True)
-            pipe.execute()
-            raws = self._mget(keys)
-            if any(raw is None for raw in raws):
-                raise EpochLost("an epoch vanished as it was made")
+            made = self._set_new([keys[index] for index in missing], name.encode())
+            # Another worker may have made some first: those are read back.
+            lost = [index for index, ours in zip(missing, made, strict=True) if not ours]
+            for index, raw in zip(lost, self._mget([keys[index] for index in lost]), strict=True):
+                if raw is None:
+                    raise EpochLost("an epoch vanished as it was made")
+                raws[index] = raw
+            for index, ours in zip(missing, made, strict=True):
+                if ours:
+                    raws[index] = name.encode()
         self._epochs = {shard: Epoch.of(raw) for shard, raw in zip(shards, raws, strict=True)}
         return self._epochs
 
@@ -454,69 +465,70 @@ class WindowStore:
     def _scripts(self, script: Script, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
         """The replies of `script` run once per (shard, keys, args). On a cluster, each
         call's keys are in its shard's slot, and the calls go by node, one pipeline each
-        (docs/performance.md, "Detection on a Redis Cluster")."""
+        (docs/performance.md, "Detection on a Redis Cluster"). A node that restarted has
+        no scripts: they are loaded on every master and the calls sent again (every script
+        here is idempotent)."""
         try:
             if not self.cluster:
                 return [script(keys=keys, args=args) for _, keys, args in calls]
-            replies = self._by_node(script, calls)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-            return replies
+            commands = [(slot, ("EVALSHA", script.sha, len(keys), *keys, *args)) for slot, keys, args in calls]
+            replies = self._on_nodes(commands)
+            if any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
+                self.client.script_load(script.script)
+                replies = self._on_nodes(commands)
+            return _raised(replies)
         except redis.ResponseError as error:
             if "EPOCH windows were lost" in str(error):
                 raise EpochLost(str(error)) from error
             raise
 
-    def _by_node(self, script: Script, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
-        """The calls sent straight to the master of each one's slot, as redis-py last saw
-        the cluster: a plain pipeline per node costs a fifth of redis-py's cluster pipeline
-        per command. A node that restarted has no scripts: they are loaded on every master
-        and the calls sent again (every script here is idempotent). Slots that moved, or a
-        node away, send the calls through the cluster pipeline instead, which follows
-        redirections and asks the cluster for its slots again."""
+    def _on_nodes(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        """The replies (or errors) of (slot, command)s sent straight to the master of each
+        slot, as redis-py last saw the cluster, in a plain pipeline per node: a fifth of
+        the cost per command of redis-py's cluster pipeline. Slots that moved, or a node
+        away, send them through the cluster pipeline instead, which follows redirections
+        and asks the cluster for its slots again."""
         manager = self.client.nodes_manager  # type: ignore[union-attr]
-        for _attempt in range(2):
-            replies: list[Any] = [None] * len(calls)
-            try:
-                by_node: dict[str, list[int]] = defaultdict(list)
-                nodes = {}
-                for index, (slot, _, _) in enumerate(calls):
-                    node = manager.get_node_from_slot(slot)
-                    by_node[node.name].append(index)
-                    nodes[node.name] = node
-                for name, indices in by_node.items():
-                    pipe = self.client.get_redis_connection(nodes[name]).pipeline(transaction=False)  # type: ignore[union-attr]
-                    for index in indices:
-                        _, keys, args = calls[index]
-                        pipe.evalsha(script.sha, len(keys), *keys, *args)
-                    for index, reply in zip(indices, pipe.execute(raise_on_error=False), strict=True):
-                        replies[index] = reply
-            except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.SlotNotCoveredError):
-                return self._through_cluster(script, calls)
-            if any(isinstance(reply, REDIRECTED) for reply in replies):
-                return self._through_cluster(script, calls)
-            if not any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-                return replies
-            self.client.script_load(script.script)
+        replies: list[Any] = [None] * len(commands)
+        try:
+            by_node: dict[str, list[int]] = defaultdict(list)
+            nodes = {}
+            for index, (slot, _) in enumerate(commands):
+                node = manager.get_node_from_slot(slot)
+                by_node[node.name].append(index)
+                nodes[node.name] = node
+            for name, indices in by_node.items():
+                pipe = self.client.get_redis_connection(nodes[name]).pipeline(transaction=False)  # type: ignore[union-attr]
+                for index in indices:
+                    pipe.execute_command(*commands[index][1])
+                for index, reply in zip(indices, pipe.execute(raise_on_error=False), strict=True):
+                    replies[index] = reply
+        except (redis.ConnectionError, redis.TimeoutError, redis.exceptions.SlotNotCoveredError):
+            return self._through_cluster(commands)
+        if any(isinstance(reply, REDIRECTED) for reply in replies):
+            return self._through_cluster(commands)
         return replies
 
-    def _through_cluster(self, script: Script, calls: list[tuple[int, list[str], list[Any]]]) -> list[Any]:
-        for _attempt in range(2):
-            pipe = self.client.pipeline(transaction=False)
-            for _, keys, args in calls:
-                # (ClusterPipeline blocks its evalsha method, not the command.)
-                pipe.execute_command("EVALSHA", script.sha, len(keys), *keys, *args)
-            replies = pipe.execute(raise_on_error=False)
-            if not any(isinstance(reply, redis.exceptions.NoScriptError) for reply in replies):
-                break
-            self.client.script_load(script.script)
-        return replies
+    def _through_cluster(self, commands: list[tuple[int, tuple[Any, ...]]]) -> list[Any]:
+        pipe = self.client.pipeline(transaction=False)
+        for _, command in commands:
+            pipe.execute_command(*command)
+        return pipe.execute(raise_on_error=False)  # type: ignore[no-any-return]
+
+    def _set_new(self, keys: list[str], value: bytes) -> list[bool]:
+        """SET NX of each key; per key, whether this call set it."""
+        if self.cluster:
+            commands = [(key_slot(key.encode()), ("SET", key, value, "NX")) for key in keys]
+            return [bool(reply) for reply in _raised(self._on_nodes(commands))]
+        pipe = self.client.pipeline(transaction=False)
+        for key in keys:
+            pipe.set(key, value, nx=True)
+        return [bool(reply) for reply in pipe.execute()]
 
     def _mget(self, keys: list[str]) -> list[Any]:
         if self.cluster:
-            return self.client.mget_nonatomic(keys)  # type: ignore[union-attr]
-        return self.client.mget(keys)
+            return _raised(self._on_nodes([(key_slot(key.encode()), ("GET", key)) for key in keys]))
+        return self.client.mget(keys)  # type: ignore[no-any-return]
 
     def read(self, spans: dict[tuple[int, str], tuple[int, int]]) -> Windows:
         """The windows as they are now, each from `lo` to `hi` (event time, ms)."""
