@@ -35,6 +35,7 @@ stored and analysed (docs/architecture.md, "Detection").
 from __future__ import annotations
 
 import functools
+import threading
 import time
 import uuid
 from collections import defaultdict
@@ -319,6 +320,9 @@ class WindowStore:
         self.active_script = client.register_script(ACTIVE_SCRIPT)
         # Per shard (a cluster slot; on one Redis, the one shard 0), its epoch as last read.
         self._epochs: dict[int, Epoch] = {}
+        # One thread reads (or makes) the epochs while the pool's others wait for them: on a
+        # cluster that is 16,384 keys, not worth reading eight times at once.
+        self._epochs_lock = threading.Lock()
         self._counted_at = float("-inf")
         self._active = 0
 
@@ -339,8 +343,7 @@ class WindowStore:
         a first start does not rename the generation under the batch."""
         if self.generations is None:
             return None
-        if not self._epochs:
-            self.epochs()
+        self._current_epochs()
         return self.generations.current()
 
     def record(self, additions: Windows, reach: dict[str, Reach]) -> Windows:
@@ -349,12 +352,21 @@ class WindowStore:
         for _attempt in range(3):
             # The epochs read last time, if any: the script checks them, so a stale one
             # costs a retry, not a wrong count.
-            epochs = self._epochs or self.epochs()
+            epochs = self._current_epochs()
             try:
                 return self._record(epochs, additions, reach)
             except EpochLost:
-                self._epochs = {}
+                with self._epochs_lock:
+                    if self._epochs is epochs:  # not already read again by another thread
+                        self._epochs = {}
         raise EpochLost("the windows' epoch changed three times in a row")
+
+    def _current_epochs(self) -> dict[int, Epoch]:
+        epochs = self._epochs
+        if epochs:
+            return epochs
+        with self._epochs_lock:
+            return self._epochs or self.epochs()
 
     def epochs(self) -> dict[int, Epoch]:
         """The current epoch of every shard; a new one for each shard that lost its own

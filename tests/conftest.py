@@ -141,8 +141,11 @@ class Pipeline:
         self.processes[name] = process
         return process
 
-    def start_worker(self, name: str = "worker", loglevel: str = "WARNING", **env: str) -> subprocess.Popen[bytes]:
-        queues = f"{self.queue},{self.detect_queue}"
+    def start_worker(
+        self, name: str = "worker", loglevel: str = "WARNING", queues: str | None = None, **env: str
+    ) -> subprocess.Popen[bytes]:
+        """A worker for both queues, or only `queues` (as compose runs one per queue)."""
+        queues = queues or f"{self.queue},{self.detect_queue}"
         command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
         command += ["--without-gossip", "--without-mingle", "--loglevel", loglevel]
         command += ["-n", f"{name}-{uuid.uuid4().hex[:6]}@%h"]
