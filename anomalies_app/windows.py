@@ -204,7 +204,8 @@ Windows = dict[tuple[int, str], list[WindowEntry]]
 T = TypeVar("T")
 
 
-# Replies of a node that no longer serves the slot: the cluster pipeline follows them.
+# Replies that redis-py's cluster pipeline deals with, and a plain pipeline cannot: a slot
+# moved (MOVED, ASK) or moving (TRYAGAIN), or the cluster down for now (CLUSTERDOWN).
 REDIRECTED = (redis.exceptions.AskError, redis.exceptions.TryAgainError, redis.exceptions.ClusterDownError)
 
 

@@ -57,8 +57,8 @@ def test_every_slot_has_an_epoch_tag_that_lands_in_it() -> None:
 
 
 def test_all_keys_of_a_user_share_the_users_slot() -> None:
-    store = WindowStore.__new__(WindowStore)  # only its key names: no client needed
-    store.prefix = "detection-windows"
+    # Only its key names: the client never connects.
+    store = WindowStore(redis.Redis(), prefix="detection-windows", load_history=signal_history, history_exists=bool)
     for user_id in (0, 7, 123_456, 10**12):
         keys = [store.key(user_id, kind) for kind in ("login", "purchase", "api_failure")]
         keys += [f"detection-windows:{{{user_id}}}:places", f"detection-windows:{{{user_id}}}:filled:e:1"]
