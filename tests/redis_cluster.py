@@ -10,10 +10,12 @@ cluster is ready when every node says `cluster_state:ok`.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.util
 import signal
 import socket
 import subprocess
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,6 +24,14 @@ import redis
 from redis.crc import REDIS_CLUSTER_HASH_SLOTS
 
 READY_TIMEOUT_S = 30.0
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent() -> None:
+    """In the child before exec: Linux kills the node if the process that started it dies
+    outright (a test run killed), so no node outlives it (as scripts/devservices.py does)."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def redis_server_binary() -> Path:
@@ -70,14 +80,18 @@ class LocalRedisCluster:
 
     def start(self) -> None:
         self.ports = [free_node_port() for _ in range(self.masters)]
-        for port in self.ports:
-            self._launch(port)
-        nodes = [self.node(port) for port in self.ports]
-        for node, slots in zip(nodes, slot_ranges(self.masters), strict=True):
-            node.execute_command("CLUSTER ADDSLOTS", *slots)
-        for node in nodes[1:]:
-            node.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
-        self.wait_ok()
+        try:
+            for port in self.ports:
+                self._launch(port)
+            nodes = [self.node(port) for port in self.ports]
+            for node, slots in zip(nodes, slot_ranges(self.masters), strict=True):
+                node.execute_command("CLUSTER ADDSLOTS", *slots)
+            for node in nodes[1:]:
+                node.execute_command("CLUSTER MEET", "127.0.0.1", self.ports[0])
+            self.wait_ok()
+        except BaseException:
+            self.stop()
+            raise
 
     def restart_empty(self, index: int) -> None:
         """kill -9 one master and start it again on its port with no data: it keeps its
@@ -122,7 +136,9 @@ class LocalRedisCluster:
         command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
         command += ["--cluster-node-timeout", "2000", "--save", "", "--appendonly", "no", "--daemonize", "no"]
         log = open(directory / "redis.log", "ab")  # noqa: SIM115 - closed with the process
-        self.processes[port] = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        self.processes[port] = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, preexec_fn=die_with_parent
+        )
         deadline = time.monotonic() + READY_TIMEOUT_S
         while True:
             try:
