@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-api bench-indexes bench-retention venv clean promtool hey chromium pgbouncer bench-sizes
+.PHONY: run test test-here lint bench bench-detect bench-api bench-indexes bench-retention venv clean promtool hey chromium pgbouncer bench-sizes
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -61,6 +61,10 @@ lint: $(VENV)/.dev
 ## bench: events/s from Kafka, stored and analysed, vs the raw COPY limit (median of 3 runs)
 bench: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
+
+## bench-detect: the detect worker's CPU per 1,000 events, on one Redis and on a local Redis Cluster
+bench-detect: $(VENV)/.dev
+	$(DEVSERVICES) --data-dir .data/bench -- sh -c 'DEBUG=false $(PY) scripts/bench_detect.py && DEBUG=false $(PY) scripts/bench_detect.py --cluster'
 
 ## bench-api: p50/p95 of every query endpoint on 10M signals, at concurrency 1 and 16
 bench-api: $(VENV)/.dev hey

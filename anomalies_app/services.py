@@ -62,7 +62,7 @@ from anomalies_app.rules import (
     window_of,
 )
 from anomalies_app.selectors import MuteBook, RuleBook, signal_history, signals_exist, user_known_places
-from anomalies_app.windows import Reach, Windows, WindowStore
+from anomalies_app.windows import Reach, Windows, WindowsGeneration, WindowStore, detect_redis, generation_key
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
 from eventpipeline.metrics import (
     ACTIVE_USER_SESSIONS,
@@ -88,6 +88,9 @@ class DetectResult:
     updated: list[int] = field(default_factory=list)
     # Created under a mute: recorded, not raised (docs/design.md, "Mutes and known places").
     muted: list[int] = field(default_factory=list)
+    # The windows' generation read before the batch touched them, when the windows are not
+    # on the Redis of the task results: the bridge compares it (anomalies_app/windows.py).
+    windows_generation: str | None = None
 
 
 class BatchEvent(NamedTuple):
@@ -131,11 +134,21 @@ def mute_book() -> MuteBook:
 
 @functools.cache
 def window_store() -> WindowStore:
+    """The windows on DETECT_REDIS_URL, a Redis or a Redis Cluster. Unless they share the
+    Redis of the task results, their generation is kept there for the bridge
+    (docs/architecture.md, "Detection")."""
+    client = detect_redis(settings.DETECT_REDIS_URL)
+    shared = isinstance(client, redis.Redis) and settings.DETECT_REDIS_URL == settings.CELERY_RESULT_BACKEND
+    generations = None
+    if not shared:
+        results = redis.Redis.from_url(settings.CELERY_RESULT_BACKEND)
+        generations = WindowsGeneration(results, generation_key(settings.DETECT_KEY_PREFIX))
     return WindowStore(
-        redis.Redis.from_url(settings.DETECT_REDIS_URL),
+        client,
         prefix=settings.DETECT_KEY_PREFIX,
         load_history=signal_history,
         history_exists=signals_exist,
+        generations=generations,
     )
 
 
@@ -152,10 +165,12 @@ def anomalies_detect_batch(
     windows = windows or window_store()
     mutes = mutes or mute_book()
     events = [_batch_event(row) for row in rows]
+    # Read before the windows are touched: see DetectResult.windows_generation.
+    generation = windows.generation()
     findings = _per_event_findings(events, rules)
     window_findings, reviews = _window_findings(events, rules, windows)
     findings += window_findings
-    result = DetectResult(analysed=len(events))
+    result = DetectResult(analysed=len(events), windows_generation=generation)
     anomalies = _anomalies_from_findings(events, findings, reviews, rules, result, windows, mutes)
     ACTIVE_USER_SESSIONS.set(windows.active_users({event.user_id for event in events}))
     anomalies_publish(anomaly_ids=anomalies, topic=settings.ANOMALIES_TOPIC, producer=producer or shared_producer())

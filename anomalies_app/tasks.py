@@ -23,13 +23,19 @@ DETECT_UNREACHABLE = (
     redis.ConnectionError,
     redis.TimeoutError,
     redis.exceptions.OutOfMemoryError,  # full, not wrong: retry, do not skip
+    # A Redis Cluster with a node away or its slots moving (redis.cluster.RedisCluster).
+    redis.exceptions.ClusterError,
+    redis.exceptions.TryAgainError,
+    redis.exceptions.SlotNotCoveredError,
     EpochLost,
     AnomalyPublishError,
 )
 
 
 @shared_task(bind=True, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
-def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None) -> dict[str, int]:
+def detect_anomalies(
+    self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None
+) -> dict[str, int | str]:
     """Analyse a batch of accepted events (SignalRows from `topic`) for anomalies.
 
     `batch_id` is the bridge's name for the batch, for the logs (eventpipeline/logs.py);
@@ -38,6 +44,8 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: st
     Safe to run any number of times on the same batch. When it fails:
     - PostgreSQL, Redis or Kafka cannot be reached: retried with back-off, DETECT_MAX_RETRIES times, then the task
       fails, and the bridge, which has not committed the offsets, hands the batch over again.
+    - The windows are lost after it analysed the batch (their generation, returned as
+      `windows`, changed before the batch was stored): the bridge hands it over again.
     - Anything else (a bug): retried likewise, then the batch is counted as
       `events_processed{status="detect_failed"}` and logged, so that one bad batch does
       not stop the pipeline; the events are stored and can be analysed again by replay.
@@ -65,4 +73,13 @@ def detect_anomalies(self: Task, topic: str, rows: list[list[Any]], batch_id: st
             "anomalies_muted": result.muted,
         },
     )
-    return {"analysed": result.analysed, "created": len(result.created), "updated": len(result.updated), "failed": 0}
+    done: dict[str, int | str] = {
+        "analysed": result.analysed,
+        "created": len(result.created),
+        "updated": len(result.updated),
+        "failed": 0,
+    }
+    if result.windows_generation is not None:
+        # The bridge has the batch analysed again if this changed (bridge/consumer.py).
+        done["windows"] = result.windows_generation
+    return done

@@ -37,9 +37,11 @@ from confluent_kafka import (
     Producer,
     TopicPartition,
 )
+from django.conf import settings
 from django.db import DatabaseError, connection
 
 from anomalies_app.tasks import detect_anomalies
+from anomalies_app.windows import generation_key
 from bridge.dlq_limit import DeadLetterWindow
 from bridge.offsets import OffsetTracker
 from bridge.status import BridgeState
@@ -323,20 +325,28 @@ class Bridge:
     def collect_results(self) -> None:
         """A batch is done when every one of its tasks reports success in the same read:
         after a Redis restart loses results, every task not yet committed is run again,
-        so detection never misses a batch that was analysed into windows Redis then lost."""
+        so detection never misses a batch that was analysed into windows Redis then lost.
+        Where the windows live apart from the results (a Redis Cluster), the same read
+        has the windows' generation: a detect task that read another one analysed into
+        windows that were lost since, so it runs again (anomalies_app/windows.py)."""
         if not self.in_flight:
             return
         now = self.clock()
         handovers = [
             (batch, name, handover) for batch in self.in_flight.values() for name, handover in batch.handovers.items()
         ]
-        states = self._task_states([handover.task_id for _, _, handover in handovers])
+        states, results, generation = self._task_states([handover.task_id for _, _, handover in handovers])
         succeeded: dict[str, int] = {}
         # Once the broker refuses a task, the others wait for a later turn: each refusal
         # can take seconds, and a turn must end well within max.poll.interval.ms.
         broker_refused = False
-        for (batch, name, handover), state in zip(handovers, states, strict=True):
-            if state == "SUCCESS":
+        for (batch, name, handover), state, result in zip(handovers, states, results, strict=True):
+            if state == "SUCCESS" and _windows_lost_since(result, generation):
+                if broker_refused:
+                    continue
+                logger.warning("batch %s: the detection windows were lost since it was analysed; again", batch.batch_id)
+                broker_refused = not self.dispatch(batch, name)
+            elif state == "SUCCESS":
                 succeeded[batch.batch_id] = succeeded.get(batch.batch_id, 0) + 1
             elif broker_refused:
                 continue
@@ -473,26 +483,32 @@ class Bridge:
             for record_ms in self.awaiting_commit.pop(batch_id, ()):
                 END_TO_END_LATENCY.observe(max(0.0, committed_ms - record_ms) / 1000)
 
-    def _task_states(self, task_ids: list[str | None]) -> list[str | None]:
-        """States of many tasks in one round trip to the result backend."""
+    def _task_states(self, task_ids: list[str | None]) -> tuple[list[str | None], list[Any], str | None]:
+        """States and results of many tasks, and the windows' generation, in one round
+        trip to the result backend (so the generation is the one of the moment the states
+        were read). The generation is UNCHECKED if this backend cannot give it."""
         backend: Any = store_signals.backend
         known = [task_id for task_id in task_ids if task_id]
+        nothing: list[Any] = [None] * len(task_ids)
         if not known:
-            return [None] * len(task_ids)
+            return nothing, nothing, UNCHECKED
         try:
             if hasattr(backend, "client"):
-                raw = backend.client.mget([backend.get_key_for_task(task_id) for task_id in known])
+                keys = [backend.get_key_for_task(task_id) for task_id in known]
+                *raw, generation = backend.client.mget([*keys, generation_key(settings.DETECT_KEY_PREFIX)])
                 metas = {
-                    task_id: backend.decode_result(value) if value else None
+                    task_id: backend.decode_result(value) if value else {}
                     for task_id, value in zip(known, raw, strict=True)
                 }
-                found = {task_id: (meta or {}).get("status") for task_id, meta in metas.items()}
+                windows = generation.decode() if generation is not None else None
             else:
-                found = {task_id: AsyncResult(task_id, backend=backend).state for task_id in known}
+                metas = {task_id: {"status": AsyncResult(task_id, backend=backend).state} for task_id in known}
+                windows = UNCHECKED
         except Exception as error:  # noqa: BLE001 - the backend may be restarting; ask again next turn
             logger.warning("cannot read task results: %s", error)
-            return ["PENDING" if task_id else None for task_id in task_ids]
-        return [found.get(task_id) if task_id else None for task_id in task_ids]
+            return ["PENDING" if task_id else None for task_id in task_ids], nothing, UNCHECKED
+        states = [metas[task_id].get("status") if task_id else None for task_id in task_ids]
+        return states, [metas[task_id].get("result") if task_id else None for task_id in task_ids], windows
 
     def _dead_letter(self, message: Message, reason: str) -> DeadLetterRecord:
         topic, partition, offset = _coordinates(message)
@@ -546,6 +562,19 @@ def close_within(consumer: Consumer, seconds: float) -> bool:
         logger.warning("the Kafka consumer did not close within %.0f s (a group join was pending); leaving", seconds)
         return False
     return True
+
+
+# The windows' generation could not be read with the results: nothing is compared.
+UNCHECKED = "<unchecked>"
+
+
+def _windows_lost_since(result: Any, generation: str | None) -> bool:
+    """Whether a detect task's result names a windows' generation other than the current
+    one (docs/architecture.md, "Detection"). Results without one (windows on the Redis
+    of the results, or a task that gave up) are never stale."""
+    if generation == UNCHECKED or not isinstance(result, dict) or "windows" not in result:
+        return False
+    return bool(result["windows"] != generation)
 
 
 def batch_log(batch: InFlightBatch, *, dead_letters: int) -> None:

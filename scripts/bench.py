@@ -185,7 +185,7 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         prefix=env["DETECT_KEY_PREFIX"],
         load_history=signal_history,
         history_exists=signals_exist,
-    ).epoch()
+    ).epochs()
     bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
     try:
         cpu_before = cpu_seconds_by_component()

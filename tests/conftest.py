@@ -34,6 +34,7 @@ from selenium.webdriver.chrome.service import Service as ChromeService
 from selenium.webdriver.common.by import By
 
 from eventpipeline.kafka import topics_ensure
+from tests.redis_cluster import LocalRedisCluster
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -301,6 +302,18 @@ def pipeline(
         report = getattr(request.node, "rep_call", None)
         if report is not None and report.failed:
             print(running.log_tail())
+
+
+@pytest.fixture(scope="session")
+def redis_cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalRedisCluster]:
+    """A Redis Cluster of three masters for the detection windows, started once (each test
+    keeps to its own key prefix, as on the one Redis)."""
+    cluster = LocalRedisCluster(tmp_path_factory.mktemp("redis-cluster"))
+    cluster.start()
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.hookimpl(wrapper=True, tryfirst=True)

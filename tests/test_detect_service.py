@@ -20,6 +20,7 @@ import redis
 from confluent_kafka import Producer
 from django.conf import settings
 from django.db import connection
+from redis.cluster import RedisCluster
 
 from anomalies_app.detection import WindowEntry
 from anomalies_app.models import Anomaly, UserLocation
@@ -92,7 +93,7 @@ def anomalies() -> list[tuple[Any, ...]]:
 class Detector:
     """Detection as a worker runs it, on this test's own Redis keys and topic."""
 
-    def __init__(self, client: redis.Redis, topic: str) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster, topic: str) -> None:
         self.client = client
         self.topic = topic
         self.prefix = f"test-dw-{uuid.uuid4().hex[:8]}"
@@ -129,12 +130,20 @@ class Detector:
         self.store = self.windows()
 
 
-@pytest.fixture
-def detect(django_db_serialized_rollback: None, transactional_db: Any, settings: Any) -> Iterator[Detector]:
+@pytest.fixture(params=["redis", "redis-cluster"])
+def detect(
+    request: pytest.FixtureRequest, django_db_serialized_rollback: None, transactional_db: Any, settings: Any
+) -> Iterator[Detector]:
+    """Every test twice: the windows on one Redis, and on a Redis Cluster of three masters
+    (a script call per slot; anomalies_app/windows.py)."""
     topic = f"test-anomalies-{uuid.uuid4().hex[:10]}"
     topics_ensure([topic], partitions=1)
     settings.ANOMALIES_TOPIC = topic
-    client = redis.Redis.from_url(settings.DETECT_REDIS_URL)
+    client: Any = (
+        RedisCluster.from_url(request.getfixturevalue("redis_cluster").url)
+        if request.param == "redis-cluster"
+        else redis.Redis.from_url(settings.DETECT_REDIS_URL)
+    )
     detector = Detector(client, topic)
     yield detector
     keys = list(client.scan_iter("test-dw-*"))
