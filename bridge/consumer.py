@@ -21,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -55,6 +56,9 @@ from signals_app.services import DeadLetterPublishError, DeadLetterRecord, dead_
 from signals_app.tasks import store_signals
 
 logger = logging.getLogger(__name__)
+
+# How long a stopping bridge waits for its consumer to close (`close_within`).
+CLOSE_TIMEOUT_SECONDS = 3.0
 
 
 # What happens to every batch: the Celery task that does it, by name.
@@ -99,6 +103,8 @@ class BridgeOptions:
     # None: dead letters never stop the bridge (docs/design.md, "Dead letters").
     dlq_max_ratio: float | None = None
     dlq_min_records: int = 100
+    # The consumer's group.instance.id, for the line that says it was fenced ("": dynamic).
+    instance_id: str = ""
 
 
 class Bridge:
@@ -133,6 +139,11 @@ class Bridge:
         )
         # Replaced, never changed in place: the status thread reads it (bridge/status.py).
         self.assigned: frozenset[tuple[str, int]] = frozenset()
+        # A fatal error from librdkafka (e.g. fenced by a bridge with the same
+        # BRIDGE_INSTANCE_ID): the consumer is unusable, the process must exit non-zero.
+        self.fatal_error: str | None = None
+        # False when the consumer did not close within CLOSE_TIMEOUT_SECONDS.
+        self.closed = False
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -149,12 +160,7 @@ class Bridge:
         self.commit()
         self.apply_backpressure()
         if self.paused:
-            # Keep serving the group protocol while paused. Should a record come all the
-            # same (a partition assigned meanwhile), rewind to it rather than drop it.
-            message = self.consumer.poll(0.05)
-            if message is not None and message.error() is None:
-                topic, partition, offset = _coordinates(message)
-                self.consumer.seek(TopicPartition(topic, partition, offset))
+            self._poll_paused(0.05)
             return
         self.consume_batch()
 
@@ -167,16 +173,22 @@ class Bridge:
         )
 
     def drain(self) -> None:
-        """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close."""
+        """On shutdown: stop reading, wait (bounded) for outstanding batches, commit, close.
+        The wait polls with every partition paused, so the group keeps this member (and
+        its partitions) until the last commit; after a fatal error there is nothing to
+        wait for, Kafka took the partitions already."""
         deadline = self.clock() + self.options.drain_timeout_s
-        while self.in_flight and self.clock() < deadline:
-            self.collect_results()
-            self.commit()
-            time.sleep(0.05)
+        if self.fatal_error is None:
+            self.pause_all()
+            while self.in_flight and self.clock() < deadline:
+                self.collect_results()
+                self.commit()
+                self._poll_paused(0.05)
         if self.in_flight:
             logger.warning("stopping with %d batches not confirmed; they will be consumed again", len(self.in_flight))
-        self.commit(asynchronous=False)
-        self.consumer.close()
+        if self.fatal_error is None:
+            self.commit(asynchronous=False)
+        self.closed = close_within(self.consumer, CLOSE_TIMEOUT_SECONDS)
 
     # --- steps ----------------------------------------------------------------------
     def consume_batch(self) -> None:
@@ -192,8 +204,7 @@ class Bridge:
         for message in messages:
             error = message.error()
             if error is not None:
-                if error.code() != KafkaError._PARTITION_EOF:
-                    logger.warning("consumer error: %s", error)
+                self.on_kafka_error(error)
                 continue
             topic, partition, offset = _coordinates(message)
             offsets[partition] = (offsets.get(partition, (offset, offset))[0], offset)
@@ -232,7 +243,9 @@ class Bridge:
         if rows:
             self.in_flight[batch.batch_id] = batch
             for name in TASKS:
-                self.dispatch(batch, name)
+                # The broker refused the first: the second waits for a later turn too.
+                if not self.dispatch(batch, name):
+                    break
         else:
             self.tracker.complete(batch.batch_id)
         self.judge_dead_letters(accepted=len(rows), dead_letters=dead_letters)
@@ -268,13 +281,17 @@ class Bridge:
             except (DatabaseError, KafkaException, DeadLetterPublishError) as error:
                 logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
                 connection.close_if_unusable_or_obsolete()
-                time.sleep(1.0)
+                # However long PostgreSQL is away, keep polling: a bridge that stops
+                # polling for max.poll.interval.ms is dropped from its group.
+                self.idle(1.0)
                 continue
             EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
             return True
         return False
 
-    def dispatch(self, batch: InFlightBatch, name: str) -> None:
+    def dispatch(self, batch: InFlightBatch, name: str) -> bool:
+        """Hand one task of the batch to Celery. False if the broker did not take it (it
+        is tried again on a later turn)."""
         handover = batch.handovers[name]
         handover.attempts += 1
         handover.dispatched_at = self.clock()
@@ -297,10 +314,11 @@ class Bridge:
                 "cannot hand batch %s to Celery for %s (attempt %d): %s", batch.batch_id, name, handover.attempts, error
             )
             handover.task_id = None
-            return
+            return False
         handover.task_id = result.id
         BATCH_SIZE_CURRENT.set(len(batch.rows))
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+        return True
 
     def collect_results(self) -> None:
         """A batch is done when every one of its tasks reports success in the same read:
@@ -314,14 +332,19 @@ class Bridge:
         ]
         states = self._task_states([handover.task_id for _, _, handover in handovers])
         succeeded: dict[str, int] = {}
+        # Once the broker refuses a task, the others wait for a later turn: each refusal
+        # can take seconds, and a turn must end well within max.poll.interval.ms.
+        broker_refused = False
         for (batch, name, handover), state in zip(handovers, states, strict=True):
             if state == "SUCCESS":
                 succeeded[batch.batch_id] = succeeded.get(batch.batch_id, 0) + 1
+            elif broker_refused:
+                continue
             elif state == "FAILURE" or handover.task_id is None:
                 if now - handover.dispatched_at >= min(2 ** min(handover.attempts, 5), self.options.redispatch_after_s):
                     outcome = state or "not handed over"
                     logger.warning("batch %s: %s %s; dispatching again", batch.batch_id, name, outcome)
-                    self.dispatch(batch, name)
+                    broker_refused = not self.dispatch(batch, name)
             elif now - handover.dispatched_at >= self.options.redispatch_after_s * 2 ** min(handover.attempts - 1, 4):
                 # Probably lost with its broker; perhaps only queued behind stalled workers,
                 # so each further copy waits twice as long (running twice is harmless).
@@ -332,7 +355,7 @@ class Bridge:
                     now - handover.dispatched_at,
                     state,
                 )
-                self.dispatch(batch, name)
+                broker_refused = not self.dispatch(batch, name)
         for batch in list(self.in_flight.values()):
             if succeeded.get(batch.batch_id) == len(batch.handovers):
                 self._finish(batch, now)
@@ -377,7 +400,63 @@ class Bridge:
         self.paused = saturated
         BRIDGE_PAUSED.set(1 if saturated else 0)
 
+    def on_kafka_error(self, error: KafkaError) -> None:
+        """A consumer error (from a message or librdkafka's error_cb). Most are transient
+        and librdkafka retries them itself; a fatal one leaves the consumer unusable, so
+        the bridge stops and exits non-zero."""
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if not (error.fatal() or error.code() == KafkaError._FATAL):
+            logger.warning("consumer error: %s", error)
+            return
+        if self.fatal_error is not None:
+            return
+        if error.code() in (KafkaError.FENCED_INSTANCE_ID, KafkaError._FENCED):
+            self.fatal_error = (
+                f"another bridge joined consumer group with this one's group.instance.id "
+                f"({self.options.instance_id!r}) and Kafka fenced this one out: give each bridge its own "
+                f"BRIDGE_INSTANCE_ID ({error.str()})"
+            )
+        else:
+            self.fatal_error = f"fatal Kafka error, the consumer cannot go on: {error.str()}"
+        logger.critical("%s", self.fatal_error)
+        self.stopped_by = self.fatal_error
+        self.shutdown = True
+
+    def pause_all(self) -> None:
+        """Stop reading every partition, those assigned later too (`_on_assign`)."""
+        if not self.paused:
+            self.consumer.pause(self.consumer.assignment())
+            self.paused = True
+
+    def idle(self, seconds: float) -> None:
+        """Wait without reading, but polling: librdkafka answers the group's rebalances
+        and counts the bridge alive only while it polls (max.poll.interval.ms)."""
+        was_paused = self.paused
+        self.pause_all()
+        deadline = self.clock() + seconds
+        try:
+            while not self.shutdown and (remaining := deadline - self.clock()) > 0:
+                self._poll_paused(min(remaining, 0.1))
+        finally:
+            if not was_paused:
+                self.consumer.resume(self.consumer.assignment())
+                self.paused = False
+
     # --- helpers --------------------------------------------------------------------
+    def _poll_paused(self, timeout: float) -> None:
+        """Serve the group protocol while paused. Should a record come all the same (a
+        partition assigned meanwhile), rewind to it rather than drop it."""
+        message = self.consumer.poll(timeout)
+        if message is None:
+            return
+        error = message.error()
+        if error is not None:
+            self.on_kafka_error(error)
+            return
+        topic, partition, offset = _coordinates(message)
+        self.consumer.seek(TopicPartition(topic, partition, offset))
+
     def _finish(self, batch: InFlightBatch, now: float) -> None:
         del self.in_flight[batch.batch_id]
         self.tracker.complete(batch.batch_id)
@@ -443,6 +522,23 @@ class Bridge:
         # What is done but not committed now is read again by the partitions' next owner,
         # which measures it then.
         self.awaiting_commit.clear()
+
+
+def close_within(consumer: Consumer, seconds: float) -> bool:
+    """Close the consumer, waiting at most `seconds`. True if it closed.
+
+    librdkafka's close leaves the group, and a leave waits behind a pending JoinGroup,
+    which the coordinator may hold up to the rebalance timeout (max.poll.interval.ms):
+    a SIGTERM during a join would then take that long. A static member does not leave
+    (KIP-345), and a dynamic one the group forgets after its session timeout, so the
+    bridge gives up on the close instead (docs/design.md, "Consumer group")."""
+    closer = threading.Thread(target=consumer.close, name="kafka-close", daemon=True)
+    closer.start()
+    closer.join(seconds)
+    if closer.is_alive():
+        logger.warning("the Kafka consumer did not close within %.0f s (a group join was pending); leaving", seconds)
+        return False
+    return True
 
 
 def batch_log(batch: InFlightBatch, *, dead_letters: int) -> None:

@@ -95,7 +95,10 @@ def shared_producer() -> Producer:
     return Producer(producer_config())
 
 
-def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
+def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -> dict[str, Any]:
+    """The bridge's consumer. With an `instance_id` it is a static member of its group
+    (KIP-345): restarted under the same id it gets its partitions back at once, and a
+    stop does not make the group rebalance (docs/design.md, "Consumer group")."""
     config: dict[str, Any] = {
         "bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS,
         "group.id": group_id,
@@ -105,9 +108,13 @@ def consumer_config(group_id: str, **overrides: Any) -> dict[str, Any]:
         "auto.offset.reset": "earliest",
         "session.timeout.ms": settings.KAFKA_SESSION_TIMEOUT_MS,
         "heartbeat.interval.ms": max(settings.KAFKA_SESSION_TIMEOUT_MS // 10, 100),
+        # Also the rebalance timeout a join waits for the other members (KIP-62).
+        "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         "enable.partition.eof": False,
         "fetch.max.bytes": 16 * 1024 * 1024,
     }
+    if instance_id:
+        config["group.instance.id"] = instance_id
     config.update(overrides)
     return config
 

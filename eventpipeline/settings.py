@@ -9,6 +9,8 @@ has to read a traceback to find a typo in a deployment.
 from __future__ import annotations
 
 import os
+import re
+import socket
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -150,7 +152,34 @@ BRIDGE_GROUP_ID = env_str("BRIDGE_GROUP_ID", "eventpipeline-bridge")
 # Every this many seconds the bridge measures its consumer lag and leaves a status record
 # in Redis (on REDIS_URL) for `pipeline_status`; a record expires after three periods.
 BRIDGE_STATUS_SECONDS = env_float("BRIDGE_STATUS_SECONDS", 5.0, minimum=0.5)
-KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 45_000, minimum=1000)
+# Static membership (Kafka's group.instance.id, KIP-345): a bridge that restarts under the
+# same id takes back its own partitions at once instead of waiting for the group to notice
+# its predecessor died. Stable across restarts and unique per bridge: the host name (one
+# per container under compose replicas). Two bridges on one host need one each; an empty
+# value means dynamic membership (docs/operations.md, "Recovery after a crash").
+BRIDGE_INSTANCE_ID = os.environ.get("BRIDGE_INSTANCE_ID", f"bridge-{socket.gethostname()}")
+if BRIDGE_INSTANCE_ID and not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", BRIDGE_INSTANCE_ID):
+    # Kafka's rule for group.instance.id: the broker refuses any other.
+    _refuse(
+        "BRIDGE_INSTANCE_ID", f"may hold only letters, digits, '.', '_' and '-' (1 to 249), got {BRIDGE_INSTANCE_ID!r}"
+    )
+# How long the group waits for a bridge that stopped heartbeating before it gives the
+# bridge's partitions to another (or, when nobody takes its place, forgets it). 6 s is the
+# smallest session Apache Kafka's brokers accept by default (group.min.session.timeout.ms);
+# librdkafka heartbeats from a thread of its own, so a busy bridge loop does not miss one.
+# On Tansu a bridge's join waits for half of it plus 3 s (docs/configuration.md,
+# "Consumer group timeouts").
+KAFKA_SESSION_TIMEOUT_MS = env_int("KAFKA_SESSION_TIMEOUT_MS", 6_000, minimum=1000)
+# The longest the bridge may go between two polls before librdkafka takes it out of the
+# group, and the rebalance timeout: the longest a join waits for the other members (KIP-62).
+# The loop polls at least every BATCH_TIMEOUT_MS and keeps polling through every wait
+# (docs/design.md, "Consumer group"); librdkafka wants it at least the session timeout.
+KAFKA_MAX_POLL_INTERVAL_MS = env_int("KAFKA_MAX_POLL_INTERVAL_MS", 30_000, minimum=1000)
+if KAFKA_MAX_POLL_INTERVAL_MS < KAFKA_SESSION_TIMEOUT_MS:
+    _refuse(
+        "KAFKA_MAX_POLL_INTERVAL_MS",
+        f"must be at least KAFKA_SESSION_TIMEOUT_MS ({KAFKA_SESSION_TIMEOUT_MS}), got {KAFKA_MAX_POLL_INTERVAL_MS}",
+    )
 # Messages larger than this are dead letters ("oversize"), whatever Kafka accepted.
 MAX_MESSAGE_BYTES = env_int("MAX_MESSAGE_BYTES", 64 * 1024, minimum=256)
 # Unset: a flood of bad records becomes dead letters, all of them, and DeadLetterRateHigh

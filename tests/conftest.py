@@ -93,12 +93,19 @@ def dlq_reasons(topic: str, expected: int, timeout: float = 60) -> list[str]:
 
 @dataclass
 class Pipeline:
-    """The real bridge and Celery worker processes on this test's own topic and queue."""
+    """The real bridge and Celery worker processes on this test's own topic and queue.
+
+    They run with the settings users get: every timeout at its default, DEBUG off, the
+    metrics endpoints on. A test that needs another value sets it where it starts the
+    process, saying why. Only the names of topics, queues, group and keys are the test's
+    own, and the metrics ports, which are free ones: the defaults would collide with a
+    pipeline that runs on this machine, and with each other."""
 
     logs: Path
     topic: str = field(default_factory=lambda: f"test-signals-{uuid.uuid4().hex[:10]}")
     env: dict[str, str] = field(default_factory=dict)
     processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+    log_paths: dict[str, Path] = field(default_factory=dict)
     starts: int = 0
     _end_offsets: dict[int, int] | None = None
 
@@ -121,24 +128,33 @@ class Pipeline:
             "DETECT_QUEUE": self.detect_queue,
             "DETECT_KEY_PREFIX": self.key_prefix,
             "BRIDGE_GROUP_ID": self.group_id,
-            "KAFKA_SESSION_TIMEOUT_MS": "6000",
-            "CELERY_VISIBILITY_TIMEOUT": "10",
-            "BRIDGE_REDISPATCH_SECONDS": "20",
-            "BRIDGE_METRICS_PORT": "0",
-            "EMITTER_METRICS_PORT": "0",
             "WORKER_METRICS_PORT": str(self.worker_metrics_port),
+            # `make test` (and devservices) run with DEBUG=true; users' processes do not.
+            "DEBUG": "false",
             "PYTHONUNBUFFERED": "1",
         }
         topics_ensure([self.topic, self.dlq_topic, self.anomalies_topic], partitions=4)
 
     def start(self, name: str, command: list[str], **env: str) -> subprocess.Popen[bytes]:
         self.starts += 1
-        log = open(self.logs / f"{name}.{self.starts}.log", "wb")  # noqa: SIM115 - closed with the process
+        path = self.logs / f"{name}.{self.starts}.log"
+        log = open(path, "wb")  # noqa: SIM115 - closed with the process
+        ports = {"BRIDGE_METRICS_PORT": str(free_port()), "EMITTER_METRICS_PORT": str(free_port())}
         process = subprocess.Popen(
-            command, cwd=REPO, env={**self.env, **env}, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            command,
+            cwd=REPO,
+            env={**self.env, **ports, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         self.processes[name] = process
+        self.log_paths[name] = path
         return process
+
+    def log_of(self, name: str) -> str:
+        """What the process last started as `name` has logged so far."""
+        return self.log_paths[name].read_text(errors="replace")
 
     def start_worker(self, name: str = "worker", loglevel: str = "WARNING", **env: str) -> subprocess.Popen[bytes]:
         queues = f"{self.queue},{self.detect_queue}"
@@ -152,7 +168,7 @@ class Pipeline:
 
     def start_emitter(self, *args: str) -> subprocess.Popen[bytes]:
         """The real `emit_signals` command, writing to this pipeline's topic."""
-        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic, "--metrics-port", "0"]
+        command = [sys.executable, "manage.py", "emit_signals", "--topic", self.topic]
         return self.start("emitter", [*command, "--no-progress", *args])
 
     def emit(self, *args: str) -> None:

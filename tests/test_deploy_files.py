@@ -606,6 +606,16 @@ def test_make_run_installs_what_it_runs() -> None:
     assert not missing, f"`make run` needs {sorted(missing)}, which requirements-local.txt does not install"
 
 
+def test_every_procfile_process_is_restarted_when_it_dies() -> None:
+    """honcho stops everything when one process exits: each line runs under scripts/respawn.py
+    (docs/operations.md, "Processes that die")."""
+    lines = [line for line in PROCFILE.read_text(encoding="utf-8").splitlines() if line.strip()]
+    assert lines
+    for line in lines:
+        name, command = line.split(":", 1)
+        assert f"exec python scripts/respawn.py --name {name} -- " in command, f"{name} runs without respawn: {line}"
+
+
 def test_requirements_are_pinned() -> None:
     """Every requirement is name==version, and a package named in two files has one version."""
     files = sorted(REPO.glob("requirements*.txt"))

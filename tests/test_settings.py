@@ -39,6 +39,14 @@ def start(env: dict[str, str] | None = None, *, unset: tuple[str, ...] = ()) -> 
         ({"DLQ_MAX_RATIO": "5%"}, "eventpipeline: configuration error: DLQ_MAX_RATIO must be a number, got '5%'"),
         ({"DLQ_MAX_RATIO": "0"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 0.0"),
         ({"DLQ_MAX_RATIO": "1.5"}, "DLQ_MAX_RATIO must be above 0 and at most 1, got 1.5"),
+        (
+            {"BRIDGE_INSTANCE_ID": "bridge 1"},
+            "BRIDGE_INSTANCE_ID may hold only letters, digits, '.', '_' and '-' (1 to 249), got 'bridge 1'",
+        ),
+        (
+            {"KAFKA_SESSION_TIMEOUT_MS": "45000"},
+            "KAFKA_MAX_POLL_INTERVAL_MS must be at least KAFKA_SESSION_TIMEOUT_MS (45000), got 30000",
+        ),
     ],
 )
 def test_a_bad_setting_stops_the_process_with_one_line(env: dict[str, str], line: str) -> None:

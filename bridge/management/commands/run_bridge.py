@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
 from types import FrameType
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaError, Producer
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -33,10 +34,17 @@ class Command(BaseCommand):
         parser.add_argument("--topic", default=settings.SIGNALS_TOPIC)
         parser.add_argument("--dlq-topic", default=settings.DLQ_TOPIC)
         parser.add_argument("--group-id", default=settings.BRIDGE_GROUP_ID)
+        parser.add_argument(
+            "--instance-id", default=settings.BRIDGE_INSTANCE_ID, help="group.instance.id; empty: dynamic membership"
+        )
         parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
         parser.add_argument("--metrics-port", type=int, default=settings.BRIDGE_METRICS_PORT, help="0 disables")
 
     def handle(self, *args: Any, **options: Any) -> None:
+        # Until the bridge runs, a stop request simply ends the process (rc 0): nothing was
+        # read yet, so there is nothing to finish.
+        signal.signal(signal.SIGTERM, stop_before_start)
+        signal.signal(signal.SIGINT, stop_before_start)
         if options["metrics_port"]:
             # The bridge always runs, so it is the one to say how deep the Celery queues are.
             queues = celery_queue_names()
@@ -57,24 +65,32 @@ class Command(BaseCommand):
             ),
             dlq_max_ratio=settings.DLQ_MAX_RATIO,
             dlq_min_records=settings.DLQ_RATIO_MIN_RECORDS,
+            instance_id=options["instance_id"],
         )
-        bridge = Bridge(
-            options=bridge_options,
-            consumer=Consumer(consumer_config(options["group_id"])),
-            dlq_producer=Producer(producer_config()),
-        )
+        bridge: Bridge | None = None
+
+        def on_error(error: KafkaError) -> None:
+            # librdkafka's error_cb: a fatal one (fenced by a bridge with the same
+            # group.instance.id) stops the bridge.
+            if bridge is not None:
+                bridge.on_kafka_error(error)
+
+        consumer = Consumer(consumer_config(options["group_id"], instance_id=options["instance_id"], error_cb=on_error))
+        bridge = Bridge(options=bridge_options, consumer=consumer, dlq_producer=Producer(producer_config()))
 
         def stop(signum: int, frame: FrameType | None) -> None:
             logger.info("received %s: finishing the batches in flight, then stopping", signal.Signals(signum).name)
+            assert bridge is not None
             bridge.shutdown = True
 
         signal.signal(signal.SIGTERM, stop)
         signal.signal(signal.SIGINT, stop)
         logger.info(
-            "bridge: %s -> Celery (batch %d, group %s, kafka %s)",
+            "bridge: %s -> Celery (batch %d, group %s as %s, kafka %s)",
             bridge_options.topic,
             bridge_options.batch_size,
             options["group_id"],
+            options["instance_id"] or "a dynamic member",
             settings.KAFKA_BOOTSTRAP_SERVERS,
         )
         reporter = StatusReporter(
@@ -91,7 +107,18 @@ class Command(BaseCommand):
             bridge.run()
         finally:
             reporter.stop()
-        if bridge.stopped_by is not None:
-            # Its reason is logged already: exit non-zero, so that a supervisor shows it.
-            sys.exit(1)
-        logger.info("bridge stopped")
+        status = 0 if bridge.stopped_by is None else 1
+        if status == 0:
+            logger.info("bridge stopped")
+        if not bridge.closed:
+            # librdkafka's close is still waiting on the group (bridge/consumer.py,
+            # `close_within`); interpreter exit would wait for it too.
+            logging.shutdown()
+            os._exit(status)
+        # A reason to stop is logged already: exit non-zero, so that a supervisor shows it.
+        sys.exit(status)
+
+
+def stop_before_start(signum: int, frame: FrameType | None) -> None:
+    logger.info("received %s before consuming: stopping", signal.Signals(signum).name)
+    raise SystemExit(0)
