@@ -20,11 +20,11 @@ the same seed gives the same faults in the same order:
     PostgreSQL fast-stopped and started again; PostgreSQL unreachable for 60 s (the proxy
     stops passing bytes, as a network partition does; new connections hang too).
 
-After each fault it waits until the pipeline consumes again: every partition that had
-records waiting when the fault ended has its committed offset move past where it was
-then. A commit needs the batch stored and analysed, so this is the whole chain working
-again. (For SIGSTOP the clock starts at the stop: the other bridge must take over the
-hung one's partitions.) One line per fault says how long that took. The load goes on
+After each fault it waits until the pipeline has recovered: every record that was on the
+topic when the fault ended is committed, which the bridge does only once its batch is
+stored and analysed, so the whole chain works again and the fault's backlog is gone.
+(For SIGSTOP the clock starts at the stop: the other bridge must take over the hung
+one's partitions.) One line per fault says how long that took. The load goes on
 until every fault is over and at least --events events were sent; then the script waits
 for every offset to be committed, and compares PostgreSQL with what was sent. Last line:
 
@@ -183,9 +183,10 @@ def summary_line(
     )
 
 
-def consuming_again(before: dict[int, int], waiting: set[int], now: dict[int, int]) -> bool:
-    """Whether every partition that had records waiting has its committed offset past where it was."""
-    return all(now.get(partition, 0) > before.get(partition, 0) for partition in waiting)
+def caught_up(end: dict[int, int], waiting: set[int], now: dict[int, int]) -> bool:
+    """Whether every partition that had records waiting has them all committed: its committed
+    offset has reached the log end noted when the fault ended."""
+    return all(now.get(partition, 0) >= end[partition] for partition in waiting)
 
 
 def say(line: str) -> None:
@@ -604,7 +605,7 @@ class ChaosRun:
             time.sleep(fault.gap_s)
             at = time.monotonic() - self.load_started
             outcome = self.inject(fault)
-            recovered = self.wait_consuming(outcome.since, timeout=max(4 * limit, 180.0))
+            recovered = self.wait_recovered(outcome.since, timeout=max(4 * limit, 180.0))
             self.recoveries.append(recovered)
             verdict = "never within the wait" if recovered is None else f"{recovered:.1f} s"
             note = outcome.note
@@ -615,7 +616,7 @@ class ChaosRun:
             if over:
                 self.failures.append(f"fault {number} ({outcome.description}): recovery {verdict}, limit {limit:g} s")
             say(
-                f"chaos: fault {number}/{len(faults)} at +{at:.1f} s: {outcome.description}: consuming again "
+                f"chaos: fault {number}/{len(faults)} at +{at:.1f} s: {outcome.description}: recovered "
                 f"after {verdict}{' (over the limit)' if over else ''}{note}"
             )
 
@@ -740,18 +741,16 @@ class ChaosRun:
         self.proxy.heal()
         return Outcome(description, time.monotonic())
 
-    def wait_consuming(self, since: float, timeout: float) -> float | None:
-        """Seconds from `since` until every partition with records waiting then has its
-        committed offset past where it was then; None if not within `timeout`."""
+    def wait_recovered(self, since: float, timeout: float) -> float | None:
+        """Seconds from `since` until every record that was on the topic then is stored,
+        analysed and committed; None if not within `timeout`."""
         before = self.offsets.fresh()
         end = self.offsets.log_end()
         waiting = {partition for partition in self.partitions if end.get(partition, 0) > before.get(partition, 0)}
         deadline = since + timeout
         while time.monotonic() < deadline:
-            now = self.offsets.fresh()
-            if consuming_again(before, waiting, now):
-                seconds = time.monotonic() - since
-                return seconds
+            if caught_up(end, waiting, self.offsets.fresh()):
+                return time.monotonic() - since
             time.sleep(0.2)
         return None
 
