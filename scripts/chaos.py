@@ -71,6 +71,9 @@ RESTART_DELAY_S = 1.0
 LIBRDKAFKA_MAX_POLL_INTERVAL_MS = 300_000
 STOP_PAST_POLL_INTERVAL_S = 5.0
 CRASH_LOOP_LIMIT_S = 15.0
+# What the bridge logs just before it joins its group, and once it has partitions.
+JOINING = "-> Celery (batch"
+ASSIGNED = "assigned ["
 LAST_LINE = re.compile(
     r"^chaos: sent=(?P<sent>\d+) stored=(?P<stored>\d+) lost=(?P<lost>\d+) dup=(?P<dup>\d+) "
     r"dead_letters=(?P<kept>\d+)/(?P<expected>\d+) faults=(?P<faults>\d+) max_recovery_s=(?P<max_recovery>[\d.]+|none)$"
@@ -126,7 +129,7 @@ def crash_loop_schedule(rng: random.Random, bridge: str) -> list[Fault]:
     rng.shuffle(kinds)
     during_join = [True, True, True, False, False, False]
     rng.shuffle(during_join)
-    # During the join: under a second after the restart; otherwise once it has partitions.
+    # During the join: under a second after it began; otherwise once it has partitions.
     hits = tuple(
         (kind, round(rng.uniform(0.2, 1.0) if joining else rng.uniform(0.5, 3.0), 2), joining)
         for kind, joining in zip(kinds, during_join, strict=True)
@@ -552,6 +555,7 @@ class ChaosRun:
             self.emitter = subprocess.Popen(
                 command, cwd=REPO, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
             )
+        self.stack.callback(self.emitter_stop)
         self.load_started = time.monotonic()
         self.loading.set()
         self.malformed_thread = threading.Thread(target=self.malformed_send, name="malformed", daemon=True)
@@ -585,6 +589,13 @@ class ChaosRun:
         if producer.flush(60) != 0:
             self.malformed_errors.append("not all malformed records were delivered")
         self.malformed_sent = sent
+
+    def emitter_stop(self) -> None:
+        """On the way out, whatever happened: the emitter must not outlive the run."""
+        self.loading.clear()
+        if self.emitter.poll() is None:
+            os.killpg(self.emitter.pid, signal.SIGKILL)
+            self.emitter.wait()
 
     def load_stop(self) -> int:
         """Stop the emitter (it flushes and says how many it sent) and the malformed records."""
@@ -645,26 +656,36 @@ class ChaosRun:
 
     def fault_term_bridge_join(self, fault: Fault, description: str) -> Outcome:
         first = self.kill(fault.target, signal.SIGTERM, description)
-        joining = self.hit_after_restart(fault.target, "term", self.rng.uniform(0.2, 1.0), first.since)
+        joining = self.hit_after_restart(fault.target, "term", self.rng.uniform(0.2, 1.0), first.since, joining=True)
         return Outcome(first.description, joining[0], f"; second SIGTERM {joining[1]}")
 
-    def hit_after_restart(self, name: str, kind: str, delay: float, after: float) -> tuple[float, str]:
-        """Wait for the supervisor to start `name` again, then hit it `delay` s later; say
-        whether it had its partitions by then."""
-        started = self.supervisor.wait_restart(name, after, timeout=120)
-        time.sleep(max(0.0, started + delay - time.monotonic()))
-        assigned = "assigned [" in self.supervisor.log_since_start(name)
+    def hit_after_restart(
+        self, name: str, kind: str, delay: float, after: float, *, joining: bool
+    ) -> tuple[float, str]:
+        """Wait for the supervisor to start bridge `name` again, then hit it `delay` s after it
+        began to join its group (its line "bridge: ... -> Celery" comes just before), or after
+        it was assigned partitions; say which it was when hit."""
+        self.supervisor.wait_restart(name, after, timeout=120)
+        self.wait_logged(name, JOINING if joining else ASSIGNED)
+        time.sleep(delay)
+        assigned = ASSIGNED in self.supervisor.log_since_start(name)
         self.supervisor.signal(name, signal.SIGKILL if kind == "kill" else signal.SIGTERM)
         hit = time.monotonic()
-        state = "after it was assigned partitions" if assigned else "while it was joining"
-        return hit, f"{delay:.1f} s after its restart, {state}"
+        state = "once it had partitions" if assigned else "while it was joining"
+        return hit, f"{delay:.1f} s after it {'was assigned' if not joining else 'began to join'}, {state}"
+
+    def wait_logged(self, name: str, text: str, timeout: float = 60.0) -> None:
+        """Until the running process `name` has logged `text` (or `timeout`)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and text not in self.supervisor.log_since_start(name):
+            time.sleep(0.01)
 
     def fault_crash_loop(self, fault: Fault, description: str) -> Outcome:
         first = self.kill(fault.target, signal.SIGKILL, f"kill -9 of {fault.target}")
         say(f"chaos:   crash loop: {first.description}")
         last = first.since
-        for kind, delay, _joining in fault.hits:
-            last, state = self.hit_after_restart(fault.target, kind, delay, last)
+        for kind, delay, joining in fault.hits:
+            last, state = self.hit_after_restart(fault.target, kind, delay, last, joining=joining)
             say(f"chaos:   crash loop: {'kill -9' if kind == 'kill' else 'SIGTERM'} {state}")
         restarted = self.supervisor.wait_restart(fault.target, last, timeout=120)
         window = restarted - first.since
@@ -709,7 +730,7 @@ class ChaosRun:
         time.sleep(20)
         log = self.supervisor.log_since_start(name)
         woken = log[len(log_before) :].splitlines()
-        rejoined = next((index for index, line in enumerate(woken) if "assigned [" in line), len(woken))
+        rejoined = next((index for index, line in enumerate(woken) if ASSIGNED in line), len(woken))
         stale = [line for line in woken[:rejoined] if " committed " in line]
         refused = [line for line in woken if "commit failed" in line or "GENERATION" in line or "FENCED" in line]
         regressions = self.offsets.regressions[regressions_before:]
@@ -868,6 +889,9 @@ def terminating_on_signals() -> Iterator[None]:
     """SIGTERM and SIGINT unwind the run, so that the servers and processes are stopped."""
 
     def interrupt(signum: int, frame: object) -> None:
+        # Once: a second signal must not break off the stopping of what was started.
+        for other in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(other, signal.SIG_IGN)
         raise KeyboardInterrupt(signal.Signals(signum).name)
 
     previous = {signum: signal.signal(signum, interrupt) for signum in (signal.SIGTERM, signal.SIGINT)}
