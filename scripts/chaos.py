@@ -20,11 +20,12 @@ the same seed gives the same faults in the same order:
     PostgreSQL fast-stopped and started again; PostgreSQL unreachable for 60 s (the proxy
     stops passing bytes, as a network partition does; new connections hang too).
 
-After each fault it waits until the pipeline has recovered: every record that was on the
-topic when the fault ended is committed, which the bridge does only once its batch is
-stored and analysed, so the whole chain works again and the fault's backlog is gone.
-(For SIGSTOP the clock starts at the stop: the other bridge must take over the hung
-one's partitions.) One line per fault says how long that took. The load goes on
+After each fault it waits until the pipeline consumes again: on every partition with
+records waiting, a record read after the fault ended is committed, which the bridge does
+only once its batch is stored and analysed, so the whole chain works again. That time
+is the fault's recovery. It also says when the pipeline caught up: every record that
+was on the topic when the fault ended committed. (For SIGSTOP the clock starts at the
+stop: the other bridge must take over the hung one's partitions.) The load goes on
 until every fault is over and at least --events events were sent; then the script waits
 for every offset to be committed, and compares PostgreSQL with what was sent. Last line:
 
@@ -190,6 +191,27 @@ def caught_up(end: dict[int, int], waiting: set[int], now: dict[int, int]) -> bo
     """Whether every partition that had records waiting has them all committed: its committed
     offset has reached the log end noted when the fault ended."""
     return all(now.get(partition, 0) >= end[partition] for partition in waiting)
+
+
+def consuming_again(read: dict[int, int], waiting: set[int], now: dict[int, int]) -> bool:
+    """Whether every partition that had records waiting has a record committed that was read
+    after the fault ended: its committed offset is past the position the bridges had read to."""
+    return all(now.get(partition, 0) > read.get(partition, 0) for partition in waiting)
+
+
+BATCH_RANGE = re.compile(r"\[(\d+)\]@(\d+)-(\d+)")
+
+
+def read_positions(log: str) -> dict[int, int]:
+    """Per partition, the offset after the last record a bridge's log says it read (its
+    lines "batch <id>: ... from <topic> [p]@first-last ...")."""
+    positions: dict[int, int] = {}
+    for line in log.splitlines():
+        if " bridge.consumer: batch " not in line:
+            continue
+        for partition, _first, last in BATCH_RANGE.findall(line):
+            positions[int(partition)] = max(positions.get(int(partition), 0), int(last) + 1)
+    return positions
 
 
 def say(line: str) -> None:
@@ -616,9 +638,10 @@ class ChaosRun:
             time.sleep(fault.gap_s)
             at = time.monotonic() - self.load_started
             outcome = self.inject(fault)
-            recovered = self.wait_recovered(outcome.since, timeout=max(4 * limit, 180.0))
+            recovered, caught = self.wait_recovered(outcome.since, timeout=max(4 * limit, 180.0))
             self.recoveries.append(recovered)
             verdict = "never within the wait" if recovered is None else f"{recovered:.1f} s"
+            backlog = "not within the wait" if caught is None else f"after {caught:.1f} s"
             note = outcome.note
             if self.after_fault is not None:
                 note += self.after_fault()
@@ -627,8 +650,8 @@ class ChaosRun:
             if over:
                 self.failures.append(f"fault {number} ({outcome.description}): recovery {verdict}, limit {limit:g} s")
             say(
-                f"chaos: fault {number}/{len(faults)} at +{at:.1f} s: {outcome.description}: recovered "
-                f"after {verdict}{' (over the limit)' if over else ''}{note}"
+                f"chaos: fault {number}/{len(faults)} at +{at:.1f} s: {outcome.description}: consuming again "
+                f"after {verdict}{' (over the limit)' if over else ''}, caught up {backlog}{note}"
             )
 
     def inject(self, fault: Fault) -> Outcome:
@@ -762,18 +785,31 @@ class ChaosRun:
         self.proxy.heal()
         return Outcome(description, time.monotonic())
 
-    def wait_recovered(self, since: float, timeout: float) -> float | None:
-        """Seconds from `since` until every record that was on the topic then is stored,
-        analysed and committed; None if not within `timeout`."""
+    def wait_recovered(self, since: float, timeout: float) -> tuple[float | None, float | None]:
+        """Seconds from `since` until the pipeline consumes again (on every partition with
+        records waiting, a record read after `since` committed), and until it has caught up
+        (every record that was on the topic at `since` committed); None if not within `timeout`."""
         before = self.offsets.fresh()
         end = self.offsets.log_end()
+        read = self.read_positions()
         waiting = {partition for partition in self.partitions if end.get(partition, 0) > before.get(partition, 0)}
         deadline = since + timeout
+        again: float | None = None
         while time.monotonic() < deadline:
-            if caught_up(end, waiting, self.offsets.fresh()):
-                return time.monotonic() - since
+            now = self.offsets.fresh()
+            if again is None and consuming_again(read, waiting, now):
+                again = time.monotonic() - since
+            if again is not None and caught_up(end, waiting, now):
+                return again, time.monotonic() - since
             time.sleep(0.2)
-        return None
+        return again, None
+
+    def read_positions(self) -> dict[int, int]:
+        positions: dict[int, int] = {}
+        for name in self.bridges:
+            for partition, offset in read_positions(self.supervisor.log_since_start(name)).items():
+                positions[partition] = max(positions.get(partition, 0), offset)
+        return positions
 
     # --- the end -------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:
