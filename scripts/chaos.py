@@ -319,7 +319,8 @@ class Supervisor:
 
     def spawn(self, supervised: Supervised) -> None:
         with open(supervised.log_path, "ab") as log:
-            log.write(f"=== chaos: starting {supervised.name} at +{self.elapsed():.1f} s\n".encode())
+            header = f"=== chaos: starting {supervised.name} at +{self.elapsed():.1f} s ({time.strftime('%H:%M:%S')})"
+            log.write(f"{header}\n".encode())
             supervised.log_offset = log.tell()
             supervised.process = subprocess.Popen(
                 supervised.command,
@@ -807,7 +808,9 @@ class ChaosRun:
     def read_positions(self) -> dict[int, int]:
         positions: dict[int, int] = {}
         for name in self.bridges:
-            for partition, offset in read_positions(self.supervisor.log_since_start(name)).items():
+            # The whole log, every start of the bridge: a process just started has read nothing.
+            log = devservices.read_log(self.supervisor.processes[name].log_path)
+            for partition, offset in read_positions(log).items():
                 positions[partition] = max(positions.get(partition, 0), offset)
         return positions
 
