@@ -21,7 +21,7 @@ the same seed gives the same faults in the same order:
     stops passing bytes, as a network partition does; new connections hang too).
 
 After each fault it waits until the pipeline consumes again: on every partition with
-records waiting, a record read after the fault ended is committed, which the bridge does
+records waiting, a batch read after the fault ended is committed, which the bridge does
 only once its batch is stored and analysed, so the whole chain works again. That time
 is the fault's recovery. It also says when the pipeline caught up: every record that
 was on the topic when the fault ended committed. (For SIGSTOP the clock starts at the
@@ -198,25 +198,25 @@ def caught_up(end: dict[int, int], waiting: set[int], now: dict[int, int]) -> bo
     return all(now.get(partition, 0) >= end[partition] for partition in waiting)
 
 
-def consuming_again(read: dict[int, int], waiting: set[int], now: dict[int, int]) -> bool:
-    """Whether every partition that had records waiting has a record committed that was read
-    after the fault ended: its committed offset is past the position the bridges had read to."""
-    return all(now.get(partition, 0) > read.get(partition, 0) for partition in waiting)
+def consuming_again(first_read: dict[int, int], waiting: set[int], now: dict[int, int]) -> bool:
+    """Whether every partition that had records waiting has a batch read after the fault
+    committed: its committed offset is past the first record the bridges read after it."""
+    return all(partition in first_read and now.get(partition, 0) > first_read[partition] for partition in waiting)
 
 
 BATCH_RANGE = re.compile(r"\[(\d+)\]@(\d+)-(\d+)")
 
 
-def read_positions(log: str) -> dict[int, int]:
-    """Per partition, the offset after the last record a bridge's log says it read (its
+def first_reads(log: str) -> dict[int, int]:
+    """Per partition, the first record of the first batch a bridge's log shows it read (its
     lines "batch <id>: ... from <topic> [p]@first-last ...")."""
-    positions: dict[int, int] = {}
+    firsts: dict[int, int] = {}
     for line in log.splitlines():
         if " bridge.consumer: batch " not in line:
             continue
-        for partition, _first, last in BATCH_RANGE.findall(line):
-            positions[int(partition)] = max(positions.get(int(partition), 0), int(last) + 1)
-    return positions
+        for partition, first, _last in BATCH_RANGE.findall(line):
+            firsts.setdefault(int(partition), int(first))
+    return firsts
 
 
 def say(line: str) -> None:
@@ -800,31 +800,29 @@ class ChaosRun:
 
     def wait_recovered(self, since: float, timeout: float) -> tuple[float | None, float | None]:
         """Seconds from `since` until the pipeline consumes again (on every partition with
-        records waiting, a record read after `since` committed), and until it has caught up
-        (every record that was on the topic at `since` committed); None if not within `timeout`."""
+        records waiting, a batch read after `since` committed), and until it has caught up
+        (every record that was on the topic at `since` committed); None if not within
+        `timeout`. Batches are read from what the bridges log from now on."""
+        logs = {name: self.supervisor.processes[name].log_path for name in self.bridges}
+        log_offsets = {name: path.stat().st_size for name, path in logs.items()}
         before = self.offsets.fresh()
         end = self.offsets.log_end()
-        read = self.read_positions()
         waiting = {partition for partition in self.partitions if end.get(partition, 0) > before.get(partition, 0)}
         deadline = since + timeout
         again: float | None = None
         while time.monotonic() < deadline:
             now = self.offsets.fresh()
-            if again is None and consuming_again(read, waiting, now):
-                again = time.monotonic() - since
+            if again is None:
+                first: dict[int, int] = {}
+                for name, path in logs.items():
+                    for partition, offset in first_reads(devservices.read_log(path, log_offsets[name])).items():
+                        first[partition] = min(first.get(partition, offset), offset)
+                if consuming_again(first, waiting, now):
+                    again = time.monotonic() - since
             if again is not None and caught_up(end, waiting, now):
                 return again, time.monotonic() - since
             time.sleep(0.2)
         return again, None
-
-    def read_positions(self) -> dict[int, int]:
-        positions: dict[int, int] = {}
-        for name in self.bridges:
-            # The whole log, every start of the bridge: a process just started has read nothing.
-            log = devservices.read_log(self.supervisor.processes[name].log_path)
-            for partition, offset in read_positions(log).items():
-                positions[partition] = max(positions.get(partition, 0), offset)
-        return positions
 
     # --- the end -------------------------------------------------------------------------
     def drain(self, timeout: float) -> bool:

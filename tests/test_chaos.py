@@ -111,32 +111,32 @@ def test_recovered_when_every_waiting_partition_is_committed_to_its_end(
 
 
 @pytest.mark.parametrize(
-    ("read", "waiting", "now", "expected"),
+    ("first_read", "waiting", "now", "expected"),
     [
         ({0: 10, 1: 20}, {0, 1}, {0: 11, 1: 21}, True),
-        ({0: 10, 1: 20}, {0, 1}, {0: 10, 1: 21}, False),  # partition 0: only what was read before
+        ({0: 10, 1: 20}, {0, 1}, {0: 10, 1: 21}, False),  # partition 0: only what came before
         ({0: 10, 1: 20}, {1}, {0: 3, 1: 21}, True),  # partition 0 had nothing waiting
-        ({}, {0}, {0: 1}, True),
+        ({1: 20}, {0, 1}, {0: 50, 1: 21}, False),  # nothing read from partition 0 since the fault
     ],
 )
-def test_consuming_again_needs_a_record_read_after_the_fault_committed_on_every_waiting_partition(
-    read: dict[int, int], waiting: set[int], now: dict[int, int], expected: bool
+def test_consuming_again_needs_a_batch_read_after_the_fault_committed_on_every_waiting_partition(
+    first_read: dict[int, int], waiting: set[int], now: dict[int, int], expected: bool
 ) -> None:
-    assert chaos.consuming_again(read, waiting, now) is expected
+    assert chaos.consuming_again(first_read, waiting, now) is expected
 
 
-def test_read_positions_come_from_the_bridges_batch_lines() -> None:
+def test_first_reads_come_from_the_bridges_batch_lines() -> None:
     log = "\n".join(
         [
             "2026-12-02 06:36:50,256 INFO bridge.consumer: batch 39-42: 130 events, 1 dead letters from "
             "signal-events [0]@7292-7361 [1]@7263-7323; to store and detect",
             "2026-12-02 06:36:50,263 INFO bridge.consumer: committed signal-events [0]@7292 [1]@7263, done with 39-41",
             "2026-12-02 06:36:50,456 INFO bridge.consumer: batch 39-43: 60 events, 0 dead letters from "
-            "signal-events [1]@7324-7383; to store and detect",
-            "2026-12-02 06:36:51,001 INFO signals_app.services: dead letter signal-events[0]@9999-1: not JSON",
+            "signal-events [1]@7324-7383 [2]@5-9; to store and detect",
+            "2026-12-02 06:36:51,001 INFO signals_app.services: dead letter signal-events[3]@9999-1: not JSON",
         ]
     )
-    assert chaos.read_positions(log) == {0: 7362, 1: 7384}
+    assert chaos.first_reads(log) == {0: 7292, 1: 7263, 2: 5}
 
 
 def test_the_proxy_passes_bytes_holds_them_in_a_partition_and_lets_them_through_after() -> None:
