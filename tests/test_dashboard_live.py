@@ -109,8 +109,14 @@ def test_every_dashboard_query_returns_data(pipeline: Pipeline, tmp_path: Path) 
     pipeline.start_worker()
     pipeline.start_bridge(BRIDGE_METRICS_PORT=str(ports["bridge"]))
     api_command = [sys.executable, "-m", "gunicorn", "eventpipeline.wsgi", "--workers", "2"]
+    # With DEBUG off, as users run it, the api answers only the hosts it is told, and over
+    # plain HTTP only when told so: what docker-compose.yml sets for Prometheus to scrape it.
     pipeline.start(
-        "api", [*api_command, "--bind", f"127.0.0.1:{ports['api']}"], PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir)
+        "api",
+        [*api_command, "--bind", f"127.0.0.1:{ports['api']}"],
+        PROMETHEUS_MULTIPROC_DIR=str(multiproc_dir),
+        ALLOWED_HOSTS="localhost,127.0.0.1",
+        SECURE_SSL_REDIRECT="false",
     )
     emitter = [sys.executable, "manage.py", "emit_signals", "--topic", pipeline.topic, "--no-progress"]
     emitter += ["--rate", "100", "--duration", str(DATA_TIMEOUT_S + 60), "--no-follow-control"]

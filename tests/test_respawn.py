@@ -30,12 +30,13 @@ def load_script() -> ModuleType:
 
 respawn = load_script()
 
-# A child that counts its starts in a file, writes its pid, and then does what it is told:
-# crash (exit 3) for its first N starts, then either exit 0 or run until SIGTERM, which it
-# answers with a clean exit 0 (as the bridge and the worker do).
+# A child that answers SIGTERM with a clean exit 0 (as the bridge and the worker do),
+# counts its starts in a file, writes its pid, and then does what it is told: crash (exit
+# 3) for its first N starts, then either exit 0 or run until SIGTERM.
 CHILD = """
 import os, signal, sys, time
 from pathlib import Path
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 state = Path(sys.argv[1])
 starts = int((state / "starts").read_text()) + 1 if (state / "starts").exists() else 1
 (state / "starts").write_text(str(starts))
@@ -44,7 +45,6 @@ if starts <= int(sys.argv[2]):
     sys.exit(3)
 if sys.argv[3] == "exit":
     sys.exit(0)
-signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
 while True:
     time.sleep(0.05)
 """
@@ -100,7 +100,6 @@ def test_a_child_killed_by_a_signal_is_restarted_and_sigterm_stops_both_at_once(
         wait_for(lambda: starts(tmp_path) == 2, timeout=10, interval=0.05, what="the restart")
         second = child_pid(tmp_path)
         assert second != first
-        time.sleep(0.3)  # the child is installing its SIGTERM handler
 
         stopped_at = time.monotonic()
         wrapper.send_signal(signal.SIGTERM)
@@ -119,6 +118,7 @@ def test_a_child_killed_by_a_signal_is_restarted_and_sigterm_stops_both_at_once(
 def test_sigterm_while_waiting_to_restart_ends_the_wrapper_at_once(tmp_path: Path) -> None:
     wrapper = start(tmp_path, crashes=100, then="exit")
     wait_for(lambda: starts(tmp_path) >= 2, timeout=10, interval=0.05, what="a restart")
+    time.sleep(0.5)  # it crashes at once, and waits 2 s before the next start
     stopped_at = time.monotonic()
     wrapper.send_signal(signal.SIGTERM)
     wrapper.communicate(timeout=10)
@@ -150,3 +150,39 @@ def test_exit_statuses_read_like_a_shell() -> None:
     assert respawn.exit_status(3) == 3
     assert respawn.how_it_ended(-15) == "was killed by SIGTERM"
     assert respawn.how_it_ended(1) == "exited with status 1"
+
+
+def test_under_honcho_a_process_that_dies_is_restarted_and_the_others_go_on(tmp_path: Path) -> None:
+    """What `make run` does with the Procfile's lines (docs/operations.md, "Processes that die")."""
+    honcho = Path(sys.executable).parent / "honcho"
+    crashing, steady = tmp_path / "crashing", tmp_path / "steady"
+    crashing.mkdir()
+    steady.mkdir()
+    (tmp_path / "child.py").write_text(CHILD)
+    (tmp_path / "Procfile").write_text(
+        f"crashing: exec {sys.executable} {SCRIPT} --name crashing -- {sys.executable} child.py {crashing} 1 run\n"
+        f"steady: exec {sys.executable} {SCRIPT} --name steady -- {sys.executable} child.py {steady} 0 run\n"
+    )
+    runner = subprocess.Popen(
+        [str(honcho), "start", "-f", str(tmp_path / "Procfile")],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+    )
+    try:
+        wait_for(lambda: starts(crashing) == 2, timeout=20, interval=0.05, what="the crashed process restarted")
+        assert starts(steady) == 1 and runner.poll() is None, "honcho stopped the others"
+        children = [child_pid(crashing), child_pid(steady)]
+
+        stopped_at = time.monotonic()
+        runner.send_signal(signal.SIGTERM)
+        output, _ = runner.communicate(timeout=15)
+        assert time.monotonic() - stopped_at < 5
+        assert "respawn: crashing exited with status 3" in output
+        assert not any(alive(pid) for pid in children)
+        assert starts(crashing) == 2 and starts(steady) == 1, "nothing restarted on the way out"
+    finally:
+        if runner.poll() is None:
+            os.killpg(runner.pid, signal.SIGKILL)
