@@ -78,6 +78,8 @@ DRAIN_STALL_S = 60.0
 # What the bridge logs just before it joins its group, and once it has partitions.
 JOINING = "-> Celery (batch"
 ASSIGNED = "assigned ["
+# The line the supervisor writes into a process's log as it starts it.
+RESTARTED = "=== chaos: starting "
 # How a refused commit shows in a bridge's log (its own line, or librdkafka's error code).
 COMMIT_REFUSED = ("commit failed", "UNKNOWN_MEMBER", "ILLEGAL_GENERATION", "FENCED")
 LAST_LINE = re.compile(
@@ -324,7 +326,7 @@ class Supervisor:
 
     def spawn(self, supervised: Supervised) -> None:
         with open(supervised.log_path, "ab") as log:
-            header = f"=== chaos: starting {supervised.name} at +{self.elapsed():.1f} s ({time.strftime('%H:%M:%S')})"
+            header = f"{RESTARTED}{supervised.name} at +{self.elapsed():.1f} s ({time.strftime('%H:%M:%S')})"
             log.write(f"{header}\n".encode())
             supervised.log_offset = log.tell()
             supervised.process = subprocess.Popen(
@@ -479,6 +481,9 @@ class Outcome:
     # From when recovery is counted.
     since: float
     note: str = ""
+    # The bridge hit, if one was: what it reads counts only once it is started again (a
+    # SIGTERMed bridge still reads a batch as it stops; a SIGSTOPped one when it wakes).
+    bridge: str = ""
 
 
 class ChaosRun:
@@ -647,7 +652,9 @@ class ChaosRun:
             at = time.monotonic() - self.load_started
             outcome = self.inject(fault)
             self.injected += 1 + len(fault.hits)
-            recovered, caught = self.wait_recovered(outcome.since, timeout=max(4 * limit, RECOVERY_WAIT_S))
+            recovered, caught = self.wait_recovered(
+                outcome.since, timeout=max(4 * limit, RECOVERY_WAIT_S), hit=outcome.bridge
+            )
             self.recoveries.append(recovered)
             verdict = "never within the wait" if recovered is None else f"{recovered:.1f} s"
             backlog = "not within the wait" if caught is None else f"after {caught:.1f} s"
@@ -676,7 +683,7 @@ class ChaosRun:
     def kill(self, name: str, signum: int, description: str) -> Outcome:
         began = time.monotonic()
         pid = self.supervisor.signal(name, signum)
-        return Outcome(f"{description} (pid {pid})", began)
+        return Outcome(f"{description} (pid {pid})", began, bridge=name if name in self.bridges else "")
 
     def fault_kill_bridge(self, fault: Fault, description: str) -> Outcome:
         return self.kill(fault.target, signal.SIGKILL, description)
@@ -693,7 +700,7 @@ class ChaosRun:
     def fault_term_bridge_join(self, fault: Fault, description: str) -> Outcome:
         first = self.kill(fault.target, signal.SIGTERM, description)
         joining = self.hit_after_restart(fault.target, "term", self.rng.uniform(0.2, 1.0), first.since, joining=True)
-        return Outcome(first.description, joining[0], f"; second SIGTERM {joining[1]}")
+        return Outcome(first.description, joining[0], f"; second SIGTERM {joining[1]}", bridge=fault.target)
 
     def hit_after_restart(
         self, name: str, kind: str, delay: float, after: float, *, joining: bool
@@ -749,7 +756,7 @@ class ChaosRun:
         timer = threading.Timer(self.stop_seconds, wake)
         timer.start()
         self.after_fault = lambda: self.zombie_report(fault.target, timer, log_before, regressions_before)
-        return Outcome(f"{description} (pid {pid})", began)
+        return Outcome(f"{description} (pid {pid})", began, bridge=fault.target)
 
     def wait_for_line(self, name: str, text: str, timeout: float = 10.0) -> None:
         """Until `name` logs a new line containing `text` (or `timeout`)."""
@@ -798,7 +805,7 @@ class ChaosRun:
         self.proxy.heal()
         return Outcome(description, time.monotonic())
 
-    def wait_recovered(self, since: float, timeout: float) -> tuple[float | None, float | None]:
+    def wait_recovered(self, since: float, timeout: float, hit: str = "") -> tuple[float | None, float | None]:
         """Seconds from `since` until the pipeline consumes again (on every partition with
         records waiting, a batch read after `since` committed), and until it has caught up
         (every record that was on the topic at `since` committed); None if not within
@@ -815,7 +822,10 @@ class ChaosRun:
             if again is None:
                 first: dict[int, int] = {}
                 for name, path in logs.items():
-                    for partition, offset in first_reads(devservices.read_log(path, log_offsets[name])).items():
+                    log = devservices.read_log(path, log_offsets[name])
+                    if name == hit:
+                        log = log.partition(RESTARTED)[2]
+                    for partition, offset in first_reads(log).items():
                         first[partition] = min(first.get(partition, offset), offset)
                 if consuming_again(first, waiting, now):
                     again = time.monotonic() - since
