@@ -43,6 +43,7 @@ import sys
 import time
 import warnings
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -552,8 +553,47 @@ def read_log(path: Path, offset: int = 0) -> str:
         return ""
 
 
-def start_service(service: Service, stack: contextlib.ExitStack) -> str:
-    """Start `service`, wait until it answers, register its stop on `stack`; return its URL.
+@dataclass
+class Running:
+    """A server this script started: its process and port, so that it can be stopped, or
+    killed and started again on the same port (scripts/chaos.py restarts Redis and
+    PostgreSQL under the processes that use them)."""
+
+    service: Service
+    process: subprocess.Popen[bytes]
+    port: int
+
+    @property
+    def url(self) -> str:
+        return self.service.url(self.port)
+
+    def stop(self) -> None:
+        self.service.stop(self.process)
+
+    def restart(self, timeout: float = READY_TIMEOUT_S) -> None:
+        """Start the server again on its port, once stopped (or killed). Its clients know only
+        that port; one that has just died can leave the port taken for a moment, so a start
+        that meets "address in use" is tried again until `timeout`."""
+        self.stop()
+        deadline = time.monotonic() + timeout
+        while True:
+            process, log_offset = launch(self.service, self.port)
+            try:
+                ready = wait_until_ready(self.service, process, self.port, log_offset)
+            except BaseException:
+                self.service.stop(process)
+                raise
+            if ready:
+                self.process = process
+                return
+            self.service.stop(process)
+            if time.monotonic() > deadline:
+                raise ServiceError(f"{self.service.name} could not take port {self.port} again within {timeout:.0f} s")
+            time.sleep(0.5)
+
+
+def start_service(service: Service, stack: contextlib.ExitStack) -> Running:
+    """Start `service`, wait until it answers, register its stop on `stack`.
 
     The standard port is tried first, then ports the OS picks. Between our check that a port
     is free and the server binding it, another process can take it (or a broker that has
@@ -572,17 +612,18 @@ def start_service(service: Service, stack: contextlib.ExitStack) -> str:
             service.stop(process)
             raise
         if ready:
-            stack.callback(shut_down, service, process)
+            running = Running(service, process, port)
+            stack.callback(shut_down, running)
             service.after_ready(port)
-            return service.url(port)
+            return running
         service.stop(process)
         port = any_free_port()
     raise ServiceError(f"{service.name} found no free port in {PORT_ATTEMPTS} attempts")
 
 
-def shut_down(service: Service, process: subprocess.Popen[bytes]) -> None:
-    service.stop(process)
-    say(status_line(service.name, "stopped", ""))
+def shut_down(running: Running) -> None:
+    running.stop()
+    say(status_line(running.service.name, "stopped", ""))
 
 
 def launch(service: Service, port: int) -> tuple[subprocess.Popen[bytes], int]:
@@ -691,7 +732,7 @@ def start_missing_services(data_dir: Path, fresh: bool, stack: contextlib.ExitSt
         if configured:
             say(status_line(service.name, "configured", redact(configured)))
             continue
-        url = start_service(service, stack)
+        url = start_service(service, stack).url
         say(status_line(service.name, "started", url, service.note()))
         environment[service.env_var] = url
     development = development_settings(data_dir, environment)
