@@ -81,6 +81,7 @@ bench-indexes: $(VENV)/.dev
 ## bench-sizes: bytes per event on Kafka, through the broker, in the WAL and in the table
 bench-sizes: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_sizes.py
+
 ## chaos: 20 seeded faults under load, one line per fault with its recovery time (ARGS="--seed 2", ARGS="--scenario crash-loop")
 # It starts servers of its own (it kills and restarts Redis and PostgreSQL), so not under devservices.
 chaos: $(VENV)/.local

@@ -61,6 +61,8 @@ logger = logging.getLogger(__name__)
 
 # How long a stopping bridge waits for its consumer to close (`close_within`).
 CLOSE_TIMEOUT_SECONDS = 3.0
+# How long the bridge's mark on the result backend lives; it is made again every half of it.
+RESULTS_MARK_TTL_S = 3600
 
 
 # What happens to every batch: the Celery task that does it, by name.
@@ -126,6 +128,13 @@ class Bridge:
         # Batch ids that a person can read and grep: a prefix of this bridge's own, then a count.
         prefix = secrets.token_hex(4)
         self.batch_ids = (f"{prefix}-{number}" for number in itertools.count(1))
+        # A key of this bridge's own on the result backend, read with the task states: when
+        # it is gone, that Redis lost its data (a restart or a flush), and with it the queued
+        # tasks and their results, so every unfinished batch is handed over again at once
+        # instead of after BRIDGE_REDISPATCH_SECONDS (`collect_results`).
+        self.results_mark = f"eventpipeline:bridge:{prefix}:results"
+        self.results_mark_seen = False
+        self.results_marked_at: float | None = None
         self.in_flight: dict[str, InFlightBatch] = {}
         # Done batches whose offsets are not committed yet: their records' Kafka times, for
         # end_to_end_latency_seconds at the commit that covers them.
@@ -335,7 +344,13 @@ class Bridge:
         handovers = [
             (batch, name, handover) for batch in self.in_flight.values() for name, handover in batch.handovers.items()
         ]
-        states, results, generation = self._task_states([handover.task_id for _, _, handover in handovers])
+        states, results, generation, marked = self._task_states([handover.task_id for _, _, handover in handovers])
+        results_lost = self._results_lost(marked)
+        if results_lost:
+            logger.warning(
+                "the result backend lost its data (a restart or a flush): handing %d unfinished batches over again",
+                len(self.in_flight),
+            )
         succeeded: dict[str, int] = {}
         # Once the broker refuses a task, the others wait for a later turn: each refusal
         # can take seconds, and a turn must end well within max.poll.interval.ms.
@@ -350,6 +365,8 @@ class Bridge:
                 succeeded[batch.batch_id] = succeeded.get(batch.batch_id, 0) + 1
             elif broker_refused:
                 continue
+            elif results_lost:
+                broker_refused = not self.dispatch(batch, name)
             elif state == "FAILURE" or handover.task_id is None:
                 if now - handover.dispatched_at >= min(2 ** min(handover.attempts, 5), self.options.redispatch_after_s):
                     outcome = state or "not handed over"
@@ -483,32 +500,58 @@ class Bridge:
             for record_ms in self.awaiting_commit.pop(batch_id, ()):
                 END_TO_END_LATENCY.observe(max(0.0, committed_ms - record_ms) / 1000)
 
-    def _task_states(self, task_ids: list[str | None]) -> tuple[list[str | None], list[Any], str | None]:
-        """States and results of many tasks, and the windows' generation, in one round
-        trip to the result backend (so the generation is the one of the moment the states
-        were read). The generation is UNCHECKED if this backend cannot give it."""
+    def _results_lost(self, marked: bool | None) -> bool:
+        """Whether the result backend lost this bridge's mark since the last read that saw
+        it (`marked`: whether the read found it; None: it could not be read); makes the mark
+        again when it is missing or old. A mark made while nothing was in flight is gone unseen
+        if Redis restarts then: the batches handed over since are sent once more, which is
+        harmless."""
+        if marked is None:
+            return False
+        lost = not marked and self.results_mark_seen
+        self.results_mark_seen = marked
+        now = self.clock()
+        if not marked or self.results_marked_at is None or now - self.results_marked_at > RESULTS_MARK_TTL_S / 2:
+            client = getattr(store_signals.backend, "client", None)
+            if client is not None:
+                try:
+                    client.set(self.results_mark, "1", ex=RESULTS_MARK_TTL_S)
+                    self.results_marked_at = now
+                except Exception as error:  # noqa: BLE001 - the backend may be restarting; mark it next turn
+                    logger.warning("cannot mark the result backend: %s", error)
+        return lost
+
+    def _task_states(self, task_ids: list[str | None]) -> tuple[list[str | None], list[Any], str | None, bool | None]:
+        """States and results of many tasks, the windows' generation and whether this
+        bridge's mark is there, in one round trip to the result backend (so all four are
+        of the moment the states were read). The generation is UNCHECKED, and the mark
+        None, if this backend cannot give them."""
         backend: Any = store_signals.backend
         known = [task_id for task_id in task_ids if task_id]
         nothing: list[Any] = [None] * len(task_ids)
         if not known:
-            return nothing, nothing, UNCHECKED
+            return nothing, nothing, UNCHECKED, None
         try:
             if hasattr(backend, "client"):
                 keys = [backend.get_key_for_task(task_id) for task_id in known]
-                *raw, generation = backend.client.mget([*keys, generation_key(settings.DETECT_KEY_PREFIX)])
+                *raw, generation, mark = backend.client.mget(
+                    [*keys, generation_key(settings.DETECT_KEY_PREFIX), self.results_mark]
+                )
                 metas = {
                     task_id: backend.decode_result(value) if value else {}
                     for task_id, value in zip(known, raw, strict=True)
                 }
                 windows = generation.decode() if generation is not None else None
+                marked: bool | None = mark is not None
             else:
                 metas = {task_id: {"status": AsyncResult(task_id, backend=backend).state} for task_id in known}
-                windows = UNCHECKED
+                windows, marked = UNCHECKED, None
         except Exception as error:  # noqa: BLE001 - the backend may be restarting; ask again next turn
             logger.warning("cannot read task results: %s", error)
-            return ["PENDING" if task_id else None for task_id in task_ids], nothing, UNCHECKED
+            return ["PENDING" if task_id else None for task_id in task_ids], nothing, UNCHECKED, None
         states = [metas[task_id].get("status") if task_id else None for task_id in task_ids]
-        return states, [metas[task_id].get("result") if task_id else None for task_id in task_ids], windows
+        results = [metas[task_id].get("result") if task_id else None for task_id in task_ids]
+        return states, results, windows, marked
 
     def _dead_letter(self, message: Message, reason: str) -> DeadLetterRecord:
         topic, partition, offset = _coordinates(message)

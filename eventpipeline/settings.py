@@ -149,8 +149,11 @@ BATCH_TIMEOUT_MS = env_int("BATCH_TIMEOUT_MS", 200, minimum=1)
 # (docs/performance.md, "Batches in flight").
 BRIDGE_MAX_IN_FLIGHT = env_int("BRIDGE_MAX_IN_FLIGHT", 64, minimum=1)
 # A batch with no result after this long is handed to Celery again (storing is
-# idempotent). It covers a task lost with its broker, e.g. a Redis restart.
-BRIDGE_REDISPATCH_SECONDS = env_float("BRIDGE_REDISPATCH_SECONDS", 60.0, minimum=1.0)
+# idempotent). It covers tasks a worker held when it died (kill -9). A Redis that lost its
+# data is noticed at once instead (bridge/consumer.py, `_results_lost`). The bridge's
+# back-pressure bounds the queues to BRIDGE_MAX_IN_FLIGHT batches, so a task queued this
+# long is rarer than one lost; a copy that runs anyway changes nothing.
+BRIDGE_REDISPATCH_SECONDS = env_float("BRIDGE_REDISPATCH_SECONDS", 20.0, minimum=1.0)
 BRIDGE_GROUP_ID = env_str("BRIDGE_GROUP_ID", "eventpipeline-bridge")
 # Every this many seconds the bridge measures its consumer lag and leaves a status record
 # in Redis (on REDIS_URL) for `pipeline_status`; a record expires after three periods.

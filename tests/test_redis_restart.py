@@ -93,10 +93,9 @@ def test_the_worker_survives_redis_killed_and_started_again_empty(
     name = f"worker-{uuid.uuid4().hex[:6]}@%h"
     command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues, "-n", name]
     worker = pipeline.start("worker", [*command, "--loglevel", "INFO"])
-    # The tasks Redis loses come back when the bridge re-dispatches them,
-    # BRIDGE_REDISPATCH_SECONDS (60) after their hand-over; 20 s spares this test 40 s of
-    # waiting. What it tests is that the worker stays up and nothing is lost.
-    pipeline.start_bridge(BRIDGE_REDISPATCH_SECONDS="20")
+    # The tasks Redis loses come back when the bridge sees it lost its data. What this
+    # tests is that the worker stays up and nothing is lost.
+    pipeline.start_bridge()
     emitter = pipeline.start_emitter(
         "--count", "20000", "--rate", "1000", "--seed", "41", "--users", "300", "--start-ms", str(START_MS)
     )
