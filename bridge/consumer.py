@@ -414,6 +414,22 @@ class Bridge:
         )
         self.tracker.committed(offsets)
 
+    def on_commit(self, error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+        """librdkafka's answer to an asynchronous commit, served by a later poll. A refused
+        one (e.g. UNKNOWN_MEMBER_ID: the group took this bridge out while it was stopped, and
+        another owns the partitions now) is not tried again: the new owner reads those
+        records again, and storing and detecting them twice changes nothing. It is logged,
+        so that the "committed" line before it is not the last word."""
+        refused = [p for p in partitions if error is not None or p.error is not None]
+        if not refused:
+            return
+        logger.warning(
+            "Kafka refused the commit of %s %s: %s; the partitions' next owner reads those records again",
+            self.options.topic,
+            " ".join(f"[{p.partition}]@{p.offset}" for p in refused),
+            error or refused[0].error,
+        )
+
     def apply_backpressure(self) -> None:
         saturated = len(self.in_flight) >= self.options.max_in_flight
         if saturated == self.paused:

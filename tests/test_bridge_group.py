@@ -113,3 +113,17 @@ def test_a_close_that_hangs_is_given_up() -> None:
     assert close_within(consumer, 0.2) is False  # type: ignore[arg-type]
     consumer = StandInConsumer()
     assert close_within(consumer, 5) is True  # type: ignore[arg-type]
+
+
+def test_a_refused_commit_is_logged_with_its_offsets_and_reason(caplog: pytest.LogCaptureFixture) -> None:
+    """A bridge woken after the group took it out commits into a generation that is gone:
+    Kafka refuses it, and the log says so after the "committed" line."""
+    bridge = bridge_on(StandInConsumer())
+    with caplog.at_level(logging.WARNING, logger="bridge.consumer"):
+        bridge.on_commit(None, [TopicPartition("signals", 0, 100)])
+        assert caplog.records == [], "an accepted commit says nothing more"
+        refused = [TopicPartition("signals", 0, 100), TopicPartition("signals", 3, 7)]
+        bridge.on_commit(KafkaError(KafkaError.UNKNOWN_MEMBER_ID), refused)
+    [record] = caplog.records
+    assert "refused the commit of signals [0]@100 [3]@7" in record.getMessage()
+    assert "UNKNOWN_MEMBER_ID" in record.getMessage()

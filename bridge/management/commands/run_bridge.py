@@ -10,7 +10,7 @@ from types import FrameType
 from typing import Any
 
 import redis
-from confluent_kafka import Consumer, KafkaError, Producer
+from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandParser
@@ -75,7 +75,14 @@ class Command(BaseCommand):
             if bridge is not None:
                 bridge.on_kafka_error(error)
 
-        consumer = Consumer(consumer_config(options["group_id"], instance_id=options["instance_id"], error_cb=on_error))
+        def on_commit(error: KafkaError | None, partitions: list[TopicPartition]) -> None:
+            if bridge is not None:
+                bridge.on_commit(error, partitions)
+
+        config = consumer_config(
+            options["group_id"], instance_id=options["instance_id"], error_cb=on_error, on_commit=on_commit
+        )
+        consumer = Consumer(config)
         bridge = Bridge(options=bridge_options, consumer=consumer, dlq_producer=Producer(producer_config()))
 
         def stop(signum: int, frame: FrameType | None) -> None:
