@@ -24,6 +24,8 @@ import secrets
 import threading
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -61,6 +63,14 @@ logger = logging.getLogger(__name__)
 
 # How long a stopping bridge waits for its consumer to close (`close_within`).
 CLOSE_TIMEOUT_SECONDS = 3.0
+# How long a bridge back from a gap longer than its session polls before it commits
+# (`back_from_away`): librdkafka checks max.poll.interval.ms every 0.5 s and heartbeats
+# every tenth of the session.
+AWAY_CHECK_SECONDS = 2.0
+# How long a dead letters' write may hold the loop before the bridge polls while it waits.
+DEAD_LETTER_QUICK_S = 1.0
+# How often a bridge waiting for PostgreSQL to take dead letters says so.
+DEAD_LETTER_WAIT_LOG_S = 10.0
 # How long the bridge's mark on the result backend lives; it is made again every half of it.
 RESULTS_MARK_TTL_S = 3600
 
@@ -109,6 +119,9 @@ class BridgeOptions:
     dlq_min_records: int = 100
     # The consumer's group.instance.id, for the line that says it was fenced ("": dynamic).
     instance_id: str = ""
+    # KAFKA_SESSION_TIMEOUT_MS: a bridge that did not run for longer may have been taken
+    # out of its group meanwhile (`step`).
+    session_timeout_s: float = 6.0
 
 
 class Bridge:
@@ -155,10 +168,18 @@ class Bridge:
         self.fatal_error: str | None = None
         # False when the consumer did not close within CLOSE_TIMEOUT_SECONDS.
         self.closed = False
+        # When the last poll of Kafka returned: a longer gap than the session at the start of
+        # a turn means the bridge was away (`back_from_away`).
+        self.last_polled_at: float | None = None
+        # Dead letters are written from a thread of their own, so that the loop goes on
+        # polling Kafka however long PostgreSQL takes to answer (`keep_dead_letters`).
+        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
-        self.consumer.subscribe([self.options.topic], on_assign=self._on_assign, on_revoke=self._on_revoke)
+        self.consumer.subscribe(
+            [self.options.topic], on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
+        )
 
     def run(self) -> None:
         self.subscribe()
@@ -167,6 +188,7 @@ class Bridge:
         self.drain()
 
     def step(self) -> None:
+        self.back_from_away()
         self.collect_results()
         self.commit()
         self.apply_backpressure()
@@ -174,6 +196,24 @@ class Bridge:
             self._poll_paused(0.05)
             return
         self.consume_batch()
+
+    def back_from_away(self) -> None:
+        """After a gap between two turns longer than the session (the process was stopped,
+        or starved), the group may have given this bridge's partitions to another bridge,
+        which has committed past them since. Before it commits anything, the bridge polls
+        for a few heartbeats, so that librdkafka tells it (`_on_lost`) and it does not commit
+        over its successor. Apache Kafka would refuse such a commit anyway; a broker that
+        does not check the commit's generation (Tansu 0.6) would take it."""
+        now = self.clock()
+        if self.last_polled_at is None or now - self.last_polled_at <= self.options.session_timeout_s:
+            return
+        logger.warning(
+            "this bridge did not poll Kafka for %.1f s (stopped or starved; the session is %.0f s): asking the "
+            "group whether it still has its partitions before committing",
+            now - self.last_polled_at,
+            self.options.session_timeout_s,
+        )
+        self.idle(AWAY_CHECK_SECONDS)
 
     def state(self) -> BridgeState:
         """For the status thread: plain reads, no call to Kafka."""
@@ -204,6 +244,7 @@ class Bridge:
     # --- steps ----------------------------------------------------------------------
     def consume_batch(self) -> None:
         messages = self.consumer.consume(num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s)
+        self.last_polled_at = self.clock()
         if not messages:
             return
         received_at = self.clock()
@@ -285,19 +326,37 @@ class Bridge:
 
     def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> bool:
         """Keep refused records in the table and on the DLQ topic, retrying until both take
-        them: their offsets must not be committed before. False if asked to stop first."""
+        them: their offsets must not be committed before. False if asked to stop first.
+
+        The write runs on the writer thread; one that takes longer than
+        DEAD_LETTER_QUICK_S is waited for polling Kafka with the partitions paused: a
+        PostgreSQL that does not answer (a network partition leaves the query waiting for
+        as long as TCP does) must not keep the bridge from polling for
+        max.poll.interval.ms, or the group takes its partitions and the next bridge waits
+        on the same PostgreSQL."""
         while not self.shutdown:
-            try:
-                dead_letters_keep(dead_letters=dead_letters, topic=self.options.dlq_topic, producer=self.dlq_producer)
-            except (DatabaseError, KafkaException, DeadLetterPublishError) as error:
-                logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
-                connection.close_if_unusable_or_obsolete()
-                # However long PostgreSQL is away, keep polling: a bridge that stops
-                # polling for max.poll.interval.ms is dropped from its group.
-                self.idle(1.0)
-                continue
-            EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
-            return True
+            written = self.writer.submit(_dead_letters_write, dead_letters, self.options.dlq_topic, self.dlq_producer)
+            # Most writes take milliseconds: waiting for them without polling keeps the
+            # partitions unpaused (a pause drops the records librdkafka has fetched ahead).
+            wait_futures([written], timeout=DEAD_LETTER_QUICK_S)
+            waiting = 0
+            while not written.done() and not self.shutdown:
+                if waiting:
+                    logger.warning("still waiting for PostgreSQL to keep %d dead letters", len(dead_letters))
+                self.idle(DEAD_LETTER_WAIT_LOG_S, until=written.done)
+                waiting += 1
+            if not written.done():
+                return False  # stopping; the records come again to the partitions' next owner
+            error = written.exception()
+            if error is None:
+                EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
+                return True
+            if not isinstance(error, (DatabaseError, KafkaException, DeadLetterPublishError)):
+                raise error
+            logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
+            # However long PostgreSQL is away, keep polling: a bridge that stops
+            # polling for max.poll.interval.ms is dropped from its group.
+            self.idle(1.0)
         return False
 
     def dispatch(self, batch: InFlightBatch, name: str) -> bool:
@@ -472,14 +531,17 @@ class Bridge:
             self.consumer.pause(self.consumer.assignment())
             self.paused = True
 
-    def idle(self, seconds: float) -> None:
+    def idle(self, seconds: float, *, until: Callable[[], bool] | None = None) -> None:
         """Wait without reading, but polling: librdkafka answers the group's rebalances
-        and counts the bridge alive only while it polls (max.poll.interval.ms)."""
+        and counts the bridge alive only while it polls (max.poll.interval.ms). Ends early
+        once `until` says so."""
         was_paused = self.paused
         self.pause_all()
         deadline = self.clock() + seconds
         try:
             while not self.shutdown and (remaining := deadline - self.clock()) > 0:
+                if until is not None and until():
+                    return
                 self._poll_paused(min(remaining, 0.1))
         finally:
             if not was_paused:
@@ -491,6 +553,7 @@ class Bridge:
         """Serve the group protocol while paused. Should a record come all the same (a
         partition assigned meanwhile), rewind to it rather than drop it."""
         message = self.consumer.poll(timeout)
+        self.last_polled_at = self.clock()
         if message is None:
             return
         error = message.error()
@@ -583,10 +646,14 @@ class Bridge:
     def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         logger.info("assigned %s", [(p.topic, p.partition) for p in partitions])
         self.assigned = self.assigned | {(p.topic, p.partition) for p in partitions}
+        # Assign first: pausing partitions not yet assigned does nothing. And say which it
+        # is either way: librdkafka keeps a partition's pause across its unassignment, so a
+        # partition paused as it was lost comes back paused, and would never be read.
+        consumer.assign(partitions)
         if self.paused:
-            # Assign first: pausing partitions not yet assigned does nothing.
-            consumer.assign(partitions)
             consumer.pause(partitions)
+        else:
+            consumer.resume(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
@@ -604,6 +671,34 @@ class Bridge:
         # What is done but not committed now is read again by the partitions' next owner,
         # which measures it then.
         self.awaiting_commit.clear()
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """The group took these partitions while this bridge was away (stopped past
+        max.poll.interval.ms, or its session expired): another bridge may own them and have
+        committed past them, so nothing is committed for them; their batches in flight are
+        let go as on a revoke."""
+        lost = [(p.topic, p.partition) for p in partitions]
+        self.assigned = self.assigned - set(lost)
+        left = self.tracker.forget(lost)
+        for batch_id in left:
+            self.in_flight.pop(str(batch_id), None)
+        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+        logger.warning(
+            "lost %s: the group gave them to another bridge while this one was away; %d batches in flight on "
+            "them left to the partitions' next owner, nothing committed for them",
+            lost,
+            len(left),
+        )
+        self.awaiting_commit.clear()
+
+
+def _dead_letters_write(dead_letters: list[DeadLetterRecord], topic: str, producer: Producer) -> None:
+    """On the bridge's writer thread, with a database connection of its own."""
+    try:
+        dead_letters_keep(dead_letters=dead_letters, topic=topic, producer=producer)
+    except DatabaseError:
+        connection.close_if_unusable_or_obsolete()
+        raise
 
 
 def close_within(consumer: Consumer, seconds: float) -> bool:

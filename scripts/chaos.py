@@ -5,8 +5,9 @@
 
 It starts servers of its own (Tansu, PostgreSQL behind a TCP proxy it can cut, Redis; the
 binaries and start-up of scripts/devservices.py, data in --data-dir), then the pipeline's
-processes as deployed, with the defaults users get: two `manage.py run_bridge` (each with
-its own BRIDGE_INSTANCE_ID), a store worker and a detect worker (`celery -A eventpipeline
+processes as deployed, with the defaults users get: two `manage.py run_bridge` (dynamic
+group members, --membership, since Tansu 0.6's static membership stalls a group of
+several), a store worker and a detect worker (`celery -A eventpipeline
 worker`), under a small supervisor that starts again whatever exits, 1 s later, as
 systemd or Kubernetes would. `manage.py emit_signals` sends a steady load at --rate, and
 this script mixes malformed records in (one per 100 events). While the load runs, faults
@@ -68,7 +69,7 @@ USERS = 10_000
 # One malformed record per this many events: dead letters mixed into the load.
 MALFORMED_EVERY = 100
 RESTART_DELAY_S = 1.0
-# Until the recovery helper's KAFKA_MAX_POLL_INTERVAL_MS exists, librdkafka's default.
+# librdkafka's default, should the bridge's consumer not set max.poll.interval.ms.
 LIBRDKAFKA_MAX_POLL_INTERVAL_MS = 300_000
 STOP_PAST_POLL_INTERVAL_S = 5.0
 CRASH_LOOP_LIMIT_S = 15.0
@@ -80,6 +81,10 @@ JOINING = "-> Celery (batch"
 ASSIGNED = "assigned ["
 # The line the supervisor writes into a process's log as it starts it.
 RESTARTED = "=== chaos: starting "
+# The bridge's line for a commit it made.
+COMMITTED = "bridge.consumer: committed "
+# The bridge's line for partitions the group took while it was away.
+LOST = "bridge.consumer: lost "
 # How a refused commit shows in a bridge's log (its own line, or librdkafka's error code).
 COMMIT_REFUSED = ("commit failed", "UNKNOWN_MEMBER", "ILLEGAL_GENERATION", "FENCED")
 LAST_LINE = re.compile(
@@ -564,9 +569,14 @@ class ChaosRun:
         self.supervisor = Supervisor(started=time.monotonic())
         python = sys.executable
         count = 1 if self.args.scenario == "crash-loop" else 2
+        self.membership = self.args.membership or ("static" if count == 1 else "dynamic")
         self.bridges = [f"bridge-{number}" for number in range(1, count + 1)]
         for name in self.bridges:
-            env = {**self.env, "BRIDGE_INSTANCE_ID": name, "BRIDGE_METRICS_PORT": str(devservices.any_free_port())}
+            env = {
+                **self.env,
+                "BRIDGE_INSTANCE_ID": name if self.membership == "static" else "",
+                "BRIDGE_METRICS_PORT": str(devservices.any_free_port()),
+            }
             self.supervisor.add(name, [python, "manage.py", "run_bridge"], env, self.logs / f"{name}.log")
         for queue, extra in (("store", ",default"), ("detect", "")):
             command = [python, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queue + extra]
@@ -774,15 +784,21 @@ class ChaosRun:
         log = self.supervisor.log_since_start(name)
         woken = log[len(log_before) :].splitlines()
         rejoined = next((index for index, line in enumerate(woken) if ASSIGNED in line), len(woken))
-        stale = [line for line in woken[:rejoined] if " committed " in line]
+        stale = [line for line in woken[:rejoined] if COMMITTED in line]
         refused = [line for line in woken if any(sign in line for sign in COMMIT_REFUSED)]
+        told = [line for line in woken[:rejoined] if LOST in line]
         regressions = self.offsets.regressions[regressions_before:]
+        if stale:
+            # By SIGCONT the other bridge has had the partitions for seconds: a commit before
+            # the woken one rejoins is a zombie's, whether or not Kafka takes it.
+            self.failures.append(f"{name} committed {len(stale)} times after SIGCONT before it rejoined")
         if regressions:
             moved = ", ".join(f"[{partition}] {before}->{after}" for _, partition, before, after in regressions)
             self.failures.append(f"{name} committed over its successor after SIGCONT: {moved}")
-        shown = "".join(f"\n    {line.strip()[:240]}" for line in (stale + refused)[:4])
+        shown = "".join(f"\n    {line.strip()[:240]}" for line in (stale + refused + told)[:4])
         return (
             f"; woken, before rejoining it committed {len(stale)} times, {len(refused)} commits were refused, "
+            f"{'it was told its partitions were lost, ' if told else ''}"
             f"{len(regressions)} committed offsets moved back{shown}"
         )
 
@@ -880,7 +896,10 @@ class ChaosRun:
         self.servers_start()
         self.processes_start()
         running = ", ".join(self.supervisor.processes)
-        say(f"chaos: {running} running; faults at moments seeded by --seed {self.args.seed}")
+        say(
+            f"chaos: {running} running (bridges as {self.membership} group members); "
+            f"faults at moments seeded by --seed {self.args.seed}"
+        )
         if self.args.scenario == "crash-loop":
             faults = crash_loop_schedule(self.rng, self.bridges[0])
         else:
@@ -942,6 +961,12 @@ def build_parser() -> argparse.ArgumentParser:
         type=lambda text: text.split(","),
         default=list(FAULT_KINDS),
         help=f"faults to draw from, comma-separated (default all: {','.join(FAULT_KINDS)})",
+    )
+    parser.add_argument(
+        "--membership",
+        choices=["static", "dynamic"],
+        help="the bridges' consumer-group membership (default: static for the crash loop's one bridge, dynamic "
+        "for two bridges: Tansu 0.6's static membership stalls a group of several; docs/testing.md)",
     )
     parser.add_argument("--max-recovery", type=float, default=30.0, help="seconds a fault may take (default 30)")
     parser.add_argument("--partition-seconds", type=float, default=60.0, help="PostgreSQL unreachable (default 60)")

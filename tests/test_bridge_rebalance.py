@@ -107,3 +107,116 @@ def test_letting_go_of_batches_on_revoked_partitions_ends_the_pause_they_caused(
     revoke(bridge, consumer, 0, 1, 2)
     bridge.apply_backpressure()
     assert not bridge.paused and bridge.in_flight == {}
+
+
+def test_lost_partitions_are_not_committed_and_their_batches_are_let_go() -> None:
+    """Partitions the group took while the bridge was away (stopped past max.poll.interval.ms):
+    another bridge may have committed past them, so what this one finished there is not
+    committed over it (issue 13's zombie)."""
+    consumer = RecordingConsumer()
+    bridge = bridge_with(consumer)
+    bridge.assigned = frozenset({(TOPIC, 0), (TOPIC, 1)})
+    in_flight(bridge, "done-on-0", {0: (0, 99)})
+    in_flight(bridge, "on-0", {0: (100, 199)})
+    in_flight(bridge, "done-on-1", {1: (0, 99)})
+    bridge._finish(bridge.in_flight["done-on-0"], now=1.0)
+    bridge._finish(bridge.in_flight["done-on-1"], now=1.0)
+
+    bridge._on_lost(consumer, [TopicPartition(TOPIC, 0)])  # type: ignore[arg-type]
+
+    assert consumer.commits == [], "nothing is committed as partitions are lost"
+    assert set(bridge.in_flight) == set() and bridge.assigned == {(TOPIC, 1)}
+    bridge.commit()
+    assert consumer.commits == [{1: 100}], "only the partition still owned is committed"
+
+
+class AwayConsumer(RecordingConsumer):
+    """A consumer whose next poll tells of partitions lost, as librdkafka does once it sees
+    that max.poll.interval.ms passed."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.bridge: Bridge | None = None
+        self.lost: list[TopicPartition] = []
+        self.polls = 0
+
+    def poll(self, timeout: float) -> None:
+        self.polls += 1
+        if self.lost and self.bridge is not None:
+            lost, self.lost = self.lost, []
+            self.bridge._on_lost(self, lost)  # type: ignore[arg-type]
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 100.0
+
+    def __call__(self) -> float:
+        self.now += 0.01
+        return self.now
+
+
+def test_a_bridge_back_from_a_long_stop_asks_the_group_before_it_commits() -> None:
+    consumer = AwayConsumer()
+    clock = Clock()
+    options = bridge_with(consumer).options
+    bridge = Bridge(options=options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
+    consumer.bridge = bridge
+    bridge.assigned = frozenset({(TOPIC, 0)})
+    in_flight(bridge, "done-before-the-stop", {0: (0, 99)})
+    bridge._finish(bridge.in_flight["done-before-the-stop"], now=clock())
+    # The last turn ended long ago (SIGSTOP); meanwhile the group gave partition 0 away.
+    bridge.last_polled_at = clock.now - 40
+    consumer.lost = [TopicPartition(TOPIC, 0)]
+
+    bridge.back_from_away()
+    bridge.commit()
+
+    assert consumer.polls > 1, "it polled before committing"
+    assert consumer.commits == [], "it did not commit over the partition's new owner"
+
+
+def test_a_bridge_that_was_not_away_commits_at_once() -> None:
+    consumer = AwayConsumer()
+    clock = Clock()
+    options = bridge_with(consumer).options
+    bridge = Bridge(options=options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
+    in_flight(bridge, "done", {0: (0, 99)})
+    bridge._finish(bridge.in_flight["done"], now=clock())
+    bridge.last_polled_at = clock.now - 1
+
+    bridge.back_from_away()
+    bridge.commit()
+
+    assert consumer.polls == 0 and consumer.commits == [{0: 100}]
+
+
+class PausingConsumer(RecordingConsumer):
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, list[int]]] = []
+
+    def assign(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("assign", [p.partition for p in partitions]))
+
+    def pause(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("pause", [p.partition for p in partitions]))
+
+    def resume(self, partitions: list[TopicPartition]) -> None:
+        self.calls.append(("resume", [p.partition for p in partitions]))
+
+
+def test_assigned_partitions_are_read_unless_the_bridge_is_paused() -> None:
+    """librdkafka keeps a partition's pause across its unassignment: a partition paused as
+    it was lost (the bridge was waiting, paused) would come back paused and never be read."""
+    consumer = PausingConsumer()
+    bridge = bridge_with(consumer)
+    partitions = [TopicPartition(TOPIC, 0), TopicPartition(TOPIC, 1)]
+
+    bridge._on_assign(consumer, partitions)  # type: ignore[arg-type]
+    assert consumer.calls == [("assign", [0, 1]), ("resume", [0, 1])]
+
+    consumer.calls.clear()
+    bridge.paused = True
+    bridge._on_assign(consumer, partitions)  # type: ignore[arg-type]
+    assert consumer.calls == [("assign", [0, 1]), ("pause", [0, 1])]

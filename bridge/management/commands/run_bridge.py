@@ -66,6 +66,7 @@ class Command(BaseCommand):
             dlq_max_ratio=settings.DLQ_MAX_RATIO,
             dlq_min_records=settings.DLQ_RATIO_MIN_RECORDS,
             instance_id=options["instance_id"],
+            session_timeout_s=settings.KAFKA_SESSION_TIMEOUT_MS / 1000,
         )
         bridge: Bridge | None = None
 
