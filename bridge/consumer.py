@@ -168,6 +168,8 @@ class Bridge:
         self.fatal_error: str | None = None
         # False when the consumer did not close within CLOSE_TIMEOUT_SECONDS.
         self.closed = False
+        # Counts revokes and losses, for a batch that waited across one (`consume_batch`).
+        self.rebalances = 0
         # When the last poll of Kafka returned: a longer gap than the session at the start of
         # a turn means the bridge was away (`back_from_away`).
         self.last_polled_at: float | None = None
@@ -279,8 +281,14 @@ class Bridge:
                 kind, record_ms = message.timestamp()
                 if kind != TIMESTAMP_NOT_AVAILABLE:
                     record_times_ms.append(record_ms)
+        rebalances = self.rebalances
         if dead_letters and not self.keep_dead_letters(dead_letters):
             return  # stopping: none of these offsets is committed, the records come again
+        if self.rebalances != rebalances:
+            # Partitions went to another bridge while the dead letters waited: their offsets
+            # are the new owner's to commit. Their events are handed over all the same
+            # (storing them twice changes nothing).
+            offsets = {p: span for p, span in offsets.items() if (self.options.topic, p) in self.assigned}
         batch = InFlightBatch(
             batch_id=next(self.batch_ids),
             topic=self.options.topic,
@@ -657,6 +665,7 @@ class Bridge:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
+        self.rebalances += 1
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         # The batches in flight on these partitions alone: their records are read again by
@@ -678,6 +687,7 @@ class Bridge:
         committed past them, so nothing is committed for them; their batches in flight are
         let go as on a revoke."""
         lost = [(p.topic, p.partition) for p in partitions]
+        self.rebalances += 1
         self.assigned = self.assigned - set(lost)
         left = self.tracker.forget(lost)
         for batch_id in left:

@@ -220,3 +220,54 @@ def test_assigned_partitions_are_read_unless_the_bridge_is_paused() -> None:
     bridge.paused = True
     bridge._on_assign(consumer, partitions)  # type: ignore[arg-type]
     assert consumer.calls == [("assign", [0, 1]), ("pause", [0, 1])]
+
+
+class Record:
+    """A record as confluent-kafka hands it over, malformed (a dead letter)."""
+
+    def __init__(self, partition: int, offset: int) -> None:
+        self._partition, self._offset = partition, offset
+
+    def error(self) -> None:
+        return None
+
+    def topic(self) -> str:
+        return TOPIC
+
+    def partition(self) -> int:
+        return self._partition
+
+    def offset(self) -> int:
+        return self._offset
+
+    def value(self) -> bytes:
+        return b"not json"
+
+    def key(self) -> None:
+        return None
+
+    def timestamp(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+class ReadingConsumer(RecordingConsumer):
+    def consume(self, num_messages: int, timeout: float) -> list[Record]:
+        return [Record(0, 10), Record(1, 20)]
+
+
+def test_a_partition_revoked_while_its_dead_letters_waited_is_not_committed(monkeypatch: Any) -> None:
+    """Dead letters wait for PostgreSQL polling Kafka, so a rebalance can take a partition of
+    the batch meanwhile: its offsets are then the new owner's to commit."""
+    consumer = ReadingConsumer()
+    bridge = bridge_with(consumer)
+    bridge.assigned = frozenset({(TOPIC, 0), (TOPIC, 1)})
+
+    def keep_while_partition_0_is_revoked(dead_letters: Any) -> bool:
+        revoke(bridge, consumer, 0)
+        return True
+
+    monkeypatch.setattr(bridge, "keep_dead_letters", keep_while_partition_0_is_revoked)
+    bridge.consume_batch()
+    bridge.commit()
+
+    assert consumer.commits == [{1: 21}], "partition 0 went to another bridge during the wait"
