@@ -115,6 +115,12 @@ def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -
         "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         "enable.partition.eof": False,
         "fetch.max.bytes": 16 * 1024 * 1024,
+        # How far librdkafka reads ahead into its one queue, all partitions together. Its
+        # default, 64 MB (some 200,000 events), served partition by partition: after a
+        # backlog (PostgreSQL away for a minute), a partition whose records came last
+        # waited 30 s and more behind the others, and the bridge held that much memory.
+        # 4 MB is still many batches ahead (docs/design.md, "Consumer group").
+        "queued.max.messages.kbytes": 4096,
     }
     if instance_id:
         config["group.instance.id"] = instance_id

@@ -289,7 +289,7 @@ class PartitionableProxy:
                 if not data:
                     break
                 sink.sendall(data)
-        except OSError:
+        except (OSError, ValueError):  # ValueError: select on a socket closed meanwhile
             pass
         for end in (source, sink):
             with contextlib.suppress(OSError):
