@@ -10,6 +10,13 @@ Each run:
 The median of the runs is printed, ending with one line scripts can read:
     events_per_s=N copy_limit_per_s=M ratio=R
 Needs KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and REDIS_URL (make bench starts local ones).
+
+Each run also prints the CPU each component used per 1,000 events. It counts only the
+processes the bench started and what runs under them, found by process id: the bridge and
+worker processes of the run, and the servers scripts/devservices.py started for the bench
+(DEVSERVICES_PIDS). Other processes on the machine, another pipeline's worker included,
+are not counted and cannot disturb the count; a server given by URL is not counted either
+(it may serve others), and the bench says so once.
 """
 
 from __future__ import annotations
@@ -110,35 +117,98 @@ def stop(process: subprocess.Popen[bytes]) -> None:
             process.wait()
 
 
-def cpu_seconds_by_component() -> dict[str, float]:
-    """CPU time used so far by each part of the pipeline on this machine."""
-    totals: dict[str, float] = {}
-    for process in psutil.process_iter(["name", "cmdline", "cpu_times"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        name = process.info["name"] or ""
-        if "run_bridge" in cmdline:
-            component = "bridge"
-        elif "celery" in cmdline and "worker" in cmdline:
-            # The bench names its queues bench-store-* and bench-detect-*; --one-worker takes both.
-            queues = cmdline.partition(" -Q ")[2].split(" ")[0]
-            component = "worker" if "," in queues else f"{queues.split('-')[1]} worker"
-        elif name.startswith("postgres") or "postgres:" in cmdline:
-            component = "postgresql"
-        elif "redis-server" in name or "redis-server" in cmdline:
-            component = "redis"
-        elif "tansu" in name or "tansu" in cmdline:
-            component = "kafka"
-        else:
+# The servers scripts/devservices.py may start, by the names it gives them in
+# DEVSERVICES_PIDS, and the names the bench prints.
+SERVER_COMPONENTS = {"postgres": "postgresql", "redis": "redis", "kafka": "kafka"}
+GONE = (psutil.NoSuchProcess, psutil.AccessDenied)  # ZombieProcess is a NoSuchProcess
+
+
+def started_servers(variable: str) -> dict[str, int]:
+    """{component: pid} of the servers scripts/devservices.py started, from its
+    DEVSERVICES_PIDS (`postgres=123,redis=456,kafka=789`); names it does not start are left out."""
+    servers: dict[str, int] = {}
+    for item in variable.split(","):
+        name, _, pid = item.strip().partition("=")
+        if name in SERVER_COMPONENTS and pid.isdigit():
+            servers[SERVER_COMPONENTS[name]] = int(pid)
+    return servers
+
+
+def server_roots(variable: str | None) -> tuple[dict[str, psutil.Process | None], list[str]]:
+    """The servers to count, {component: process} (None: listed but gone already), and the
+    components not started by the bench, which are not counted."""
+    roots: dict[str, psutil.Process | None] = {}
+    for component, pid in started_servers(variable or "").items():
+        try:
+            roots[component] = psutil.Process(pid)
+        except GONE:
+            roots[component] = None
+    not_counted = [component for component in SERVER_COMPONENTS.values() if component not in roots]
+    return roots, not_counted
+
+
+def process_tree(root: psutil.Process) -> list[psutil.Process]:
+    """`root` and its live descendants, found by parent process id (not by name)."""
+    try:
+        return [root, *root.children(recursive=True)]
+    except GONE:
+        return [root]
+
+
+def tree_cpu_seconds(root: psutil.Process) -> float | None:
+    """CPU seconds (user + system) used so far by `root` and everything it started: each
+    process's own time and its `children_*`, the time of the children it has reaped (e.g.
+    PostgreSQL backends that ended). A live descendant counts by its own time, a reaped one
+    through the process that reaped it, so nothing counts twice. A descendant that ends
+    while the tree is walked is skipped; one whose time cannot be read (another user's)
+    too. None when `root` itself has ended or its time cannot be read: its count is lost,
+    and a number would be a guess."""
+    total = 0.0
+    for process in process_tree(root):
+        try:
+            times = process.cpu_times()
+        except GONE:
+            if process is root:
+                return None
             continue
-        times = process.info["cpu_times"]
-        if times is not None:
-            totals[component] = totals.get(component, 0.0) + times.user + times.system
-    return totals
+        total += times.user + times.system + times.children_user + times.children_system
+    # Read first, then confirmed: a root that ended before the read fails here even if its
+    # process id has been given to another process since (psutil compares start times).
+    return total if root.is_running() else None
 
 
-def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, logs: Path) -> float:
+def cpu_seconds_by_component(roots: dict[str, psutil.Process | None]) -> dict[str, float | None]:
+    """CPU seconds used so far by each component, the processes under its root included;
+    None for one that cannot be measured (see tree_cpu_seconds)."""
+    return {name: None if root is None else tree_cpu_seconds(root) for name, root in roots.items()}
+
+
+def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) -> dict[str, float | None]:
+    """CPU seconds each component used between two samples; None where it was not measured
+    in both, or where the count went down (a root that ended, or a descendant that ended
+    outside its tree took its time with it): never a negative number."""
+    used: dict[str, float | None] = {}
+    for name in sorted(before.keys() | after.keys()):
+        first, last = before.get(name), after.get(name)
+        used[name] = None if first is None or last is None or last < first else last - first
+    return used
+
+
+def cpu_line(used: dict[str, float | None], events: int) -> str:
+    """`  CPU ms per 1,000 events: bridge 13, detect worker 25, ...`, by component name."""
+    parts = [
+        f"{name} not measured" if seconds is None else f"{name} {1e6 * seconds / events:.0f}"
+        for name, seconds in sorted(used.items())
+    ]
+    return "  CPU ms per 1,000 events: " + ", ".join(parts)
+
+
+def pipeline_rate(
+    events: list[dict[str, object]], args: argparse.Namespace, logs: Path, servers: dict[str, psutil.Process | None]
+) -> float:
     """Events/s from Kafka, stored and analysed, with the real processes: from the first
-    row stored to the last offset committed."""
+    row stored to the last offset committed. The CPU printed is that of the processes
+    started here and of `servers`."""
     suffix = uuid.uuid4().hex[:8]
     topic = f"bench-signals-{suffix}"
     topics_ensure([topic, f"bench-dlq-{suffix}", f"bench-anomalies-{suffix}"], partitions=settings.TOPIC_PARTITIONS)
@@ -173,11 +243,15 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         ]
     )
     workers = []
+    roots: dict[str, psutil.Process | None] = dict(servers)
     for queues in queue_sets:
+        kind = queues.split("-")[1]
         worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
-        worker_command += ["-n", f"{queues.split('-')[1]}-{suffix}@%h", "--without-gossip", "--without-mingle"]
+        worker_command += ["-n", f"{kind}-{suffix}@%h", "--without-gossip", "--without-mingle"]
         worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
         workers.append(start(worker_command, env, logs / "worker.log"))
+        # Its process id stays its own until stop() reaps it.
+        roots["worker" if args.one_worker else f"{kind} worker"] = psutil.Process(workers[-1].pid)
     # The windows begin as on a fresh deployment: before any event is stored, so none
     # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
     WindowStore(
@@ -187,8 +261,9 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
         history_exists=signals_exist,
     ).epochs()
     bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
+    roots["bridge"] = psutil.Process(bridge.pid)
     try:
-        cpu_before = cpu_seconds_by_component()
+        cpu_before = cpu_seconds_by_component(roots)
         first_at = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
@@ -199,13 +274,8 @@ def pipeline_rate(events: list[dict[str, object]], args: argparse.Namespace, log
             if count >= len(events) and committed_total(topic, env["BRIDGE_GROUP_ID"]) >= len(events):
                 now = time.monotonic()
                 assert first_at is not None
-                cpu_after = cpu_seconds_by_component()
-                used = {name: cpu_after[name] - cpu_before.get(name, 0.0) for name in cpu_after}
-                print(
-                    "  CPU ms per 1,000 events: "
-                    + ", ".join(f"{name} {1e6 * seconds / len(events):.0f}" for name, seconds in sorted(used.items())),
-                    flush=True,
-                )
+                cpu_after = cpu_seconds_by_component(roots)
+                print(cpu_line(cpu_used(cpu_before, cpu_after), len(events)), flush=True)
                 print(f"  anomalies raised: {anomalies_count():,}", flush=True)
                 return (count - first_count) / (now - first_at)
             time.sleep(0.2)
@@ -257,13 +327,16 @@ def main() -> None:
     call_command("migrate", interactive=False, verbosity=0)
     logs = REPO / ".data" / "bench" / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    servers, not_counted = server_roots(os.environ.get("DEVSERVICES_PIDS"))
+    if not_counted:
+        print(f"{', '.join(not_counted)} not started by the bench: not counted in its CPU", flush=True)
     pipeline_rates, copy_rates = [], []
     for run in range(1, args.runs + 1):
         # Each run its own events, spread over the last two hours (all valid timestamps).
         start_ms = int(time.time() * 1000) - 7_200_000
         generator = SignalGenerator(seed=run, users=10_000, start_ms=start_ms, rate=args.events / 3600)
         events = [generator.next() for _ in range(args.events)]
-        pipeline_rates.append(pipeline_rate(events, args, logs))
+        pipeline_rates.append(pipeline_rate(events, args, logs, servers))
         copy_rates.append(copy_rate(events, args.batch_size))
         print(
             f"run {run}: pipeline {pipeline_rates[-1]:,.0f} events/s, COPY {copy_rates[-1]:,.0f} rows/s, "

@@ -9,6 +9,13 @@ fresh machine with nothing but Python can run and test the project. The command 
 the three variables exported; when it exits, the servers this script started are stopped
 and its exit code becomes ours.
 
+The command is also told which servers this script started, by process id, in
+DEVSERVICES_PIDS (`postgres=123,redis=456,kafka=789`; empty when it started none), so a
+bench can count the CPU of exactly those servers and of nothing else on the machine. A
+server given by URL is not listed: it may serve others too. The variable is always set,
+replacing one inherited from an outer run, so it names only servers of this run; it gives
+each server's process at the command's start (Running.restart makes a new one).
+
 Outside this script a missing DEBUG means false and a missing SECRET_KEY stops every
 process (closed by default). The command here is development (`make run`, `make test`,
 the benches), so it gets development values for whichever of DEBUG (true), SECRET_KEY and
@@ -76,6 +83,8 @@ MAX_SOCKET_PATH_BYTES = 107
 PR_SET_PDEATHSIG = 1
 # What the clients raise while a server is still starting.
 NOT_READY = (OSError, psycopg.Error, redis.RedisError, KafkaException)
+# Tells the command which servers this script started, by process id.
+PIDS_VARIABLE = "DEVSERVICES_PIDS"
 ADDRESS_IN_USE = re.compile(r"address (already )?in use|AddrInUse", re.IGNORECASE)
 
 
@@ -175,6 +184,11 @@ def development_settings(data_dir: Path, environ: dict[str, str]) -> dict[str, s
         "FLOWER_BASIC_AUTH": lambda: f"flower:{kept_secret(data_dir / 'flower-password')}",
     }
     return {name: make() for name, make in wanted.items() if not environ.get(name)}
+
+
+def pids_variable(started: dict[str, int]) -> str:
+    """DEVSERVICES_PIDS's value: `name=pid` of each server started, comma-separated."""
+    return ",".join(f"{name}={pid}" for name, pid in started.items())
 
 
 def status_line(name: str, status: str, url: str, note: str = "") -> str:
@@ -724,17 +738,21 @@ def run(data_dir: Path, fresh: bool, command: list[str]) -> int:
 
 
 def start_missing_services(data_dir: Path, fresh: bool, stack: contextlib.ExitStack) -> dict[str, str]:
-    """Start each server whose variable is unset; return the environment for the command."""
+    """Start each server whose variable is unset; return the environment for the command,
+    with DEVSERVICES_PIDS naming the servers started (see the module's docstring)."""
     environment = dict(os.environ)
     services: list[Service] = [PostgresService(data_dir, fresh), RedisService(data_dir), KafkaService(data_dir)]
+    started: dict[str, int] = {}
     for service in services:
         configured = os.environ.get(service.env_var, "")
         if configured:
             say(status_line(service.name, "configured", redact(configured)))
             continue
-        url = start_service(service, stack).url
-        say(status_line(service.name, "started", url, service.note()))
-        environment[service.env_var] = url
+        running = start_service(service, stack)
+        say(status_line(service.name, "started", running.url, service.note()))
+        environment[service.env_var] = running.url
+        started[service.name] = running.process.pid
+    environment[PIDS_VARIABLE] = pids_variable(started)
     development = development_settings(data_dir, environment)
     if development:
         say(status_line("settings", "development", ", ".join(development)))

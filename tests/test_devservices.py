@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import socket
 import subprocess
 import sys
 from pathlib import Path
-from types import ModuleType
+from types import ModuleType, SimpleNamespace
+from typing import Any
 
 import pytest
 
@@ -211,3 +213,37 @@ def test_another_terminal_gets_the_same_servers_and_settings_from_the_env_file(t
     assert sourced.returncode == 0, sourced.stderr
     bare = subprocess.run(check, env=clean, cwd=SCRIPT.parent.parent, capture_output=True, text=True)
     assert bare.returncode != 0 and "SECRET_KEY" in bare.stderr
+
+
+def test_pids_variable_names_each_server_started() -> None:
+    started = {"postgres": 123, "redis": 456, "kafka": 789}
+    assert devservices.pids_variable(started) == "postgres=123,redis=456,kafka=789"
+    assert devservices.pids_variable({}) == ""
+
+
+def test_the_command_is_told_the_servers_started_by_pid_and_not_those_given_by_url(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DEVSERVICES_PIDS lists the servers this run started (scripts/bench.py counts their
+    CPU), not one given by URL, and replaces a value inherited from an outer run."""
+    pids = {"postgres": 101, "redis": 202, "kafka": 303}
+
+    def started(service: Any, stack: contextlib.ExitStack) -> Any:
+        # Stands in for a real start: of the process, only its pid is read.
+        return devservices.Running(service, SimpleNamespace(pid=pids[service.name]), 5)
+
+    monkeypatch.setattr(devservices, "start_service", started)
+    for name in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("REDIS_URL", "redis://127.0.0.1:1/0")
+    monkeypatch.setenv("DEVSERVICES_PIDS", "postgres=1,redis=2,kafka=3")
+    with contextlib.ExitStack() as stack:
+        environment = devservices.start_missing_services(tmp_path, False, stack)
+    assert environment["DEVSERVICES_PIDS"] == "postgres=101,kafka=303"
+    assert environment["REDIS_URL"] == "redis://127.0.0.1:1/0"
+
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:1")
+    monkeypatch.setenv("DATABASE_URL", "postgres://u@127.0.0.1:1/x")
+    with contextlib.ExitStack() as stack:
+        environment = devservices.start_missing_services(tmp_path, False, stack)
+    assert environment["DEVSERVICES_PIDS"] == "", "all given by URL: none started, none listed"
