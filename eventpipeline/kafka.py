@@ -121,6 +121,9 @@ def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -
         # waited 30 s and more behind the others, and the bridge held that much memory.
         # 4 MB is still many batches ahead (docs/design.md, "Consumer group").
         "queued.max.messages.kbytes": 4096,
+        # And each fetch brings a little of every partition (librdkafka's default, 1 MB, is
+        # some 3,000 events, six batches of one partition before the next one's first).
+        "max.partition.fetch.bytes": 256 * 1024,
     }
     if instance_id:
         config["group.instance.id"] = instance_id
