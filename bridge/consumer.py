@@ -190,7 +190,6 @@ class Bridge:
         self.drain()
 
     def step(self) -> None:
-        self.back_from_away()
         self.collect_results()
         self.commit()
         self.apply_backpressure()
@@ -200,19 +199,22 @@ class Bridge:
         self.consume_batch()
 
     def back_from_away(self) -> None:
-        """After a gap between two turns longer than the session (the process was stopped,
-        or starved), the group may have given this bridge's partitions to another bridge,
-        which has committed past them since. Before it commits anything, the bridge polls
-        for a few heartbeats, so that librdkafka tells it (`_on_lost`) and it does not commit
-        over its successor. Apache Kafka would refuse such a commit anyway; a broker that
-        does not check the commit's generation (Tansu 0.6) would take it."""
+        """Before a commit: after a gap since the last poll longer than the session (the
+        process was stopped, or starved), the group may have given this bridge's partitions
+        to another bridge, which has committed past them since. So the bridge first polls
+        for a few heartbeats, and librdkafka tells it (`_on_lost`); it does not commit over
+        its successor. Checked just before the commit, since a stop can come anywhere in a
+        turn. Apache Kafka would refuse such a commit anyway; a broker that does not check
+        the commit's generation (Tansu 0.6) would take it."""
         now = self.clock()
         if self.last_polled_at is None or now - self.last_polled_at <= self.options.session_timeout_s:
             return
+        # Checked: a commit made by a rebalance callback during the wait below goes ahead.
+        previous, self.last_polled_at = self.last_polled_at, now
         logger.warning(
             "this bridge did not poll Kafka for %.1f s (stopped or starved; the session is %.0f s): asking the "
             "group whether it still has its partitions before committing",
-            now - self.last_polled_at,
+            now - previous,
             self.options.session_timeout_s,
         )
         self.idle(AWAY_CHECK_SECONDS)
@@ -456,6 +458,7 @@ class Bridge:
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
     def commit(self, *, asynchronous: bool = True) -> None:
+        self.back_from_away()
         offsets = self.tracker.committable()
         if not offsets:
             return

@@ -169,7 +169,6 @@ def test_a_bridge_back_from_a_long_stop_asks_the_group_before_it_commits() -> No
     bridge.last_polled_at = clock.now - 40
     consumer.lost = [TopicPartition(TOPIC, 0)]
 
-    bridge.back_from_away()
     bridge.commit()
 
     assert consumer.polls > 1, "it polled before committing"
@@ -185,7 +184,6 @@ def test_a_bridge_that_was_not_away_commits_at_once() -> None:
     bridge._finish(bridge.in_flight["done"], now=clock())
     bridge.last_polled_at = clock.now - 1
 
-    bridge.back_from_away()
     bridge.commit()
 
     assert consumer.polls == 0 and consumer.commits == [{0: 100}]
