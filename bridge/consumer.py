@@ -669,6 +669,10 @@ class Bridge:
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
         self.rebalances += 1
+        # Called from within a poll, by the group itself: this bridge is still the owner
+        # until it returns, so its commit below needs no check (`back_from_away`, which
+        # would poll again from inside this poll).
+        self.last_polled_at = self.clock()
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         # The batches in flight on these partitions alone: their records are read again by

@@ -269,3 +269,16 @@ def test_a_partition_revoked_while_its_dead_letters_waited_is_not_committed(monk
     bridge.commit()
 
     assert consumer.commits == [{1: 21}], "partition 0 went to another bridge during the wait"
+
+
+def test_a_revoke_after_a_long_stop_commits_without_polling_from_inside_the_poll() -> None:
+    """The revoke callback runs inside librdkafka's poll: its commit must not poll again."""
+    consumer = RecordingConsumer()  # no poll(): polling would fail here
+    bridge = bridge_with(consumer)
+    in_flight(bridge, "done", {0: (0, 99)})
+    bridge._finish(bridge.in_flight["done"], now=1.0)
+    bridge.last_polled_at = bridge.clock() - 100
+
+    revoke(bridge, consumer, 0)
+
+    assert consumer.commits == [{0: 100}]
