@@ -173,6 +173,8 @@ class Bridge:
         # When the last poll of Kafka returned: a longer gap than the session at the start of
         # a turn means the bridge was away (`back_from_away`).
         self.last_polled_at: float | None = None
+        # When a poll that was itself held past the session began (`_polled`).
+        self.held_since: float | None = None
         # Dead letters are written from a thread of their own, so that the loop goes on
         # polling Kafka however long PostgreSQL takes to answer (`keep_dead_letters`).
         self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
@@ -198,6 +200,15 @@ class Bridge:
             return
         self.consume_batch()
 
+    def _polled(self, started: float, timeout: float) -> None:
+        """After each poll of Kafka: a poll that took longer than its timeout and a session
+        was itself held (the process stopped inside it), and what it returned came before
+        librdkafka learnt what the group did meanwhile."""
+        now = self.clock()
+        if now - started > timeout + self.options.session_timeout_s:
+            self.held_since = started
+        self.last_polled_at = now
+
     def back_from_away(self) -> None:
         """Before a commit: after a gap since the last poll longer than the session (the
         process was stopped, or starved), the group may have given this bridge's partitions
@@ -207,10 +218,15 @@ class Bridge:
         turn. Apache Kafka would refuse such a commit anyway; a broker that does not check
         the commit's generation (Tansu 0.6) would take it."""
         now = self.clock()
-        if self.last_polled_at is None or now - self.last_polled_at <= self.options.session_timeout_s:
+        held, self.held_since = self.held_since, None
+        if held is None and (
+            self.last_polled_at is None or now - self.last_polled_at <= self.options.session_timeout_s
+        ):
             return
         # Checked: a commit made by a rebalance callback during the wait below goes ahead.
-        previous, self.last_polled_at = self.last_polled_at, now
+        previous = held if held is not None else self.last_polled_at
+        assert previous is not None
+        self.last_polled_at = now
         logger.warning(
             "this bridge did not poll Kafka for %.1f s (stopped or starved; the session is %.0f s): asking the "
             "group whether it still has its partitions before committing",
@@ -247,8 +263,9 @@ class Bridge:
 
     # --- steps ----------------------------------------------------------------------
     def consume_batch(self) -> None:
+        started = self.clock()
         messages = self.consumer.consume(num_messages=self.options.batch_size, timeout=self.options.batch_timeout_s)
-        self.last_polled_at = self.clock()
+        self._polled(started, self.options.batch_timeout_s)
         if not messages:
             return
         received_at = self.clock()
@@ -563,8 +580,9 @@ class Bridge:
     def _poll_paused(self, timeout: float) -> None:
         """Serve the group protocol while paused. Should a record come all the same (a
         partition assigned meanwhile), rewind to it rather than drop it."""
+        started = self.clock()
         message = self.consumer.poll(timeout)
-        self.last_polled_at = self.clock()
+        self._polled(started, timeout)
         if message is None:
             return
         error = message.error()
@@ -672,7 +690,7 @@ class Bridge:
         # Called from within a poll, by the group itself: this bridge is still the owner
         # until it returns, so its commit below needs no check (`back_from_away`, which
         # would poll again from inside this poll).
-        self.last_polled_at = self.clock()
+        self.last_polled_at, self.held_since = self.clock(), None
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
         # The batches in flight on these partitions alone: their records are read again by

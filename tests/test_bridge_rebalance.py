@@ -282,3 +282,33 @@ def test_a_revoke_after_a_long_stop_commits_without_polling_from_inside_the_poll
     revoke(bridge, consumer, 0)
 
     assert consumer.commits == [{0: 100}]
+
+
+class StoppedInsideConsume(AwayConsumer):
+    """The process stopped inside consume(): it returns records at once after SIGCONT,
+    before librdkafka has told of the partitions lost meanwhile (its next poll does)."""
+
+    def __init__(self, clock: Clock) -> None:
+        super().__init__()
+        self.clock = clock
+
+    def consume(self, num_messages: int, timeout: float) -> list[Any]:
+        self.clock.now += 40  # SIGSTOP ... SIGCONT
+        return []
+
+
+def test_a_stop_inside_a_poll_is_noticed_before_the_next_commit() -> None:
+    clock = Clock()
+    consumer = StoppedInsideConsume(clock)
+    options = bridge_with(consumer).options
+    bridge = Bridge(options=options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
+    consumer.bridge = bridge
+    bridge.assigned = frozenset({(TOPIC, 0)})
+    in_flight(bridge, "done-before-the-stop", {0: (0, 99)})
+    bridge._finish(bridge.in_flight["done-before-the-stop"], now=clock())
+    consumer.lost = [TopicPartition(TOPIC, 0)]
+
+    bridge.consume_batch()  # held 40 s inside, returns at once after SIGCONT
+    bridge.commit()
+
+    assert consumer.commits == [], "it asked the group first, and learnt partition 0 was lost"
