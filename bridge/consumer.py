@@ -170,8 +170,8 @@ class Bridge:
         self.closed = False
         # Counts revokes and losses, for a batch that waited across one (`consume_batch`).
         self.rebalances = 0
-        # When the last poll of Kafka returned: a longer gap than the session at the start of
-        # a turn means the bridge was away (`back_from_away`).
+        # When the last poll of Kafka returned: a longer gap than the session before a
+        # commit means the bridge was away (`back_from_away`).
         self.last_polled_at: float | None = None
         # When a poll that was itself held past the session began (`_polled`).
         self.held_since: float | None = None
