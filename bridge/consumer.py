@@ -23,7 +23,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
@@ -215,8 +215,9 @@ class Bridge:
         to another bridge, which has committed past them since. So the bridge first polls
         for a few heartbeats, and librdkafka tells it (`_on_lost`); it does not commit over
         its successor. Checked just before the commit, since a stop can come anywhere in a
-        turn. Apache Kafka would refuse such a commit anyway; a broker that does not check
-        the commit's generation (Tansu 0.6) would take it."""
+        turn. Apache Kafka would refuse such a commit anyway (its generation is old); Tansu
+        0.6 refused those seen in `make chaos` by member id, but does not check the
+        generation."""
         now = self.clock()
         held, self.held_since = self.held_since, None
         if held is None and (
@@ -693,18 +694,8 @@ class Bridge:
         self.last_polled_at, self.held_since = self.clock(), None
         self.assigned = self.assigned - set(revoked)
         self.commit(asynchronous=False)
-        # The batches in flight on these partitions alone: their records are read again by
-        # the partitions' next owner (perhaps this bridge again), so they are let go rather
-        # than waited for, handed over again or counted against BRIDGE_MAX_IN_FLIGHT. Their
-        # tasks may still run; storing and detection are idempotent.
-        left = self.tracker.forget(revoked)
-        for batch_id in left:
-            self.in_flight.pop(str(batch_id), None)
-        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+        left = self._let_go(revoked)
         logger.info("revoked %s; %d batches in flight on them left to the partitions' next owner", revoked, len(left))
-        # What is done but not committed now is read again by the partitions' next owner,
-        # which measures it then.
-        self.awaiting_commit.clear()
 
     def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """The group took these partitions while this bridge was away (stopped past
@@ -714,17 +705,26 @@ class Bridge:
         lost = [(p.topic, p.partition) for p in partitions]
         self.rebalances += 1
         self.assigned = self.assigned - set(lost)
-        left = self.tracker.forget(lost)
-        for batch_id in left:
-            self.in_flight.pop(str(batch_id), None)
-        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
+        left = self._let_go(lost)
         logger.warning(
             "lost %s: the group gave them to another bridge while this one was away; %d batches in flight on "
             "them left to the partitions' next owner, nothing committed for them",
             lost,
             len(left),
         )
+
+    def _let_go(self, partitions: list[tuple[str, int]]) -> set[Hashable]:
+        """The batches in flight on these partitions alone, after a revoke or a loss: their
+        records are read again by the partitions' next owner (perhaps this bridge again), so
+        they are let go rather than waited for, handed over again or counted against
+        BRIDGE_MAX_IN_FLIGHT. Their tasks may still run; storing and detection are
+        idempotent. What is done but not committed is read again too, and measured then."""
+        left = self.tracker.forget(partitions)
+        for batch_id in left:
+            self.in_flight.pop(str(batch_id), None)
+        BRIDGE_IN_FLIGHT.set(len(self.in_flight))
         self.awaiting_commit.clear()
+        return left
 
 
 def _dead_letters_write(dead_letters: list[DeadLetterRecord], topic: str, producer: Producer) -> None:

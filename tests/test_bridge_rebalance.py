@@ -156,18 +156,24 @@ class Clock:
         return self.now
 
 
-def test_a_bridge_back_from_a_long_stop_asks_the_group_before_it_commits() -> None:
-    consumer = AwayConsumer()
-    clock = Clock()
-    options = bridge_with(consumer).options
-    bridge = Bridge(options=options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
+def done_before_a_stop(consumer: AwayConsumer, clock: Clock) -> Bridge:
+    """A bridge owning partition 0, with a batch on it done but not committed, whose
+    partition the group gives away while the bridge is stopped."""
+    bridge = Bridge(options=bridge_with(consumer).options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
     consumer.bridge = bridge
     bridge.assigned = frozenset({(TOPIC, 0)})
     in_flight(bridge, "done-before-the-stop", {0: (0, 99)})
     bridge._finish(bridge.in_flight["done-before-the-stop"], now=clock())
+    consumer.lost = [TopicPartition(TOPIC, 0)]
+    return bridge
+
+
+def test_a_bridge_back_from_a_long_stop_asks_the_group_before_it_commits() -> None:
+    clock = Clock()
+    consumer = AwayConsumer()
+    bridge = done_before_a_stop(consumer, clock)
     # The last turn ended long ago (SIGSTOP); meanwhile the group gave partition 0 away.
     bridge.last_polled_at = clock.now - 40
-    consumer.lost = [TopicPartition(TOPIC, 0)]
 
     bridge.commit()
 
@@ -300,13 +306,7 @@ class StoppedInsideConsume(AwayConsumer):
 def test_a_stop_inside_a_poll_is_noticed_before_the_next_commit() -> None:
     clock = Clock()
     consumer = StoppedInsideConsume(clock)
-    options = bridge_with(consumer).options
-    bridge = Bridge(options=options, consumer=consumer, dlq_producer=None, clock=clock)  # type: ignore[arg-type]
-    consumer.bridge = bridge
-    bridge.assigned = frozenset({(TOPIC, 0)})
-    in_flight(bridge, "done-before-the-stop", {0: (0, 99)})
-    bridge._finish(bridge.in_flight["done-before-the-stop"], now=clock())
-    consumer.lost = [TopicPartition(TOPIC, 0)]
+    bridge = done_before_a_stop(consumer, clock)
 
     bridge.consume_batch()  # held 40 s inside, returns at once after SIGCONT
     bridge.commit()
