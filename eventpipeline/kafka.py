@@ -114,16 +114,23 @@ def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -
         # Also the rebalance timeout a join waits for the other members (KIP-62).
         "max.poll.interval.ms": settings.KAFKA_MAX_POLL_INTERVAL_MS,
         "enable.partition.eof": False,
-        "fetch.max.bytes": 16 * 1024 * 1024,
-        # How far librdkafka reads ahead into its one queue, all partitions together. Its
-        # default, 64 MB (some 200,000 events), served partition by partition: after a
-        # backlog (PostgreSQL away for a minute), a partition whose records came last
-        # waited 30 s and more behind the others, and the bridge held that much memory.
-        # 4 MB is still many batches ahead (docs/design.md, "Consumer group").
+        # After a backlog (PostgreSQL away for a minute), the partitions must take turns,
+        # or the one read last waits 30 s and more behind the others (docs/design.md,
+        # "Consumer group"). Three limits, because brokers honour different ones:
+        # - how far librdkafka reads ahead into its one queue, all partitions together.
+        #   Its default, 64 MB, is some 200,000 events; 4 MB is still many batches ahead.
         "queued.max.messages.kbytes": 4096,
-        # And each fetch brings a little of every partition (librdkafka's default, 1 MB, is
-        # some 3,000 events, six batches of one partition before the next one's first).
+        # - how much of one partition a fetch brings (Apache Kafka honours it; librdkafka's
+        #   default, 1 MB, is some 3,000 events, six batches of one partition).
         "max.partition.fetch.bytes": 256 * 1024,
+        # - how much one fetch brings in all. Tansu ignores the limit per partition and
+        #   fills a fetch from its first partition up to this one, counted compressed
+        #   (lz4 makes 1 MB some 9,000 events); librdkafka starts each fetch one partition
+        #   further on, so at 128 KB the partitions take turns every couple of batches.
+        #   librdkafka raises fetch.max.bytes to message.max.bytes, which bounds only the
+        #   requests this consumer sends; a larger record still comes, alone in its fetch.
+        "fetch.max.bytes": 128 * 1024,
+        "message.max.bytes": 128 * 1024,
     }
     if instance_id:
         config["group.instance.id"] = instance_id
