@@ -58,9 +58,9 @@ lint: $(VENV)/.dev
 	$(PY) -m mypy .
 	$(VENV)/bin/lint-imports --no-cache
 
-## bench: events/s from Kafka, stored and analysed, vs the raw COPY limit (median of 3 runs)
+## bench: events/s from Kafka, stored and analysed, vs the raw COPY limit (median of 3 runs), then latency and memory at 5,000 events/s (ARGS="--runs 0": the latency run alone)
 bench: $(VENV)/.dev
-	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py
+	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench.py $(ARGS)
 
 ## bench-detect: the detect worker's CPU per 1,000 events, on one Redis and on a local Redis Cluster
 bench-detect: $(VENV)/.dev

@@ -17,21 +17,38 @@ worker processes of the run, and the servers scripts/devservices.py started for 
 (DEVSERVICES_PIDS). Other processes on the machine, another pipeline's worker included,
 are not counted and cannot disturb the count; a server given by URL is not counted either
 (it may serve others), and the bench says so once.
+
+Then a latency run (docs/performance.md, "End-to-end latency"): a steady 5,000 events/s
+for 60 s (--latency-rate, --latency-seconds; 0 s: none) into Kafka while the bench's
+bridge and workers run with the default settings. Each event's latency runs from its
+producer timestamp to the first time the group's committed offset was seen to cover it,
+read every 50 ms: the bridge commits only what is stored and analysed. It ends with a
+second line scripts can read, the exact percentiles of every event's latency and the
+largest resident memory sampled of the bridge and of the largest worker, each with the
+processes under it:
+    e2e_p50_ms=N e2e_p95_ms=N e2e_p99_ms=N bridge_rss_mb=N worker_rss_mb=N
+--runs 0 makes the latency run alone.
 """
 
 from __future__ import annotations
 
 import argparse
+import bisect
+import contextlib
 import json
+import math
 import os
+import re
 import signal
 import statistics
 import subprocess
 import sys
+import threading
 import time
 import uuid
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import cast
+from typing import NamedTuple, cast
 
 import django
 import psutil
@@ -42,7 +59,16 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
 django.setup()
 
-from confluent_kafka import Consumer, Producer, TopicPartition  # noqa: E402
+from confluent_kafka import (  # noqa: E402
+    TIMESTAMP_CREATE_TIME,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    Producer,
+    TopicPartition,
+)
+from confluent_kafka.admin import AdminClient  # noqa: E402
 from django.conf import settings  # noqa: E402
 from django.core.management import call_command  # noqa: E402
 from django.db import connection  # noqa: E402
@@ -50,22 +76,29 @@ from django.db import connection  # noqa: E402
 from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
 from anomalies_app.windows import WindowStore  # noqa: E402
 from emitter.generator import SignalGenerator, encode  # noqa: E402
-from eventpipeline.kafka import producer_config, topics_ensure  # noqa: E402
+from emitter.pacing import Pace  # noqa: E402
+from eventpipeline.kafka import committed_offsets, producer_config, topics_ensure  # noqa: E402
 from signals_app.partitions import day_number, signals_partitions_ensure  # noqa: E402
 
 COPY_SQL = "COPY signals (event_id, user_id, type, timestamp, payload) FROM STDIN"
+
+
+def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
+    """Puts one record in the producer's queue; while the queue is full, serves delivery
+    reports until there is room."""
+    while True:
+        try:
+            producer.produce(topic, key=key, value=value)
+            return
+        except BufferError:
+            producer.poll(0.05)
 
 
 def produce_backlog(topic: str, events: list[dict[str, object]]) -> None:
     producer = Producer(producer_config())
     for index, event in enumerate(events):
         key, value = encode(event)
-        while True:
-            try:
-                producer.produce(topic, key=key, value=value)
-                break
-            except BufferError:
-                producer.poll(0.05)
+        produce(producer, topic, key, value)
         if index % 10_000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:
@@ -203,20 +236,13 @@ def cpu_line(used: dict[str, float | None], events: int) -> str:
     return "  CPU ms per 1,000 events: " + ", ".join(parts)
 
 
-def pipeline_rate(
-    events: list[dict[str, object]], args: argparse.Namespace, logs: Path, servers: dict[str, psutil.Process | None]
-) -> float:
-    """Events/s from Kafka, stored and analysed, with the real processes: from the first
-    row stored to the last offset committed. The CPU printed is that of the processes
-    started here and of `servers`."""
+def bench_env(args: argparse.Namespace) -> dict[str, str]:
+    """The settings of one run's processes: topics, queues, group and Redis keys of the
+    run's own (made here), everything else as deployed."""
     suffix = uuid.uuid4().hex[:8]
-    topic = f"bench-signals-{suffix}"
-    topics_ensure([topic, f"bench-dlq-{suffix}", f"bench-anomalies-{suffix}"], partitions=settings.TOPIC_PARTITIONS)
-    produce_backlog(topic, events)
-    truncate()
     env = {
         **os.environ,
-        "SIGNALS_TOPIC": topic,
+        "SIGNALS_TOPIC": f"bench-signals-{suffix}",
         "DLQ_TOPIC": f"bench-dlq-{suffix}",
         "ANOMALIES_TOPIC": f"bench-anomalies-{suffix}",
         "STORE_QUEUE": f"bench-store-{suffix}",
@@ -232,6 +258,19 @@ def pipeline_rate(
         "DEBUG": "false",
         "SECRET_KEY": os.environ.get("SECRET_KEY") or f"bench-only-{uuid.uuid4().hex}{uuid.uuid4().hex}",
     }
+    topics_ensure(
+        [env["SIGNALS_TOPIC"], env["DLQ_TOPIC"], env["ANOMALIES_TOPIC"]], partitions=settings.TOPIC_PARTITIONS
+    )
+    return env
+
+
+@contextlib.contextmanager
+def pipeline_running(
+    env: dict[str, str], args: argparse.Namespace, logs: Path, servers: dict[str, psutil.Process | None]
+) -> Iterator[dict[str, psutil.Process | None]]:
+    """The real worker processes and bridge of `env`, running; yields the roots to count,
+    {component: process}: `servers` and the processes started here. Stops them and
+    forgets the run's windows on the way out."""
     # One worker process per queue, as docker-compose.yml runs them: each has a GIL of its
     # own, and storing and detecting scale separately (--one-worker: both in one process).
     queue_sets = (
@@ -242,27 +281,46 @@ def pipeline_rate(
             env["DETECT_QUEUE"],
         ]
     )
-    workers = []
+    started: list[subprocess.Popen[bytes]] = []
     roots: dict[str, psutil.Process | None] = dict(servers)
-    for queues in queue_sets:
-        kind = queues.split("-")[1]
-        worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
-        worker_command += ["-n", f"{kind}-{suffix}@%h", "--without-gossip", "--without-mingle"]
-        worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
-        workers.append(start(worker_command, env, logs / "worker.log"))
-        # Its process id stays its own until stop() reaps it.
-        roots["worker" if args.one_worker else f"{kind} worker"] = psutil.Process(workers[-1].pid)
-    # The windows begin as on a fresh deployment: before any event is stored, so none
-    # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
-    WindowStore(
-        redis.Redis.from_url(settings.DETECT_REDIS_URL),
-        prefix=env["DETECT_KEY_PREFIX"],
-        load_history=signal_history,
-        history_exists=signals_exist,
-    ).epochs()
-    bridge = start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log")
-    roots["bridge"] = psutil.Process(bridge.pid)
     try:
+        for queues in queue_sets:
+            kind = queues.split("-")[1]
+            worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
+            worker_command += ["-n", f"{kind}-{env['BRIDGE_GROUP_ID']}@%h", "--without-gossip", "--without-mingle"]
+            worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
+            started.append(start(worker_command, env, logs / "worker.log"))
+            # Its process id stays its own until stop() reaps it.
+            roots["worker" if args.one_worker else f"{kind} worker"] = psutil.Process(started[-1].pid)
+        # The windows begin as on a fresh deployment: before any event is stored, so none
+        # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
+        WindowStore(
+            redis.Redis.from_url(settings.DETECT_REDIS_URL),
+            prefix=env["DETECT_KEY_PREFIX"],
+            load_history=signal_history,
+            history_exists=signals_exist,
+        ).epochs()
+        started.insert(0, start([sys.executable, "manage.py", "run_bridge"], env, logs / "bridge.log"))
+        roots["bridge"] = psutil.Process(started[0].pid)
+        yield roots
+    finally:
+        # The bridge first, so that it stops handing batches to workers that are stopping.
+        for process in started:
+            stop(process)
+        windows_forget(env["DETECT_KEY_PREFIX"])
+
+
+def pipeline_rate(
+    events: list[dict[str, object]], args: argparse.Namespace, logs: Path, servers: dict[str, psutil.Process | None]
+) -> float:
+    """Events/s from Kafka, stored and analysed, with the real processes: from the first
+    row stored to the last offset committed. The CPU printed is that of the processes
+    started here and of `servers`."""
+    env = bench_env(args)
+    topic = env["SIGNALS_TOPIC"]
+    produce_backlog(topic, events)
+    truncate()
+    with pipeline_running(env, args, logs, servers) as roots:
         cpu_before = cpu_seconds_by_component(roots)
         first_at = None
         deadline = time.monotonic() + 600
@@ -280,11 +338,6 @@ def pipeline_rate(
                 return (count - first_count) / (now - first_at)
             time.sleep(0.2)
         raise SystemExit(f"bench: only {stored_count()} of {len(events)} stored and analysed after 600 s; see {logs}")
-    finally:
-        stop(bridge)
-        for worker in workers:
-            stop(worker)
-        windows_forget(env["DETECT_KEY_PREFIX"])
 
 
 def windows_forget(prefix: str) -> None:
@@ -315,17 +368,322 @@ def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
     return len(rows) / (time.monotonic() - started)
 
 
+# --- Latency mode (docs/performance.md, "End-to-end latency") -------------------------
+
+# How often the group's committed offsets are read: a latency is late by about this much
+# at most (CommitWatch measures the bound of each run).
+COMMIT_READ_INTERVAL_S = 0.05
+RSS_SAMPLE_INTERVAL_S = 0.25
+# The line scripts read after a latency run.
+LATENCY_LINE = re.compile(
+    r"^e2e_p50_ms=(?P<p50>\d+) e2e_p95_ms=(?P<p95>\d+) e2e_p99_ms=(?P<p99>\d+) "
+    r"bridge_rss_mb=(?P<bridge_mb>\d+|none) worker_rss_mb=(?P<worker_mb>\d+|none)$"
+)
+
+
+class Produced(NamedTuple):
+    """Where Kafka put one record, and the producer's timestamp of it (ms since the epoch),
+    from the producer's delivery report."""
+
+    partition: int
+    offset: int
+    produced_ms: int
+
+
+class CommitMarks:
+    """When each committed offset of the group was first seen, per partition.
+
+    A committed offset is the next record the group will read: offset C covers every
+    record below C. An offset is noted only when it is above the last one noted for its
+    partition, so each mark is the first sighting of that much progress; a record's commit
+    time is that of the first mark above its offset."""
+
+    def __init__(self) -> None:
+        self.offsets: dict[int, list[int]] = {}
+        self.seen_ms: dict[int, list[float]] = {}
+
+    def saw(self, committed: Mapping[int, int | None], at_ms: float) -> None:
+        """One reading of the group's committed offsets (None: never committed), taken at
+        `at_ms` (ms since the epoch)."""
+        for partition, offset in committed.items():
+            offsets = self.offsets.setdefault(partition, [])
+            if offset is None or (offsets and offset <= offsets[-1]):
+                continue
+            offsets.append(offset)
+            self.seen_ms.setdefault(partition, []).append(at_ms)
+
+    def committed_at(self, partition: int, offset: int) -> float | None:
+        """When the record at `offset` was first seen committed; None if not yet."""
+        offsets = self.offsets.get(partition, [])
+        index = bisect.bisect_right(offsets, offset)
+        return self.seen_ms[partition][index] if index < len(offsets) else None
+
+    def covers(self, records: Iterable[Produced]) -> bool:
+        """Whether every one of `records` has been seen committed."""
+        last: dict[int, int] = {}
+        for record in records:
+            last[record.partition] = max(record.offset, last.get(record.partition, -1))
+        return all(self.committed_at(partition, offset) is not None for partition, offset in last.items())
+
+
+def latencies_ms(records: Iterable[Produced], marks: CommitMarks) -> tuple[list[float], int]:
+    """Each record's producer timestamp to the first sighting of its commit, in ms; and how
+    many records have not been seen committed (they have no latency yet)."""
+    latencies: list[float] = []
+    missing = 0
+    for record in records:
+        committed_ms = marks.committed_at(record.partition, record.offset)
+        if committed_ms is None:
+            missing += 1
+        else:
+            latencies.append(committed_ms - record.produced_ms)
+    return latencies, missing
+
+
+def percentile(values: Sequence[float], point: float) -> float:
+    """The nearest-rank percentile: the smallest of `values` that at least `point` per
+    cent of them do not exceed. Always one of the values, never interpolated."""
+    if not values:
+        raise ValueError("no values")
+    if not 0 < point <= 100:
+        raise ValueError(f"a percentile is above 0 and at most 100, got {point}")
+    ordered = sorted(values)
+    return ordered[max(0, math.ceil(point / 100 * len(ordered)) - 1)]
+
+
+def latency_line(latencies: Sequence[float], bridge_mb: float | None, worker_mb: float | None) -> str:
+    """`e2e_p50_ms=N e2e_p95_ms=N e2e_p99_ms=N bridge_rss_mb=N worker_rss_mb=N`, the line
+    scripts read (`none` for a size not measured)."""
+    ms = {point: percentile(latencies, point) for point in (50, 95, 99)}
+    mb = ["none" if size is None else f"{size:.0f}" for size in (bridge_mb, worker_mb)]
+    return (
+        f"e2e_p50_ms={ms[50]:.0f} e2e_p95_ms={ms[95]:.0f} e2e_p99_ms={ms[99]:.0f} "
+        f"bridge_rss_mb={mb[0]} worker_rss_mb={mb[1]}"
+    )
+
+
+def tree_rss_bytes(root: psutil.Process) -> int | None:
+    """Resident memory of `root` and everything running under it, summed; None when `root`
+    itself has ended (a descendant that ends while the tree is walked is skipped)."""
+    total = 0
+    for process in process_tree(root):
+        try:
+            total += process.memory_info().rss
+        except GONE:
+            if process is root:
+                return None
+    return total if root.is_running() else None
+
+
+class CommitWatch(threading.Thread):
+    """Reads the group's committed offsets every `interval` seconds, without joining the
+    group, and notes in `marks` when each was first seen.
+
+    A commit first seen in one reading was not in the answer to the reading before, so it
+    happened after that reading's request was sent: it is noted late by at most the time
+    from that request to this answer. `late_ms` is the longest such time of the run, the
+    bound on how late any latency is. A reading that fails is skipped (the next answer
+    widens the bound accordingly)."""
+
+    def __init__(self, group_id: str, topic: str, interval: float = COMMIT_READ_INTERVAL_S) -> None:
+        super().__init__(name="commit-watch", daemon=True)
+        self.group_id, self.topic, self.interval = group_id, topic, interval
+        self.admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
+        self.partitions = list(range(settings.TOPIC_PARTITIONS))
+        self.marks = CommitMarks()
+        self.stopping = threading.Event()
+        self.late_ms = 0.0
+        self.failed = 0
+        self.asked_at: float | None = None
+        self.read()  # where the group stands before the run
+
+    def read(self) -> None:
+        asked_at = time.time()
+        try:
+            committed = committed_offsets(self.admin, self.group_id, self.topic, self.partitions)
+        except (KafkaException, TimeoutError):
+            self.failed += 1
+            return
+        answered_at = time.time()
+        self.marks.saw(committed, answered_at * 1000)
+        if self.asked_at is not None:
+            self.late_ms = max(self.late_ms, (answered_at - self.asked_at) * 1000)
+        self.asked_at = asked_at
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self.read()
+
+    def finish(self) -> None:
+        self.stopping.set()
+        self.join()
+
+
+class PeakRss(threading.Thread):
+    """The largest resident memory sampled, per component, every `interval` seconds, of
+    the process trees given ({component: root}); a root that has ended is no longer
+    sampled. Samples miss a peak shorter than the interval."""
+
+    def __init__(self, roots: Mapping[str, psutil.Process | None], interval: float = RSS_SAMPLE_INTERVAL_S) -> None:
+        super().__init__(name="peak-rss", daemon=True)
+        self.roots = {name: root for name, root in roots.items() if root is not None}
+        self.interval = interval
+        self.peak_bytes: dict[str, int] = {}
+        self.stopping = threading.Event()
+        self.sample()
+
+    def sample(self) -> None:
+        for name, root in self.roots.items():
+            rss = tree_rss_bytes(root)
+            if rss is not None:
+                self.peak_bytes[name] = max(rss, self.peak_bytes.get(name, 0))
+
+    def run(self) -> None:
+        while not self.stopping.wait(self.interval):
+            self.sample()
+
+    def finish(self) -> dict[str, float]:
+        """Stops sampling, after one last sample; the peaks in MB (10^6 bytes)."""
+        self.stopping.set()
+        self.join()
+        self.sample()
+        return {name: size / 1e6 for name, size in self.peak_bytes.items()}
+
+
+class LatencyResult(NamedTuple):
+    latencies_ms: list[float]
+    bridge_mb: float | None
+    # The largest worker's peak: each worker is a process (a container) of its own to size.
+    worker_mb: float | None
+
+
+def produce_paced(producer: Producer, topic: str, records: list[tuple[bytes, bytes]], rate: float) -> float:
+    """Produces `records` at `rate` per second from now, as the emitter paces itself
+    (emitter/pacing.py): what is due by each wake-up, so a late wake-up is made up at the
+    next. Returns the seconds it took."""
+    pace = Pace(start=time.monotonic(), rate=rate, count=len(records))
+    sent = 0
+    now = pace.start
+    while not pace.finished(now, sent):
+        for key, value in records[sent : pace.due(now)]:
+            produce(producer, topic, key, value)
+            sent += 1
+        producer.poll(0)
+        now = time.monotonic()
+        time.sleep(max(0.0, pace.wake_at(now, sent) - now))
+        now = time.monotonic()
+    return now - pace.start
+
+
+def latency_run(args: argparse.Namespace, logs: Path, servers: dict[str, psutil.Process | None]) -> LatencyResult:
+    """A steady `--latency-rate` events/s for `--latency-seconds` into Kafka while the
+    bench's bridge and workers run with the default settings; each event's latency is its
+    producer timestamp to the first sighting of the committed offset that covers it (the
+    bridge commits only what is stored and analysed). Prints what it saw."""
+    count = round(args.latency_rate * args.latency_seconds)
+    # The warm-up: a second's worth of events, committed before the clock starts, so that
+    # the bridge has joined its group and the workers have their connections and the day's
+    # partitions; none of it is measured.
+    warm_up = max(int(args.latency_rate), settings.TOPIC_PARTITIONS)
+    generator = SignalGenerator(seed=0, users=10_000, start_ms=int(time.time() * 1000), rate=args.latency_rate)
+    # Encoded before the clock starts, so that the bench's own work while it runs is the
+    # producer's alone.
+    records = [encode(generator.next()) for _ in range(warm_up + count)]
+    env = bench_env(args)
+    topic, group_id = env["SIGNALS_TOPIC"], env["BRIDGE_GROUP_ID"]
+    truncate()
+    produced: list[Produced] = []
+    failed: list[str] = []
+
+    def delivered(error: KafkaError | None, message: Message) -> None:
+        if error is not None:
+            failed.append(str(error))
+            return
+        kind, timestamp = message.timestamp()
+        if kind != TIMESTAMP_CREATE_TIME:
+            failed.append(f"a timestamp of type {kind}, not the producer's")
+            return
+        partition, offset = message.partition(), message.offset()
+        assert partition is not None and offset is not None
+        produced.append(Produced(partition, offset, timestamp))
+
+    producer = Producer(producer_config(on_delivery=delivered))
+    with pipeline_running(env, args, logs, servers) as roots:
+        for key, value in records[:warm_up]:
+            produce(producer, topic, key, value)
+        if producer.flush(60) != 0 or failed:
+            raise SystemExit(f"bench: could not put the warm-up on Kafka: {failed[:1]}")
+        deadline = time.monotonic() + 300
+        while committed_total(topic, group_id) < warm_up:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"bench: the warm-up was not stored and analysed within 300 s; see {logs}")
+            time.sleep(0.5)
+        produced.clear()
+
+        watch = CommitWatch(group_id, topic)
+        peaks = PeakRss({name: root for name, root in roots.items() if name not in servers})
+        watch.start()
+        peaks.start()
+        cpu_before = cpu_seconds_by_component(roots)
+        try:
+            took = produce_paced(producer, topic, records[warm_up:], args.latency_rate)
+            if producer.flush(60) != 0 or failed:
+                raise SystemExit(f"bench: {len(failed)} events of the latency run not put on Kafka: {failed[:1]}")
+            deadline = time.monotonic() + 300
+            while not watch.marks.covers(produced):
+                if time.monotonic() > deadline:
+                    raise SystemExit(f"bench: the latency run not all stored and analysed after 300 s; see {logs}")
+                time.sleep(0.2)
+            cpu_after = cpu_seconds_by_component(roots)
+        finally:
+            watch.finish()
+            peak_mb = peaks.finish()
+
+    latencies, missing = latencies_ms(produced, watch.marks)
+    assert missing == 0 and len(latencies) == count, (missing, len(latencies), count)
+    latencies.sort()  # once: each percentile below sorts again, which on sorted values is a single pass
+    print(
+        f"latency: {count:,} events at {args.latency_rate:,.0f}/s asked, {count / took:,.0f}/s sent, "
+        f"batch {args.batch_size}",
+        flush=True,
+    )
+    print(cpu_line(cpu_used(cpu_before, cpu_after), count), flush=True)
+    print(
+        f"  committed offsets read every {1000 * COMMIT_READ_INTERVAL_S:.0f} ms: each latency is late by at most "
+        f"{watch.late_ms:.0f} ms ({watch.failed} readings failed)",
+        flush=True,
+    )
+    print(
+        "  latency ms: "
+        + ", ".join(f"p{point} {percentile(latencies, point):.0f}" for point in (50, 95, 99))
+        + f", max {max(latencies):.0f}"
+        + f"; peak RSS MB: {', '.join(f'{name} {mb:.0f}' for name, mb in sorted(peak_mb.items()))}",
+        flush=True,
+    )
+    workers = [mb for name, mb in peak_mb.items() if name.endswith("worker")]
+    return LatencyResult(latencies, peak_mb.get("bridge"), max(workers) if workers else None)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--events", type=int, default=300_000)
-    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--runs", type=int, default=3, help="throughput runs (0: the latency run only)")
     parser.add_argument("--batch-size", type=int, default=settings.BATCH_SIZE)
     parser.add_argument("--worker-args", default="", help="extra arguments of the Celery workers")
     parser.add_argument("--one-worker", action="store_true", help="one worker process for both queues")
+    parser.add_argument("--latency-rate", type=float, default=5_000, help="events/s of the latency run")
+    parser.add_argument(
+        "--latency-seconds", type=float, default=60, help="length of the latency run (0: no latency run)"
+    )
+    parser.add_argument("--logs", type=Path, default=REPO / ".data" / "bench" / "logs", help="where processes log")
     args = parser.parse_args()
+    if args.runs < 0 or args.latency_seconds < 0 or args.latency_rate <= 0:
+        parser.error("--runs and --latency-seconds cannot be negative, and --latency-rate must be positive")
+    if args.runs == 0 and args.latency_seconds == 0:
+        parser.error("nothing to do: --runs 0 and --latency-seconds 0")
 
     call_command("migrate", interactive=False, verbosity=0)
-    logs = REPO / ".data" / "bench" / "logs"
+    logs = args.logs
     logs.mkdir(parents=True, exist_ok=True)
     servers, not_counted = server_roots(os.environ.get("DEVSERVICES_PIDS"))
     if not_counted:
@@ -343,14 +701,20 @@ def main() -> None:
             f"ratio {pipeline_rates[-1] / copy_rates[-1]:.2f}",
             flush=True,
         )
+    latency = latency_run(args, logs, servers) if args.latency_seconds > 0 else None
     truncate()
-    events_per_s = statistics.median(pipeline_rates)
-    copy_limit = statistics.median(copy_rates)
-    print(
-        f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
-        f"{'one worker' if args.one_worker else 'a store and a detect worker'} {args.worker_args}"
-    )
-    print(f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}")
+    if args.runs:
+        events_per_s = statistics.median(pipeline_rates)
+        copy_limit = statistics.median(copy_rates)
+        print(
+            f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
+            f"{'one worker' if args.one_worker else 'a store and a detect worker'} {args.worker_args}"
+        )
+        print(
+            f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}"
+        )
+    if latency is not None:
+        print(latency_line(latency.latencies_ms, latency.bridge_mb, latency.worker_mb), flush=True)
 
 
 if __name__ == "__main__":

@@ -1,19 +1,25 @@
 """scripts/bench.py's CPU count: the processes the bench started and what runs under them,
-found by process id, and nothing else on the machine (not even another Celery worker)."""
+found by process id, and nothing else on the machine (not even another Celery worker).
+Its latency run: percentiles, each record's commit time from the committed offsets seen,
+peak memory per process tree, the pace, and (marker `integration`) a short run."""
 
 from __future__ import annotations
 
 import importlib.util
 import os
+import random
 import subprocess
 import sys
+import time
 import uuid
+from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 import psutil
 import pytest
 
-from tests.conftest import REPO, Pipeline, wait_for
+from tests.conftest import REPO, Pipeline, database_url, wait_for
 
 
 def load_script(name: str) -> ModuleType:
@@ -175,3 +181,135 @@ def test_a_stray_celery_worker_is_neither_counted_nor_breaks_the_count(pipeline:
     assert stray_cpu > 0.5, "the stray worker's start-up must be worth noticing"
     assert all(seconds is not None for seconds in used.values()), used
     assert all(seconds < stray_cpu / 2 for seconds in used.values() if seconds is not None), (used, stray_cpu)
+
+
+def test_percentiles_are_nearest_rank_and_one_of_the_values() -> None:
+    values = [float(v) for v in range(1, 101)]
+    random.Random(1).shuffle(values)
+    assert [bench.percentile(values, point) for point in (50, 95, 99, 100)] == [50.0, 95.0, 99.0, 100.0]
+    assert [bench.percentile([7.0], point) for point in (50, 99)] == [7.0, 7.0]
+    # Never a value between two: the smallest that at least that share does not exceed.
+    assert bench.percentile([10.0, 20.0], 50) == 10.0
+    assert bench.percentile([10.0, 20.0], 51) == 20.0
+    assert bench.percentile([1.0, 2.0, 3.0, 1000.0], 99) == 1000.0
+    with pytest.raises(ValueError):
+        bench.percentile([], 50)
+    for point in (0, 101):
+        with pytest.raises(ValueError):
+            bench.percentile([1.0], point)
+
+
+def test_a_record_is_committed_when_an_offset_above_it_is_first_seen() -> None:
+    """A committed offset is the next record to read: 3 covers 0, 1 and 2, not 3. A reading
+    that shows no progress, or an offset that went back, notes nothing."""
+    marks = bench.CommitMarks()
+    marks.saw({0: None, 1: 2}, at_ms=1100.0)
+    marks.saw({0: 3, 1: 2}, at_ms=1150.0)
+    marks.saw({0: 3, 1: 1}, at_ms=1200.0)
+    marks.saw({0: 5, 1: 4}, at_ms=1250.0)
+    assert [marks.committed_at(0, offset) for offset in range(6)] == [1150.0, 1150.0, 1150.0, 1250.0, 1250.0, None]
+    assert [marks.committed_at(1, offset) for offset in range(5)] == [1100.0, 1100.0, 1250.0, 1250.0, None]
+    assert marks.committed_at(2, 0) is None, "a partition never read"
+
+    produced = [bench.Produced(0, offset, 1000 + offset) for offset in range(5)]
+    produced += [bench.Produced(1, offset, 1050) for offset in range(4)]
+    assert marks.covers(produced)
+    latencies, missing = bench.latencies_ms(produced, marks)
+    assert missing == 0
+    assert latencies == [150.0, 149.0, 148.0, 247.0, 246.0, 50.0, 50.0, 200.0, 200.0]
+
+    late = [*produced, bench.Produced(1, 4, 1240)]
+    assert not marks.covers(late)
+    assert bench.latencies_ms(late, marks) == (latencies, 1)
+    marks.saw({1: 5}, at_ms=1300.0)
+    assert marks.covers(late)
+    assert bench.latencies_ms(late, marks) == ([*latencies, 60.0], 0)
+
+
+def test_the_latency_line_keeps_its_format() -> None:
+    latencies = [float(v) for v in range(1, 1001)]
+    line = bench.latency_line(latencies, 95.4, 131.6)
+    assert line == "e2e_p50_ms=500 e2e_p95_ms=950 e2e_p99_ms=990 bridge_rss_mb=95 worker_rss_mb=132"
+    assert bench.LATENCY_LINE.match(line)
+    unmeasured = bench.latency_line(latencies, None, 131.6)
+    assert unmeasured.endswith("bridge_rss_mb=none worker_rss_mb=132")
+    assert bench.LATENCY_LINE.match(unmeasured)
+
+
+MEGABYTES = 50
+# Holds MEGABYTES of its own (written, so resident), says so, then waits for its stdin to close.
+HOLDER = f"""
+import sys
+held = b"x" * {MEGABYTES * 1_000_000}
+print("done", flush=True)
+sys.stdin.read()
+"""
+
+
+def test_peak_memory_counts_the_tree_and_keeps_the_peak() -> None:
+    """A child's memory counts while it runs, and its peak stays once it has ended; a
+    root that has ended is not measured."""
+    root = psutil.Process()
+    own = root.memory_info().rss
+    peaks = bench.PeakRss({"bridge": root}, interval=0.05)
+    peaks.start()
+    child = started(HOLDER)
+    running = bench.tree_rss_bytes(root)
+    assert running is not None and running - own >= MEGABYTES * 0.9e6
+    time.sleep(0.3)  # a few samples while it runs
+    ended(child)
+    assert peaks.finish()["bridge"] - own / 1e6 >= MEGABYTES * 0.9
+
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone_process = psutil.Process(gone.pid)
+    gone.wait()
+    assert bench.tree_rss_bytes(gone_process) is None
+
+
+class RecordingProducer:
+    """Takes what the bench produces, refusing the first record once (a full queue)."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[str, bytes, bytes]] = []
+        self.refused = False
+
+    def produce(self, topic: str, *, key: bytes, value: bytes) -> None:
+        if not self.refused:
+            self.refused = True
+            raise BufferError("queue full")
+        self.records.append((topic, key, value))
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+
+def test_the_latency_run_paces_its_records() -> None:
+    records = [(str(n).encode(), b"v%d" % n) for n in range(300)]
+    producer = RecordingProducer()
+    started_at = time.monotonic()
+    took = bench.produce_paced(producer, "a-topic", records, rate=1000.0)  # type: ignore[arg-type]
+    assert producer.records == [("a-topic", key, value) for key, value in records]
+    # 300 at 1,000/s: the last falls due at 0.299 s; none is sent before it is due.
+    assert 0.28 <= took <= time.monotonic() - started_at < 2.0
+
+
+@pytest.mark.integration
+def test_a_short_latency_run_prints_its_line(
+    tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
+) -> None:
+    """scripts/bench.py's latency run alone, 5 s at 500 events/s, its processes on the
+    test database; its last line read as scripts read it."""
+    command = [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "0"]
+    command += ["--latency-seconds", "5", "--latency-rate", "500", "--logs", str(tmp_path)]
+    env = {**os.environ, "DATABASE_URL": database_url()}
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300, check=False)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    lines = completed.stdout.strip().splitlines()
+    match = bench.LATENCY_LINE.match(lines[-1])
+    assert match, output
+    assert "latency: 2,500 events at 500/s asked" in output
+    assert not any(line.startswith("events_per_s=") for line in lines), "--runs 0: no throughput run"
+    assert 0 < int(match["p50"]) <= int(match["p95"]) <= int(match["p99"]) < 60_000, output
+    # A Python process with Django loaded is tens of MB; a sampled nothing would be 0 or none.
+    assert int(match["bridge_mb"]) >= 30 and int(match["worker_mb"]) >= 30, output
