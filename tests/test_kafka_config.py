@@ -1,20 +1,24 @@
-"""An unreachable Kafka is reported once, plainly; so is a topic with too few partitions."""
+"""An unreachable Kafka is reported once, plainly; so is a topic with too few partitions.
+The bridge's consumer settings, and a record larger than its fetch cap."""
 
 from __future__ import annotations
 
+import base64
 import logging
 import os
 import socket
 import subprocess
 import sys
+import time
 import uuid
 
 import pytest
+from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient
 from django.conf import settings
 from django.test import override_settings
 
-from eventpipeline.kafka import KafkaUnreachable, consumer_config, topics_ensure
+from eventpipeline.kafka import KafkaUnreachable, consumer_config, producer_config, topics_ensure
 from tests.conftest import REPO
 
 
@@ -75,3 +79,35 @@ def test_the_default_instance_id_is_the_host_name() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == f"bridge-{socket.gethostname()}"
+
+
+@pytest.mark.integration
+def test_a_record_larger_than_the_bridges_fetch_cap_still_comes() -> None:
+    """The bridge's fetches are capped at 128 KB so that partitions take turns after a
+    backlog (docs/design.md, "Consumer group"); a record far above the cap, and one lz4
+    cannot shrink below it, must still be read, alone in its fetch, and not stall its
+    partition."""
+    topic = f"test-fetch-cap-{uuid.uuid4().hex[:10]}"
+    topics_ensure([topic], partitions=1)
+    config = consumer_config(f"group-{topic}")
+    config.update({"session.timeout.ms": 6000, "heartbeat.interval.ms": 600})  # a quick join on Tansu
+    assert config["fetch.max.bytes"] == 128 * 1024
+    big = base64.b64encode(os.urandom(700_000))  # some 930 KB, random: compressed it stays that large
+    values = [b'{"n": 1}', big, b'{"n": 2}', big, b'{"n": 3}']
+    producer = Producer(producer_config())
+    for value in values:
+        producer.produce(topic, value)
+    assert producer.flush(15) == 0
+    consumer = Consumer(config)
+    consumer.subscribe([topic])
+    read: list[bytes] = []
+    deadline = time.monotonic() + 60
+    try:
+        while len(read) < len(values) and time.monotonic() < deadline:
+            message = consumer.poll(0.5)
+            if message is not None:
+                assert message.error() is None, message.error()
+                read.append(message.value() or b"")
+    finally:
+        consumer.close()
+    assert read == values
