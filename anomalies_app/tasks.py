@@ -11,7 +11,7 @@ from django.conf import settings
 
 from anomalies_app.services import AnomalyPublishError, anomalies_detect_batch
 from anomalies_app.windows import EpochLost
-from eventpipeline.celery import batch_task_retry, batch_task_start
+from eventpipeline.celery import BatchTask, batch_task_retry, batch_task_start
 from eventpipeline.metrics import EVENTS_PROCESSED
 from signals_app.services import UNREACHABLE
 
@@ -32,7 +32,7 @@ DETECT_UNREACHABLE = (
 )
 
 
-@shared_task(bind=True, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
+@shared_task(bind=True, base=BatchTask, acks_late=True, max_retries=settings.DETECT_MAX_RETRIES)
 def detect_anomalies(
     self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None
 ) -> dict[str, int | str]:

@@ -1,10 +1,14 @@
-"""Kombu's JSON serializer, backed by orjson.
+"""Kombu's JSON, backed by orjson: the serializer of task bodies, and the envelope the
+Redis transport wraps around each message.
 
 The wire format does not change: content type "application/json", and kombu's
 {"__type__": ..., "__value__": ...} markers for datetimes, decimals and bytes, so any
 Celery client or Flower reads these messages (a UUID object arrives as its string).
 It uses orjson because every batch is decoded by a worker, where the standard library's
-decoder took a large share of the CPU (docs/performance.md, "JSON in Celery and the bridge").
+decoder took a large share of the CPU (docs/performance.md, "JSON in Celery and the bridge"),
+and because kombu's Redis transport encodes each message's envelope, the batch inside it,
+twice: once to send it, and once more when a worker takes it, to keep it among the
+unacknowledged (docs/performance.md, "Celery's envelope").
 """
 
 from __future__ import annotations
@@ -46,3 +50,13 @@ def loads(payload: str | bytes | bytearray | memoryview) -> Any:
 
 def register_orjson_for_json() -> None:
     register("json", dumps, loads, content_type="application/json", content_encoding="utf-8")
+
+
+def use_orjson_for_redis_envelopes() -> None:
+    """kombu's Redis transport encodes and decodes its envelopes with `kombu.utils.json`,
+    the standard library's JSON, which it imports by name: the names are swapped here for
+    the functions above, which write and read the same text."""
+    from kombu.transport import redis as kombu_redis
+
+    kombu_redis.dumps = dumps  # type: ignore[attr-defined]  # not in the stubs
+    kombu_redis.loads = loads  # type: ignore[attr-defined]

@@ -10,14 +10,14 @@ from typing import Any
 from celery import Task, shared_task
 from django.conf import settings
 
-from eventpipeline.celery import batch_task_retry, batch_task_start
+from eventpipeline.celery import BatchTask, batch_task_retry, batch_task_start
 from eventpipeline.metrics import BATCH_SIZE_CURRENT, EVENTS_PROCESSED, PROCESSING_LATENCY
 from signals_app.services import UNREACHABLE, StoreResult, signals_dead_letter_batch, signals_store_batch
 
 logger = logging.getLogger(__name__)
 
 
-@shared_task(bind=True, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
+@shared_task(bind=True, base=BatchTask, acks_late=True, max_retries=settings.STORE_MAX_RETRIES)
 def store_signals(self: Task, topic: str, rows: list[list[Any]], batch_id: str | None = None) -> dict[str, int]:
     """Store a batch of accepted events (SignalRows from `topic`) exactly once.
 

@@ -77,6 +77,13 @@ def test_a_timestamp_sent_as_an_integral_float_is_accepted() -> None:
     assert isinstance(event, SignalRow) and event.timestamp == NOW
 
 
+def test_a_timestamp_in_seconds_is_refused_even_where_the_age_limit_reaches_back_so_far() -> None:
+    limits = Limits(max_bytes=65_536, max_age_ms=NOW, max_skew_ms=300_000)
+    value = encoded(signal_message(timestamp=1_640_995_200))
+    result = decode_signal(value, topic="signals", partition=2, offset=7, now_ms=NOW, limits=limits)
+    assert isinstance(result, Rejection) and "looks like seconds" in result.reason
+
+
 @pytest.mark.parametrize(
     ("value", "expected"),
     [
