@@ -97,7 +97,9 @@ class DecodedOnceRequest(Request):
     the body as it came, which the pool decodes again before running the task: a batch of
     500 events was decoded twice (docs/performance.md, "Celery's envelope"). Marked as
     decoded, the body goes to the pool as Celery's own hybrid messages do: the thread pool
-    takes it as it is, and a prefork pool pickles it instead of the text."""
+    takes it as it is, and a prefork pool pickles it instead of the text. With the thread
+    pool the task's arguments are then the request's own, which Celery uses again to
+    record a failure or to send the task anew: a batch task must not change them."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)

@@ -45,7 +45,12 @@ def loads(payload: str | bytes | bytearray | memoryview) -> Any:
     if marker in payload:  # type: ignore[operator]
         # Only kombu's own decoder turns its markers back into objects.
         return kombu_json.loads(payload)
-    return orjson.loads(payload)
+    try:
+        return orjson.loads(payload)
+    except orjson.JSONDecodeError:
+        # What orjson refuses and the standard library reads (NaN, a lone surrogate): a
+        # message written by another client must not be lost for it.
+        return kombu_json.loads(payload)
 
 
 def register_orjson_for_json() -> None:

@@ -508,7 +508,7 @@ CELERY_BROKER_TRANSPORT_OPTIONS = {
     "unacked_restore_interval": 5,
     "unacked_restore_throttle": 1,
     # The body goes into the transport's JSON envelope as the JSON text it is, not in
-    # base64: a third fewer bytes, and no encoding it and decoding it again. Each message
+    # base64: an eighth fewer bytes, and no encoding it and decoding it again. Each message
     # says how its body is encoded, so a worker reads both kinds
     # (docs/performance.md, "Celery's envelope").
     "body_encoding": None,

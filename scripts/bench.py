@@ -336,9 +336,9 @@ def pipeline_rate(
     produce_backlog(topic, events)
     truncate()
     # What the bench watches must cost next to nothing: a count(*) over the growing
-    # table five times a second took about a tenth of PostgreSQL's CPU in the run and
-    # slowed the pipeline it measured (docs/performance.md, "Issue 14, before and after").
-    # Until the first row, it asks whether there is one; then it reads the group's
+    # table five times a second took a fifth of PostgreSQL's CPU in the run it measured
+    # (docs/performance.md, "Issue 14, before and after"). Until the first row, it asks
+    # whether there is one, and counts the few there are; then it reads the group's
     # committed offsets, which the bridge moves only past events stored and analysed.
     admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
     partitions = list(range(settings.TOPIC_PARTITIONS))
@@ -350,7 +350,8 @@ def pipeline_rate(
             now = time.monotonic()
             if first_at is None:
                 if any_stored():
-                    first_at, first_count = now, stored_count()  # a few batches: cheap
+                    first_count = stored_count()  # a few batches: cheap
+                    first_at = time.monotonic()
             elif committed_sum(admin, env["BRIDGE_GROUP_ID"], topic, partitions) >= len(events):
                 now = time.monotonic()
                 cpu_after = cpu_seconds_by_component(roots)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime
 import decimal
 import importlib
+import uuid
 from typing import Any
 
 import pytest
@@ -40,8 +41,8 @@ def test_the_redis_transport_writes_its_envelopes_with_orjson_as_kombu_would() -
     kombu_redis: Any = importlib.import_module("kombu.transport.redis")  # its stubs lack dumps and loads
 
     assert kombu_redis.dumps is dumps and kombu_redis.loads is loads
-    # A retried task's envelope: the body as JSON text (no base64), a datetime among the
-    # headers, and a tuple (the time limits).
+    # An envelope with what it must carry: the body as JSON text (no base64), a datetime
+    # among the headers (kombu marks it), and a tuple (the time limits).
     envelope = {
         "body": dumps(VALUES[0]),
         "content-encoding": "utf-8",
@@ -55,11 +56,22 @@ def test_the_redis_transport_writes_its_envelopes_with_orjson_as_kombu_would() -
     assert kombu_redis.loads(kombu_redis.dumps(envelope))["headers"]["eta"] == envelope["headers"]["eta"]
 
 
-def test_a_batch_task_request_decodes_the_body_once(monkeypatch: pytest.MonkeyPatch) -> None:
-    from kombu import Message
+def test_what_orjson_refuses_is_read_as_kombu_reads_it() -> None:
+    written_elsewhere = '{"x": NaN, "y": "\\ud800"}'  # the standard library writes both
+    assert repr(loads(written_elsewhere)) == repr(kombu_json.loads(written_elsewhere))
 
-    from eventpipeline.celery import DecodedOnceRequest, app
+
+def test_the_batch_tasks_decode_each_body_once_from_arrival_to_the_task(monkeypatch: pytest.MonkeyPatch) -> None:
+    from celery.app.trace import trace_task_ret
+    from kombu import Message
+    from kombu.utils.imports import symbol_by_name
+
+    from anomalies_app.tasks import detect_anomalies
+    from eventpipeline.celery import BatchTask, DecodedOnceRequest, app
     from signals_app.tasks import store_signals
+
+    for task in (store_signals, detect_anomalies):
+        assert symbol_by_name(task.Request) is DecodedOnceRequest
 
     content_type = "application/json"
     decodes: list[object] = []
@@ -70,14 +82,30 @@ def test_a_batch_task_request_decodes_the_body_once(monkeypatch: pytest.MonkeyPa
 
     registry: Any = importlib.import_module("kombu.serialization").registry
     monkeypatch.setitem(registry._decoders, content_type, counting_loads)
-    body = [["signals", [["id", 1, "click", 2, "{}", 0, 5]]], {"batch_id": "b-1"}, {"callbacks": None}]
-    headers = {"id": "task-1", "task": store_signals.name, "argsrepr": "", "kwargsrepr": ""}
-    message = Message(body=dumps(body), content_type=content_type, content_encoding="utf-8", headers=headers)
+    received: list[tuple[str, object, object]] = []
 
-    request = DecodedOnceRequest(message, app=app, task=store_signals)
+    @app.task(base=BatchTask, name=f"tests.batch_{uuid.uuid4().hex}", ignore_result=True)
+    def batch(topic: str, rows: object, batch_id: str | None = None) -> None:
+        received.append((topic, rows, batch_id))
 
-    # Celery's pool runs the task from request.body, decoding it only if content_type is set.
-    assert request.content_type is None
-    assert list(request.body) == body
-    assert request.args == body[0] and request.kwargs == body[1]
+    try:
+        body = [["signals", [["id", 1, "click", 2, "{}", 0, 5]]], {"batch_id": "b-1"}, {"callbacks": None}]
+        headers = {"id": "task-1", "task": batch.name, "argsrepr": "", "kwargsrepr": ""}
+        message = Message(body=dumps(body), content_type=content_type, content_encoding="utf-8", headers=headers)
+
+        # What a worker does: the request when the message arrives, then the pool's trace.
+        request = symbol_by_name(batch.Request)(message, app=app, task=batch)
+        trace_task_ret(
+            batch.name,
+            request.id,
+            request.request_dict,
+            request.body,
+            request.content_type,
+            request.content_encoding,
+            app=app,
+        )
+    finally:
+        app.tasks.unregister(batch.name)
+
+    assert received == [("signals", [["id", 1, "click", 2, "{}", 0, 5]], "b-1")]
     assert len(decodes) == 1
