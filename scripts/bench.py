@@ -61,12 +61,10 @@ django.setup()
 
 from confluent_kafka import (  # noqa: E402
     TIMESTAMP_CREATE_TIME,
-    Consumer,
     KafkaError,
     KafkaException,
     Message,
     Producer,
-    TopicPartition,
 )
 from confluent_kafka.admin import AdminClient  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -117,6 +115,11 @@ def any_stored() -> bool:
         return bool(cursor.fetchone()[0])
 
 
+def kafka_admin() -> AdminClient:
+    """An admin client on the bench's Kafka, to read the group's offsets without joining it."""
+    return AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
+
+
 def committed_sum(admin: AdminClient, group_id: str, topic: str, partitions: list[int]) -> int:
     """Offsets the group has committed on the topic, summed; 0 while a reading fails."""
     try:
@@ -130,16 +133,6 @@ def truncate() -> None:
     with connection.cursor() as cursor:
         cursor.execute("TRUNCATE signals, anomalies, user_locations")
         cursor.execute("VACUUM ANALYZE signals")
-
-
-def committed_total(topic: str, group_id: str) -> int:
-    """Offsets the bridge has committed on the topic, summed over its partitions."""
-    consumer = Consumer({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "group.id": group_id})
-    try:
-        partitions = [TopicPartition(topic, p) for p in range(settings.TOPIC_PARTITIONS)]
-        return sum(max(tp.offset, 0) for tp in consumer.committed(partitions, timeout=10))
-    finally:
-        consumer.close()
 
 
 def anomalies_count() -> int:
@@ -340,14 +333,13 @@ def pipeline_rate(
     # (docs/performance.md, "Issue 14, before and after"). Until the first row, it asks
     # whether there is one, and counts the few there are; then it reads the group's
     # committed offsets, which the bridge moves only past events stored and analysed.
-    admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
+    admin = kafka_admin()
     partitions = list(range(settings.TOPIC_PARTITIONS))
     with pipeline_running(env, args, logs, servers) as roots:
         cpu_before = cpu_seconds_by_component(roots)
         first_at = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
-            now = time.monotonic()
             if first_at is None:
                 if any_stored():
                     first_count = stored_count()  # a few batches: cheap
@@ -513,7 +505,7 @@ class CommitWatch(threading.Thread):
     def __init__(self, group_id: str, topic: str, interval: float = COMMIT_READ_INTERVAL_S) -> None:
         super().__init__(name="commit-watch", daemon=True)
         self.group_id, self.topic, self.interval = group_id, topic, interval
-        self.admin = AdminClient({"bootstrap.servers": settings.KAFKA_BOOTSTRAP_SERVERS, "log_level": 0})
+        self.admin = kafka_admin()
         self.partitions = list(range(settings.TOPIC_PARTITIONS))
         self.marks = CommitMarks()
         self.stopping = threading.Event()
@@ -639,7 +631,9 @@ def latency_run(args: argparse.Namespace, logs: Path, servers: dict[str, psutil.
         if producer.flush(60) != 0 or failed:
             raise SystemExit(f"bench: could not put the warm-up on Kafka: {failed[:1]}")
         deadline = time.monotonic() + 300
-        while committed_total(topic, group_id) < warm_up:
+        admin = kafka_admin()
+        partitions = list(range(settings.TOPIC_PARTITIONS))
+        while committed_sum(admin, group_id, topic, partitions) < warm_up:
             if time.monotonic() > deadline:
                 raise SystemExit(f"bench: the warm-up was not stored and analysed within 300 s; see {logs}")
             time.sleep(0.5)
