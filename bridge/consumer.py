@@ -606,8 +606,8 @@ class Bridge:
         counts as 0."""
         committed_ms = time.time() * 1000
         for batch_id in batch_ids:
-            for record_ms in self.awaiting_commit.pop(batch_id, ()):
-                END_TO_END_LATENCY.observe(max(0.0, committed_ms - record_ms) / 1000)
+            record_times_ms = self.awaiting_commit.pop(batch_id, ())
+            END_TO_END_LATENCY.observe_many([max(0.0, committed_ms - at_ms) / 1000 for at_ms in record_times_ms])
 
     def _results_lost(self, marked: bool | None) -> bool:
         """Whether the result backend lost this bridge's mark since the last read that saw

@@ -60,6 +60,38 @@ def closed_redis_channels_raise_connection_errors() -> None:
 
 closed_redis_channels_raise_connection_errors()
 
+
+def redis_channels_keep_their_client() -> None:
+    """kombu 5.7.0's Redis transport makes a new `redis.Redis` on its channel's pool for
+    every message it publishes (the bridge's two per batch) and for every message a worker
+    keeps among, or takes off, the unacknowledged (two per task): `Channel.conn_or_acquire`
+    calls `_create_client` each time. Making one fills its table of reply callbacks, about
+    as much CPU as the command it is made for (docs/performance.md, "A Redis client per
+    message"). Each channel now keeps the one it made while its pool stays the same; a
+    channel whose pool was dropped (a lost connection) makes a new one on the new pool. A
+    redis-py client is safe to share between threads: each command takes a connection of
+    the pool. The asynchronous client (BRPOP) was made once already."""
+    from kombu.transport import redis as kombu_redis
+
+    channel: Any = kombu_redis.Channel  # typed stubs do not know its private methods
+    create_client = channel._create_client
+    if hasattr(create_client, "uncached"):
+        return
+
+    def kept(self: Any, asynchronous: bool = False) -> Any:
+        if asynchronous:
+            return create_client(self, asynchronous=True)
+        client = self.__dict__.get("_eventpipeline_client")
+        if client is None or client.connection_pool is not self.pool:
+            client = self._eventpipeline_client = create_client(self)
+        return client
+
+    kept.uncached = create_client  # type: ignore[attr-defined]
+    channel._create_client = kept
+
+
+redis_channels_keep_their_client()
+
 app = Celery("eventpipeline")
 app.config_from_object("django.conf:settings", namespace="CELERY")
 app.autodiscover_tasks()
