@@ -68,9 +68,11 @@ def redis_channels_keep_their_client() -> None:
     calls `_create_client` each time. Making one fills its table of reply callbacks, about
     as much CPU as the command it is made for (docs/performance.md, "A Redis client per
     message"). Each channel now keeps the one it made while its pool stays the same; a
-    channel whose pool was dropped (a lost connection) makes a new one on the new pool. A
-    redis-py client is safe to share between threads: each command takes a connection of
-    the pool. The asynchronous client (BRPOP) was made once already."""
+    channel that dropped its pool (kombu does on close, after a fork, or when the first
+    ping fails) makes one on the new pool. A redis-py client made on a pool holds no
+    connection of its own, so it is safe to share between threads: each command, and each
+    pipeline, takes a connection of the pool. The asynchronous client (BRPOP) was made
+    once already."""
     from kombu.transport import redis as kombu_redis
 
     channel: Any = kombu_redis.Channel  # typed stubs do not know its private methods

@@ -1030,7 +1030,9 @@ def defined_metrics() -> dict[str, Path]:
     """The metrics the project's code defines (as named in the code: counters without
     `_total`), and where."""
     defined: dict[str, Path] = {}
-    pattern = re.compile(r"\b(?:Counter|Gauge|Histogram|Summary)(?:MetricFamily)?\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\"")
+    pattern = re.compile(
+        r"\b(?:Counter|Gauge|(?:Batch)?Histogram|Summary)(?:MetricFamily)?\(\s*\"([a-zA-Z_:][a-zA-Z0-9_:]*)\""
+    )
     for path in REPO.rglob("*.py"):
         relative = path.relative_to(REPO).parts
         if relative[0] in {".venv", ".data", "tests", ".git"} or "migrations" in relative:

@@ -161,28 +161,33 @@ def test_kombu_still_needs_the_guard(private_redis: PrivateRedis) -> None:
 
 
 def test_a_channel_keeps_one_redis_client_per_pool(private_redis: PrivateRedis) -> None:
-    """eventpipeline/celery.py: a channel publishes and acknowledges through one client,
-    not a new one per message; after Redis went away and the channel dropped its pool, it
-    works on through a client on its new pool."""
+    """eventpipeline/celery.py: a channel publishes, keeps unacknowledged and acknowledges
+    through one client, not a new one per message; once it has dropped its pool (as kombu
+    does on close, after a fork, or when its first ping fails), it makes one on the new
+    pool and works on through it."""
     connection = Connection(private_redis.url)
     channel: Any = connection.channel()
+    made: list[Any] = []
+    client_class = channel.Client
+
+    def counted(**kwargs: Any) -> Any:
+        made.append(client_class(**kwargs))
+        return made[-1]
+
+    channel.Client = counted  # what _create_client makes its clients with
     queue = Queue("test-kept-client", Exchange("test-kept-client"), "test-kept-client", channel=channel)
     queue.declare()
     producer = connection.Producer(channel)
-    with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
-        assert first is second and first.connection_pool is channel.pool
-    producer.publish({"n": 1}, exchange=queue.exchange, routing_key="test-kept-client")
-    message = queue.get()
-    assert message is not None and message.payload == {"n": 1}
-    message.ack()  # takes it off the unacknowledged, through the same client
+    for n in range(3):
+        producer.publish({"n": n}, exchange=queue.exchange, routing_key="test-kept-client")
+        message = queue.get()  # kept among the unacknowledged
+        assert message is not None and message.payload == {"n": n}
+        message.ack()
+    assert len(made) == 1 and made[0].connection_pool is channel.pool
 
     private_redis.kill()
-    with pytest.raises(redis.ConnectionError):
-        producer.publish({"n": 2}, exchange=queue.exchange, routing_key="test-kept-client")
     private_redis.start()  # empty, on the same port
-    channel._disconnect_pools()  # as kombu does when it learns the connection was lost
-    with channel.conn_or_acquire() as third:
-        assert third is not first and third.connection_pool is channel.pool
+    channel._disconnect_pools()
     # A queue of its own: the channel remembers its first binding as made, but Redis
     # came back without it.
     again = Queue("test-kept-client-2", Exchange("test-kept-client-2"), "test-kept-client-2", channel=channel)
@@ -191,14 +196,21 @@ def test_a_channel_keeps_one_redis_client_per_pool(private_redis: PrivateRedis) 
     message = again.get()
     assert message is not None and message.payload == {"n": 3}
     message.ack()
+    assert len(made) == 2 and made[1].connection_pool is channel.pool is not made[0].connection_pool
     connection.release()
 
 
 def test_kombu_still_makes_a_client_per_message(private_redis: PrivateRedis) -> None:
     """What the pinned kombu does without eventpipeline/celery.py's change. When this fails
     after an upgrade, kombu keeps its clients itself: the change can go."""
-    connection = Connection(private_redis.url)
-    channel: Any = connection.channel()
-    make = kombu_redis.Channel._create_client.uncached  # type: ignore[attr-defined]
-    assert make(channel) is not make(channel)
-    connection.release()
+    kombu_channel: Any = kombu_redis.Channel
+    kept = kombu_channel._create_client
+    kombu_channel._create_client = kept.uncached
+    try:
+        connection = Connection(private_redis.url)
+        channel: Any = connection.channel()
+        with channel.conn_or_acquire() as first, channel.conn_or_acquire() as second:
+            assert first is not second
+        connection.release()
+    finally:
+        kombu_channel._create_client = kept
