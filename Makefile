@@ -9,7 +9,7 @@ DEVSERVICES := $(PY) scripts/devservices.py
 # Production-like settings for `check --deploy`.
 DEPLOY_ENV := DEBUG=false SECRET_KEY=check-deploy-$(shell date +%s)-a-long-random-enough-secret-key-value ALLOWED_HOSTS=eventpipeline.example.com
 
-.PHONY: run test test-here lint bench bench-detect bench-api bench-indexes bench-retention chaos venv clean promtool hey chromium pgbouncer bench-sizes
+.PHONY: run test test-here lint bench bench-detect bench-api bench-indexes bench-retention chaos venv clean promtool hey chromium pgbouncer bench-sizes bench-messages
 
 $(VENV)/.runtime: requirements.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -81,6 +81,10 @@ bench-indexes: $(VENV)/.dev
 ## bench-sizes: bytes per event on Kafka, through the broker, in the WAL and in the table
 bench-sizes: $(VENV)/.dev
 	$(DEVSERVICES) --data-dir .data/bench -- $(PY) scripts/bench_sizes.py
+
+## bench-messages: Celery's CPU per task handed over and received, kombu's Redis client per message against one per channel
+bench-messages: $(VENV)/.dev
+	$(DEVSERVICES) --data-dir .data/bench -- sh -c 'DEBUG=false LOG_LEVEL=WARNING $(PY) scripts/bench_messages.py $(ARGS)'
 
 ## chaos: 20 seeded faults under load, one line per fault with its recovery time (ARGS="--seed 2", ARGS="--scenario crash-loop")
 # It starts servers of its own (it kills and restarts Redis and PostgreSQL), so not under devservices.
