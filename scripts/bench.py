@@ -11,7 +11,8 @@ The median of the runs is printed, ending with one line scripts can read:
     events_per_s=N copy_limit_per_s=M ratio=R
 Needs KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL and REDIS_URL (make bench starts local ones).
 
-Each run also prints the CPU each component used per 1,000 events. It counts only the
+Each run also prints the CPU each component used per 1,000 events, over the same span as
+the rate: from the first row stored, after every process has started up. It counts only the
 processes the bench started and what runs under them, found by process id: the bridge and
 worker processes of the run, and the servers scripts/devservices.py started for the bench
 (DEVSERVICES_PIDS). Other processes on the machine, another pipeline's worker included,
@@ -59,6 +60,7 @@ sys.path.insert(0, str(REPO))
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
 django.setup()
 
+from celery.utils.nodenames import host_format  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     TIMESTAMP_CREATE_TIME,
     KafkaError,
@@ -75,6 +77,7 @@ from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
 from anomalies_app.windows import WindowStore  # noqa: E402
 from emitter.generator import SignalGenerator, encode  # noqa: E402
 from emitter.pacing import Pace  # noqa: E402
+from eventpipeline.celery import app  # noqa: E402
 from eventpipeline.kafka import committed_offsets, producer_config, topics_ensure  # noqa: E402
 from signals_app.partitions import day_number, signals_partitions_ensure  # noqa: E402
 
@@ -290,6 +293,7 @@ def pipeline_running(
         ]
     )
     started: list[subprocess.Popen[bytes]] = []
+    names: list[str] = []
     roots: dict[str, psutil.Process | None] = dict(servers)
     try:
         for queues in queue_sets:
@@ -298,8 +302,12 @@ def pipeline_running(
             worker_command += ["-n", f"{kind}-{env['BRIDGE_GROUP_ID']}@%h", "--without-gossip", "--without-mingle"]
             worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
             started.append(start(worker_command, env, logs / "worker.log"))
+            names.append(host_format(f"{kind}-{env['BRIDGE_GROUP_ID']}@%h"))
             # Its process id stays its own until stop() reaps it.
             roots["worker" if args.one_worker else f"{kind} worker"] = psutil.Process(started[-1].pid)
+        # The bridge hands batches over once every worker takes them: no start-up of a
+        # worker runs while the pipeline is measured.
+        workers_ready(names, list(started), logs)
         # The windows begin as on a fresh deployment: before any event is stored, so none
         # needs filling in from PostgreSQL (that happens once per user after a Redis loss).
         WindowStore(
@@ -316,6 +324,20 @@ def pipeline_running(
         for process in started:
             stop(process)
         windows_forget(env["DETECT_KEY_PREFIX"])
+
+
+def workers_ready(names: list[str], workers: list[subprocess.Popen[bytes]], logs: Path, timeout: float = 120) -> None:
+    """Waits until every worker named answers a ping: started up and consuming its queues
+    (Celery starts a worker's remote control after its task consumer)."""
+    waiting = set(names)
+    deadline = time.monotonic() + timeout
+    while waiting:
+        if any(worker.poll() is not None for worker in workers):
+            raise SystemExit(f"bench: a worker exited while starting; see {logs / 'worker.log'}")
+        if time.monotonic() > deadline:
+            raise SystemExit(f"bench: {', '.join(sorted(waiting))} not answering after {timeout:.0f} s; see {logs}")
+        for reply in app.control.ping(destination=sorted(waiting), timeout=0.5) or []:
+            waiting -= set(reply)
 
 
 def pipeline_rate(
@@ -336,12 +358,15 @@ def pipeline_rate(
     admin = kafka_admin()
     partitions = list(range(settings.TOPIC_PARTITIONS))
     with pipeline_running(env, args, logs, servers) as roots:
-        cpu_before = cpu_seconds_by_component(roots)
+        cpu_before: dict[str, float | None] = {}
         first_at = None
         deadline = time.monotonic() + 600
         while time.monotonic() < deadline:
             if first_at is None:
                 if any_stored():
+                    # The CPU is counted from here, as the rate: the bridge's start-up and
+                    # its joining the group are not the pipeline's cost per event.
+                    cpu_before = cpu_seconds_by_component(roots)
                     first_count = stored_count()  # a few batches: cheap
                     first_at = time.monotonic()
             elif committed_sum(admin, env["BRIDGE_GROUP_ID"], topic, partitions) >= len(events):
@@ -350,7 +375,12 @@ def pipeline_rate(
                 count = stored_count()
                 if count < len(events):
                     raise SystemExit(f"bench: offsets committed past {count} of {len(events)} events stored")
-                print(cpu_line(cpu_used(cpu_before, cpu_after), len(events)), flush=True)
+                if count - first_count < len(events) / 2:
+                    raise SystemExit(
+                        f"bench: {first_count:,} of the {len(events):,} events were stored before the first "
+                        "reading, too many to time the rest: give more --events"
+                    )
+                print(cpu_line(cpu_used(cpu_before, cpu_after), count - first_count), flush=True)
                 print(f"  anomalies raised: {anomalies_count():,}", flush=True)
                 return (count - first_count) / (now - first_at)
             time.sleep(0.2)

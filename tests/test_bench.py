@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import random
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ from typing import Any
 
 import psutil
 import pytest
+from celery.utils.nodenames import host_format
 
 from tests.conftest import REPO, Pipeline, database_url, wait_for
 
@@ -153,6 +155,52 @@ def test_the_servers_devservices_started_are_read_from_its_variable() -> None:
     assert roots["redis"] == psutil.Process() and roots["kafka"] is None
     assert not_counted == ["postgresql"]
     assert bench.server_roots(None) == ({}, ["postgresql", "redis", "kafka"])
+
+
+def test_a_worker_that_exits_while_starting_stops_the_bench(tmp_path: Path) -> None:
+    gone = subprocess.Popen([sys.executable, "-c", ""])
+    gone.wait()
+    with pytest.raises(SystemExit, match="a worker exited while starting"):
+        bench.workers_ready(["nobody@nowhere"], [gone], tmp_path)
+
+
+@pytest.mark.integration
+def test_a_worker_answering_the_ping_has_started_up(pipeline: Pipeline, tmp_path: Path) -> None:
+    """The bench starts the bridge, and its clock, only when every worker answers: by then
+    a worker's start-up is over, and left idle it spends next to nothing."""
+    name = f"ready-{uuid.uuid4().hex[:6]}@%h"
+    command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", pipeline.queue]
+    command += ["--without-gossip", "--without-mingle", "--loglevel", "WARNING", "-n", name]
+    worker = pipeline.start("ready", command, WORKER_METRICS_PORT="0")
+    bench.workers_ready([host_format(name)], [worker], tmp_path)
+    started_up = own_cpu(worker.pid)
+    time.sleep(2)
+    idle = own_cpu(worker.pid) - started_up
+    assert started_up > 0.3, "Django and Celery take more than this to start"
+    assert idle < 0.1, (started_up, idle)
+
+
+@pytest.mark.integration
+def test_a_short_throughput_run_prints_its_lines(
+    tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
+) -> None:
+    """scripts/bench.py's throughput run, once, on the test database: the CPU line names
+    every process it started and the last line reads as scripts read it."""
+    command = [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "1", "--events", "30000"]
+    command += ["--latency-seconds", "0", "--logs", str(tmp_path)]
+    env = {**os.environ, "DATABASE_URL": database_url()}
+    completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output
+    cpu = re.search(r"CPU ms per 1,000 events: (.*)", completed.stdout)
+    assert cpu, output
+    for process in ("bridge", "store worker", "detect worker"):
+        assert re.search(rf"\b{process} \d+\b", cpu[1]), output
+    last = re.fullmatch(
+        r"events_per_s=(\d+) copy_limit_per_s=(\d+) ratio=(\d+\.\d\d)", completed.stdout.strip().splitlines()[-1]
+    )
+    assert last, output
+    assert int(last[1]) > 0 and int(last[2]) > 0, output
 
 
 @pytest.mark.integration
