@@ -203,11 +203,12 @@ def forget_worker_process(pid: int | None = None, **_: Any) -> None:
         multiprocess.mark_process_dead(pid)
 
 
-def workers_ping(*, timeout: float, limit: int | None = None) -> list[str]:
-    """The names of the workers that answer a ping within `timeout`, on a broker connection
-    of its own with socket timeouts and no retries: the app's own would wait for a broker
-    that does not answer, and try again, for ever."""
+def workers_ping(*, timeout: float, limit: int | None = None, destination: list[str] | None = None) -> list[str]:
+    """The names of the workers that answer a ping within `timeout` (of `destination`
+    only, when given), on a broker connection of its own with socket timeouts and no
+    retries: the app's own would wait for a broker that does not answer, and try again,
+    for ever."""
     bounded = {"socket_timeout": timeout + 1, "socket_connect_timeout": timeout, "max_retries": 0}
     with app.connection_for_write(transport_options=bounded) as broker:
-        replies = app.control.ping(timeout=timeout, limit=limit, connection=broker) or []
+        replies = app.control.ping(destination=destination, timeout=timeout, limit=limit, connection=broker) or []
     return sorted(name for reply in replies for name in reply)

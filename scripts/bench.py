@@ -77,7 +77,7 @@ from anomalies_app.selectors import signal_history, signals_exist  # noqa: E402
 from anomalies_app.windows import WindowStore  # noqa: E402
 from emitter.generator import SignalGenerator, encode  # noqa: E402
 from emitter.pacing import Pace  # noqa: E402
-from eventpipeline.celery import app  # noqa: E402
+from eventpipeline.celery import workers_ping  # noqa: E402
 from eventpipeline.kafka import committed_offsets, producer_config, topics_ensure  # noqa: E402
 from signals_app.partitions import day_number, signals_partitions_ensure  # noqa: E402
 
@@ -328,7 +328,8 @@ def pipeline_running(
 
 def workers_ready(names: list[str], workers: list[subprocess.Popen[bytes]], logs: Path, timeout: float = 120) -> None:
     """Waits until every worker named answers a ping: started up and consuming its queues
-    (Celery starts a worker's remote control after its task consumer)."""
+    (Celery starts a worker's remote control after its task consumer). Each ping is
+    bounded, so a broker that does not answer ends the wait at `timeout` too."""
     waiting = set(names)
     deadline = time.monotonic() + timeout
     while waiting:
@@ -336,8 +337,11 @@ def workers_ready(names: list[str], workers: list[subprocess.Popen[bytes]], logs
             raise SystemExit(f"bench: a worker exited while starting; see {logs / 'worker.log'}")
         if time.monotonic() > deadline:
             raise SystemExit(f"bench: {', '.join(sorted(waiting))} not answering after {timeout:.0f} s; see {logs}")
-        for reply in app.control.ping(destination=sorted(waiting), timeout=0.5) or []:
-            waiting -= set(reply)
+        try:
+            waiting -= set(workers_ping(timeout=0.5, destination=sorted(waiting)))
+        except Exception as error:  # noqa: BLE001 - the broker may not answer yet; the deadline ends the wait
+            print(f"bench: cannot ping the workers yet: {error}", flush=True)
+            time.sleep(1)
 
 
 def pipeline_rate(

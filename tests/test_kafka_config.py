@@ -60,12 +60,13 @@ def test_the_bridge_consumer_is_a_static_member_with_short_timeouts() -> None:
     assert "group.instance.id" not in consumer_config("group", instance_id=""), "empty: a dynamic member"
 
 
+@override_settings(BATCH_TIMEOUT_MS=200)
 def test_a_full_read_ahead_is_fetched_again_within_a_batch_timeout() -> None:
     """Once the read-ahead holds queued.max.messages.kbytes, librdkafka waits
     fetch.queue.backoff.ms before it fetches a partition again. Its default, 1 s, let the
     bridge's queue run dry under a backlog and `consume` wait for records that were there
     (docs/performance.md, "The read-ahead's back-off"); the wait must be a small part of a
-    batch's timeout, and not 0, at which librdkafka's fetcher spins."""
+    batch's timeout (the default one), and not 0, at which librdkafka's fetcher spins."""
     config = consumer_config("group")
     assert 0 < config["fetch.queue.backoff.ms"] <= settings.BATCH_TIMEOUT_MS / 4
     assert config["queued.max.messages.kbytes"] == 4096, "the read-ahead that makes partitions take turns"
