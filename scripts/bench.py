@@ -299,10 +299,11 @@ def pipeline_running(
         for queues in queue_sets:
             kind = queues.split("-")[1]
             worker_command = [sys.executable, "-m", "celery", "-A", "eventpipeline", "worker", "-Q", queues]
-            worker_command += ["-n", f"{kind}-{env['BRIDGE_GROUP_ID']}@%h", "--without-gossip", "--without-mingle"]
+            name = f"{kind}-{env['BRIDGE_GROUP_ID']}@%h"
+            worker_command += ["-n", name, "--without-gossip", "--without-mingle"]
             worker_command += ["--loglevel", "WARNING", *args.worker_args.split()]
             started.append(start(worker_command, env, logs / "worker.log"))
-            names.append(host_format(f"{kind}-{env['BRIDGE_GROUP_ID']}@%h"))
+            names.append(host_format(name))  # as the worker expands it
             # Its process id stays its own until stop() reaps it.
             roots["worker" if args.one_worker else f"{kind} worker"] = psutil.Process(started[-1].pid)
         # The bridge hands batches over once every worker takes them: no start-up of a
