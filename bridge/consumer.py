@@ -5,14 +5,16 @@ One turn of the loop (`step`):
    batches are stored and analysed; re-dispatch the tasks that failed or were lost.
 2. `commit`: commit, per partition, the offset below which everything is stored and
    analysed.
-3. `apply_backpressure`: pause all partitions while too many batches are outstanding.
+3. `apply_backpressure`: pause all partitions while too many batches are outstanding, or
+   while dead letters have waited over a second to be kept.
 4. `consume_batch`: read up to BATCH_SIZE records (or what arrived within
-   BATCH_TIMEOUT_MS), validate each, keep the invalid ones as dead letters (table and DLQ
-   topic) and hand the valid ones to Celery as two tasks: one stores them (queue
-   STORE_QUEUE), one runs detection on them (DETECT_QUEUE). With DLQ_MAX_RATIO set, stop
-   (`stopped_by`) once too many of the last minute's records were refused.
-A record's offset is committed only after its batch is both stored and analysed (or the
-record dead-lettered), so a crash anywhere replays records, and idempotent storing and
+   BATCH_TIMEOUT_MS), validate each, hand the invalid ones to the dead-letter keeper
+   (bridge/dead_letters.py: table and DLQ topic, written beside the loop) and the valid
+   ones to Celery as two tasks: one stores them (queue STORE_QUEUE), one runs detection on
+   them (DETECT_QUEUE). With DLQ_MAX_RATIO set, stop (`stopped_by`) once too many of the
+   last minute's records were refused.
+A record's offset is committed only after its batch is both stored and analysed and its
+dead letters kept, so a crash anywhere replays records, and idempotent storing and
 detection turn the replay into no-ops.
 """
 
@@ -24,8 +26,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Hashable
-from concurrent.futures import ThreadPoolExecutor
-from concurrent.futures import wait as wait_futures
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,10 +41,11 @@ from confluent_kafka import (
     TopicPartition,
 )
 from django.conf import settings
-from django.db import DatabaseError, connection
+from django.db import DatabaseError
 
 from anomalies_app.tasks import detect_anomalies
 from anomalies_app.windows import generation_key
+from bridge.dead_letters import DeadLetterKeeper
 from bridge.dlq_limit import DeadLetterWindow
 from bridge.offsets import OffsetTracker
 from bridge.status import BridgeState
@@ -56,7 +58,7 @@ from eventpipeline.metrics import (
     PROCESSING_LATENCY,
 )
 from signals_app.messages import Limits, Rejection, SignalRow, decode_signal
-from signals_app.services import DeadLetterPublishError, DeadLetterRecord, dead_letters_keep
+from signals_app.services import DeadLetterPublishError, DeadLetterRecord
 from signals_app.tasks import store_signals
 
 logger = logging.getLogger(__name__)
@@ -67,10 +69,13 @@ CLOSE_TIMEOUT_SECONDS = 3.0
 # (`back_from_away`): librdkafka checks max.poll.interval.ms every 0.5 s and heartbeats
 # every tenth of the session.
 AWAY_CHECK_SECONDS = 2.0
-# How long a dead letters' write may hold the loop before the bridge polls while it waits.
+# How long dead letters may wait to be kept before the bridge stops reading until they are:
+# longer than a write takes when PostgreSQL and Kafka answer (`apply_backpressure`).
 DEAD_LETTER_QUICK_S = 1.0
 # How often a bridge waiting for PostgreSQL to take dead letters says so.
 DEAD_LETTER_WAIT_LOG_S = 10.0
+# How long after a failed write a batch's dead letters are handed over again.
+DEAD_LETTER_RETRY_S = 1.0
 # How long the bridge's mark on the result backend lives; it is made again every half of it.
 RESULTS_MARK_TTL_S = 3600
 
@@ -99,6 +104,13 @@ class InFlightBatch:
     # Kafka's timestamp of each row's record (ms since the epoch), where the record has one.
     record_times_ms: list[int] = field(default_factory=list)
     handovers: dict[str, Handover] = field(default_factory=lambda: {name: Handover() for name in TASKS})
+    # The batch's refused records, until the keeper has them in the table and on the DLQ
+    # topic (bridge/dead_letters.py): then `dead_letters_kept` is done without an error.
+    dead_letters: list[DeadLetterRecord] = field(default_factory=list)
+    dead_letters_kept: Future[None] | None = None
+    # When the dead letters were first handed over, and last.
+    dead_letters_since: float = 0.0
+    dead_letters_handed_at: float = 0.0
 
 
 @dataclass
@@ -168,16 +180,17 @@ class Bridge:
         self.fatal_error: str | None = None
         # False when the consumer did not close within CLOSE_TIMEOUT_SECONDS.
         self.closed = False
-        # Counts revokes and losses, for a batch that waited across one (`consume_batch`).
-        self.rebalances = 0
         # When the last poll of Kafka returned: a longer gap than the session before a
         # commit means the bridge was away (`back_from_away`).
         self.last_polled_at: float | None = None
         # When a poll that was itself held past the session began (`_polled`).
         self.held_since: float | None = None
-        # Dead letters are written from a thread of their own, so that the loop goes on
-        # polling Kafka however long PostgreSQL takes to answer (`keep_dead_letters`).
-        self.writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="dead-letters")
+        # Dead letters are written from a thread of their own, several batches' at once;
+        # the loop goes on reading meanwhile (`hand_dead_letters`).
+        self.keeper = DeadLetterKeeper(options.dlq_topic, dlq_producer)
+        # When the bridge last said it was waiting for them, and the last failed write it told of.
+        self.dead_letters_told_at = 0.0
+        self.dead_letters_failure: BaseException | None = None
 
     # --- lifecycle ------------------------------------------------------------------
     def subscribe(self) -> None:
@@ -260,6 +273,7 @@ class Bridge:
             logger.warning("stopping with %d batches not confirmed; they will be consumed again", len(self.in_flight))
         if self.fatal_error is None:
             self.commit(asynchronous=False)
+        self.keeper.close()
         self.closed = close_within(self.consumer, CLOSE_TIMEOUT_SECONDS)
 
     # --- steps ----------------------------------------------------------------------
@@ -301,14 +315,6 @@ class Bridge:
                 kind, record_ms = message.timestamp()
                 if kind != TIMESTAMP_NOT_AVAILABLE:
                     record_times_ms.append(record_ms)
-        rebalances = self.rebalances
-        if dead_letters and not self.keep_dead_letters(dead_letters):
-            return  # stopping: none of these offsets is committed, the records come again
-        if self.rebalances != rebalances:
-            # Partitions went to another bridge while the dead letters waited: their offsets
-            # are the new owner's to commit. Their events are handed over all the same
-            # (storing them twice changes nothing).
-            offsets = {p: span for p, span in offsets.items() if (self.options.topic, p) in self.assigned}
         batch = InFlightBatch(
             batch_id=next(self.batch_ids),
             topic=self.options.topic,
@@ -316,13 +322,19 @@ class Bridge:
             received_at=received_at,
             offsets=offsets,
             record_times_ms=record_times_ms,
+            # A batch of dead letters alone has no task to wait for.
+            handovers={name: Handover() for name in TASKS} if rows else {},
+            dead_letters=dead_letters,
         )
         self.tracker.add(batch.batch_id, {(batch.topic, partition): last for partition, (_, last) in offsets.items()})
         EVENTS_PROCESSED.labels(status="accepted").inc(len(rows))
         batch_log(batch, dead_letters=len(dead_letters))
-        if rows:
+        if rows or dead_letters:
             self.in_flight[batch.batch_id] = batch
-            for name in TASKS:
+            if dead_letters:
+                batch.dead_letters_since = received_at
+                self.hand_dead_letters(batch)
+            for name in batch.handovers:
                 # The broker refused the first: the second waits for a later turn too.
                 if not self.dispatch(batch, name):
                     break
@@ -331,9 +343,9 @@ class Bridge:
         self.judge_dead_letters(accepted=len(rows), dead_letters=dead_letters)
 
     def judge_dead_letters(self, *, accepted: int, dead_letters: list[DeadLetterRecord]) -> None:
-        """Stop on a poison flood, with DLQ_MAX_RATIO set. The batch is handled by now (its
-        dead letters kept, its events handed over), so stopping drains and commits it, and
-        nothing read after it."""
+        """Stop on a poison flood, with DLQ_MAX_RATIO set. The batch is handed over by now
+        (its dead letters to the keeper, its events to Celery), so stopping drains it,
+        commits it once done, and nothing read after it."""
         window = self.dead_letter_window
         if window is None:
             return
@@ -352,39 +364,41 @@ class Bridge:
         logger.critical("%s", self.stopped_by)
         self.shutdown = True
 
-    def keep_dead_letters(self, dead_letters: list[DeadLetterRecord]) -> bool:
-        """Keep refused records in the table and on the DLQ topic, retrying until both take
-        them: their offsets must not be committed before. False if asked to stop first.
+    def hand_dead_letters(self, batch: InFlightBatch) -> None:
+        """Hand the batch's dead letters to the keeper, which writes them beside the loop:
+        the batch is not done, nor its offsets committed, until they are kept
+        (`dead_letters_done`)."""
+        batch.dead_letters_kept = self.keeper.submit(batch.dead_letters)
+        batch.dead_letters_handed_at = self.clock()
 
-        The write runs on the writer thread; one that takes longer than
-        DEAD_LETTER_QUICK_S is waited for polling Kafka with the partitions paused: a
-        PostgreSQL that does not answer (a network partition leaves the query waiting for
-        as long as TCP does) must not keep the bridge from polling for
-        max.poll.interval.ms, or the group takes its partitions and the next bridge waits
-        on the same PostgreSQL."""
-        while not self.shutdown:
-            written = self.writer.submit(_dead_letters_write, dead_letters, self.options.dlq_topic, self.dlq_producer)
-            # Most writes take milliseconds: waiting for them without polling keeps the
-            # partitions unpaused (a pause drops the records librdkafka has fetched ahead).
-            wait_futures([written], timeout=DEAD_LETTER_QUICK_S)
-            waiting = 0
-            while not written.done() and not self.shutdown:
-                if waiting:
-                    logger.warning("still waiting for PostgreSQL to keep %d dead letters", len(dead_letters))
-                self.idle(DEAD_LETTER_WAIT_LOG_S, until=written.done)
-                waiting += 1
-            if not written.done():
-                return False  # stopping; the records come again to the partitions' next owner
-            error = written.exception()
-            if error is None:
-                EVENTS_PROCESSED.labels(status="dead_letter").inc(len(dead_letters))
+    def dead_letters_done(self, batch: InFlightBatch, now: float) -> bool:
+        """Whether the batch's dead letters are in the table and on the DLQ topic. A write
+        that failed (PostgreSQL or Kafka away) is handed over again after
+        DEAD_LETTER_RETRY_S, for as long as it takes. Meanwhile the batch stays in flight;
+        once dead letters have waited DEAD_LETTER_QUICK_S, the bridge stops reading until
+        they are kept (`apply_backpressure`)."""
+        kept = batch.dead_letters_kept
+        if kept is None:
+            if not batch.dead_letters:
                 return True
-            if not isinstance(error, (DatabaseError, KafkaException, DeadLetterPublishError)):
-                raise error
-            logger.error("cannot keep %d dead letters, retrying: %s", len(dead_letters), error)
-            # However long PostgreSQL is away, keep polling: a bridge that stops
-            # polling for max.poll.interval.ms is dropped from its group.
-            self.idle(1.0)
+            if now - batch.dead_letters_handed_at >= DEAD_LETTER_RETRY_S:
+                self.hand_dead_letters(batch)
+            return False
+        if not kept.done():
+            return False
+        error = kept.exception()
+        if error is None:
+            EVENTS_PROCESSED.labels(status="dead_letter").inc(len(batch.dead_letters))
+            batch.dead_letters, batch.dead_letters_kept = [], None
+            return True
+        if not isinstance(error, (DatabaseError, KafkaException, DeadLetterPublishError)):
+            raise error
+        # Batches written together fail together: one line for them, per write.
+        if error is not self.dead_letters_failure:
+            self.dead_letters_failure = error
+            logger.error("cannot keep %d dead letters, retrying: %s", self.dead_letters_waiting(now)[0], error)
+        batch.dead_letters_kept = None
+        batch.dead_letters_handed_at = now  # again DEAD_LETTER_RETRY_S after the failure
         return False
 
     def dispatch(self, batch: InFlightBatch, name: str) -> bool:
@@ -428,6 +442,20 @@ class Bridge:
         if not self.in_flight:
             return
         now = self.clock()
+        for batch in list(self.in_flight.values()):
+            if batch.dead_letters and not self.dead_letters_done(batch, now):
+                continue
+            if not batch.handovers:  # dead letters alone, kept now
+                self._finish(batch, now)
+        records, batches, longest = self.dead_letters_waiting(now)
+        if longest >= DEAD_LETTER_WAIT_LOG_S and now - self.dead_letters_told_at >= DEAD_LETTER_WAIT_LOG_S:
+            logger.warning(
+                "still waiting for PostgreSQL to keep %d dead letters of %d batches, for %.0f s",
+                records,
+                batches,
+                longest,
+            )
+            self.dead_letters_told_at = now
         handovers = [
             (batch, name, handover) for batch in self.in_flight.values() for name, handover in batch.handovers.items()
         ]
@@ -471,7 +499,7 @@ class Bridge:
                 )
                 broker_refused = not self.dispatch(batch, name)
         for batch in list(self.in_flight.values()):
-            if succeeded.get(batch.batch_id) == len(batch.handovers):
+            if batch.handovers and succeeded.get(batch.batch_id) == len(batch.handovers) and not batch.dead_letters:
                 self._finish(batch, now)
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
@@ -518,14 +546,30 @@ class Bridge:
             error or refused[0].error,
         )
 
+    def dead_letters_waiting(self, now: float) -> tuple[int, int, float]:
+        """Dead letters not kept yet: how many, of how many batches, and how long the
+        longest has waited."""
+        waiting = [batch for batch in self.in_flight.values() if batch.dead_letters]
+        longest = max((now - batch.dead_letters_since for batch in waiting), default=0.0)
+        return sum(len(batch.dead_letters) for batch in waiting), len(waiting), longest
+
     def apply_backpressure(self) -> None:
-        saturated = len(self.in_flight) >= self.options.max_in_flight
+        """Pause every partition while BRIDGE_MAX_IN_FLIGHT batches are outstanding, or
+        while dead letters have waited over DEAD_LETTER_QUICK_S to be kept: PostgreSQL
+        or Kafka is away, and batches read meanwhile would only pile up copies for the
+        workers to run once it is back (docs/design.md, "Consumer group")."""
+        _, batches, longest = self.dead_letters_waiting(self.clock())
+        stalled = longest > DEAD_LETTER_QUICK_S
+        saturated = stalled or len(self.in_flight) >= self.options.max_in_flight
         if saturated == self.paused:
             return
         assignment = self.consumer.assignment()
         if saturated:
             self.consumer.pause(assignment)
-            logger.info("workers are behind (%d batches in flight): pausing", len(self.in_flight))
+            if stalled:
+                logger.info("dead letters of %d batches wait to be kept, for %.1f s: pausing", batches, longest)
+            else:
+                logger.info("workers are behind (%d batches in flight): pausing", len(self.in_flight))
         else:
             self.consumer.resume(assignment)
         self.paused = saturated
@@ -560,17 +604,14 @@ class Bridge:
             self.consumer.pause(self.consumer.assignment())
             self.paused = True
 
-    def idle(self, seconds: float, *, until: Callable[[], bool] | None = None) -> None:
+    def idle(self, seconds: float) -> None:
         """Wait without reading, but polling: librdkafka answers the group's rebalances
-        and counts the bridge alive only while it polls (max.poll.interval.ms). Ends early
-        once `until` says so."""
+        and counts the bridge alive only while it polls (max.poll.interval.ms)."""
         was_paused = self.paused
         self.pause_all()
         deadline = self.clock() + seconds
         try:
             while not self.shutdown and (remaining := deadline - self.clock()) > 0:
-                if until is not None and until():
-                    return
                 self._poll_paused(min(remaining, 0.1))
         finally:
             if not was_paused:
@@ -687,7 +728,6 @@ class Bridge:
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         revoked = [(p.topic, p.partition) for p in partitions]
-        self.rebalances += 1
         # Called from within a poll, by the group itself: this bridge is still the owner
         # until it returns, so its commit below needs no check (`back_from_away`, which
         # would poll again from inside this poll).
@@ -703,7 +743,6 @@ class Bridge:
         committed past them, so nothing is committed for them; their batches in flight are
         let go as on a revoke."""
         lost = [(p.topic, p.partition) for p in partitions]
-        self.rebalances += 1
         self.assigned = self.assigned - set(lost)
         left = self._let_go(lost)
         logger.warning(
@@ -725,15 +764,6 @@ class Bridge:
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
         self.awaiting_commit.clear()
         return left
-
-
-def _dead_letters_write(dead_letters: list[DeadLetterRecord], topic: str, producer: Producer) -> None:
-    """On the bridge's writer thread, with a database connection of its own."""
-    try:
-        dead_letters_keep(dead_letters=dead_letters, topic=topic, producer=producer)
-    except DatabaseError:
-        connection.close_if_unusable_or_obsolete()
-        raise
 
 
 def close_within(consumer: Consumer, seconds: float) -> bool:

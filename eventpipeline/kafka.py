@@ -135,8 +135,7 @@ def consumer_config(group_id: str, *, instance_id: str = "", **overrides: Any) -
         # this long. Its default, 1 s, is longer than the bridge takes to work through 4 MB:
         # the queue ran dry and `consume` waited, up to BATCH_TIMEOUT_MS, holding a backlog to
         # some 23,000 events/s where 20 ms gave 31,000. At 0 librdkafka's fetcher spins: the
-        # bridge's CPU doubled. Catching up under chaos was slower with it, for a reason not
-        # known yet (docs/performance.md, "The read-ahead's back-off").
+        # bridge's CPU doubled (docs/performance.md, "The read-ahead's back-off").
         "fetch.queue.backoff.ms": 20,
     }
     if instance_id:

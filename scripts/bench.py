@@ -39,6 +39,7 @@ import contextlib
 import json
 import math
 import os
+import random
 import re
 import signal
 import statistics
@@ -61,6 +62,7 @@ os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
 django.setup()
 
 from celery.utils.nodenames import host_format  # noqa: E402
+from chaos import malformed_record  # noqa: E402  (scripts/chaos.py, beside this file)
 from confluent_kafka import (  # noqa: E402
     TIMESTAMP_CREATE_TIME,
     KafkaError,
@@ -95,15 +97,26 @@ def produce(producer: Producer, topic: str, key: bytes, value: bytes) -> None:
             producer.poll(0.05)
 
 
-def produce_backlog(topic: str, events: list[dict[str, object]]) -> None:
+def produce_backlog(topic: str, events: list[dict[str, object]], malformed_every: int = 0) -> int:
+    """Put the events on the topic; with `malformed_every`, a record the bridge must refuse
+    after every that many events, of the kinds `make chaos` sends. Returns how many records
+    that makes in all."""
     producer = Producer(producer_config())
-    for index, event in enumerate(events):
+    rng = random.Random(len(events))
+    now_ms = int(time.time() * 1000)
+    records = 0
+    for index, event in enumerate(events, start=1):
         key, value = encode(event)
         produce(producer, topic, key, value)
+        records += 1
+        if malformed_every and index % malformed_every == 0:
+            produce(producer, topic, key, malformed_record(rng, now_ms))
+            records += 1
         if index % 10_000 == 0:
             producer.poll(0)
     if producer.flush(120) != 0:
         raise SystemExit("bench: could not put the backlog on Kafka")
+    return records
 
 
 def stored_count() -> int:
@@ -353,7 +366,7 @@ def pipeline_rate(
     started here and of `servers`."""
     env = bench_env(args)
     topic = env["SIGNALS_TOPIC"]
-    produce_backlog(topic, events)
+    records = produce_backlog(topic, events, args.malformed_every)
     truncate()
     # What the bench watches must cost next to nothing: a count(*) over the growing
     # table five times a second took a fifth of PostgreSQL's CPU in the run it measured
@@ -374,7 +387,7 @@ def pipeline_rate(
                     cpu_before = cpu_seconds_by_component(roots)
                     first_count = stored_count()  # a few batches: cheap
                     first_at = time.monotonic()
-            elif committed_sum(admin, env["BRIDGE_GROUP_ID"], topic, partitions) >= len(events):
+            elif committed_sum(admin, env["BRIDGE_GROUP_ID"], topic, partitions) >= records:
                 now = time.monotonic()
                 cpu_after = cpu_seconds_by_component(roots)
                 count = stored_count()
@@ -729,10 +742,19 @@ def main() -> None:
     parser.add_argument(
         "--latency-seconds", type=float, default=60, help="length of the latency run (0: no latency run)"
     )
+    parser.add_argument(
+        "--malformed-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="throughput runs: one record the bridge must refuse after every N events, as make chaos sends (0: none)",
+    )
     parser.add_argument("--logs", type=Path, default=REPO / ".data" / "bench" / "logs", help="where processes log")
     args = parser.parse_args()
-    if args.runs < 0 or args.latency_seconds < 0 or args.latency_rate <= 0:
-        parser.error("--runs and --latency-seconds cannot be negative, and --latency-rate must be positive")
+    if args.runs < 0 or args.latency_seconds < 0 or args.latency_rate <= 0 or args.malformed_every < 0:
+        parser.error(
+            "--runs, --latency-seconds and --malformed-every cannot be negative, and --latency-rate must be positive"
+        )
     if args.runs == 0 and args.latency_seconds == 0:
         parser.error("nothing to do: --runs 0 and --latency-seconds 0")
 
@@ -763,6 +785,7 @@ def main() -> None:
         print(
             f"median of {args.runs} runs, {args.events:,} events each, batch {args.batch_size}, "
             f"{'one worker' if args.one_worker else 'a store and a detect worker'} {args.worker_args}"
+            + (f", one refused record per {args.malformed_every} events" if args.malformed_every else "")
         )
         print(
             f"events_per_s={events_per_s:.0f} copy_limit_per_s={copy_limit:.0f} ratio={events_per_s / copy_limit:.2f}"

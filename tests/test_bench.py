@@ -184,9 +184,11 @@ def test_a_worker_answering_the_ping_has_started_up(pipeline: Pipeline, tmp_path
 def test_a_short_throughput_run_prints_its_lines(
     tmp_path: Path, django_db_serialized_rollback: None, transactional_db: Any
 ) -> None:
-    """scripts/bench.py's throughput run, once, on the test database: the CPU line names
-    every process it started and the last line reads as scripts read it."""
+    """scripts/bench.py's throughput run, once, on the test database, with malformed records
+    among the events (the bench waits for their offsets too, and counts only the events):
+    the CPU line names every process it started and the last line reads as scripts read it."""
     command = [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "1", "--events", "30000"]
+    command += ["--malformed-every", "100"]
     command += ["--latency-seconds", "0", "--logs", str(tmp_path)]
     env = {**os.environ, "DATABASE_URL": database_url()}
     completed = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=600, check=False)
@@ -201,6 +203,7 @@ def test_a_short_throughput_run_prints_its_lines(
     )
     assert last, output
     assert int(last[1]) > 0 and int(last[2]) > 0, output
+    assert "one refused record per 100 events" in completed.stdout, output
 
 
 @pytest.mark.integration

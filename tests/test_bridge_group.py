@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
 from typing import Any
 
 import pytest
@@ -128,34 +127,3 @@ def test_a_refused_commit_is_logged_with_its_offsets_and_reason(caplog: pytest.L
     [record] = caplog.records
     assert "refused the commit of signals [0]@100 [3]@7" in record.getMessage()
     assert "UNKNOWN_MEMBER_ID" in record.getMessage()
-
-
-def test_dead_letters_waiting_for_postgresql_keep_the_bridge_polling(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A PostgreSQL that does not answer (a network partition) holds the dead letters' write,
-    not the loop: the bridge goes on polling, paused, until the write ends."""
-    answered = threading.Event()
-    writes: list[int] = []
-
-    def write(dead_letters: list[Any], topic: str, producer: Any) -> None:
-        answered.wait(10)
-        writes.append(len(dead_letters))
-
-    monkeypatch.setattr("bridge.consumer._dead_letters_write", write)
-    consumer = StandInConsumer()
-    bridge = bridge_on(consumer)
-    kept: list[bool] = []
-    keeper = threading.Thread(target=lambda: kept.append(bridge.keep_dead_letters([object()] * 3)))  # type: ignore[list-item]
-    keeper.start()
-    threading.Event().wait(0.3)
-    assert consumer.polls == 0, "a write is first waited for without a pause (the pause drops fetched records)"
-    deadline = time.monotonic() + 8  # past DEAD_LETTER_QUICK_S, on a machine however busy
-    while consumer.polls < 3 and time.monotonic() < deadline:
-        threading.Event().wait(0.05)
-    polls_while_waiting = consumer.polls
-    answered.set()
-    keeper.join(5)
-
-    assert polls_while_waiting >= 3, "the bridge polled while PostgreSQL did not answer"
-    assert consumer.paused, "its partitions were paused meanwhile"
-    assert kept == [True] and writes == [3]
-    assert consumer.resumed, "and read again once the dead letters were kept"

@@ -3,6 +3,8 @@ server). The same on real servers, with bridges coming and going mid-run: test_s
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any
 
 from confluent_kafka import TopicPartition
@@ -259,22 +261,24 @@ class ReadingConsumer(RecordingConsumer):
         return [Record(0, 10), Record(1, 20)]
 
 
-def test_a_partition_revoked_while_its_dead_letters_waited_is_not_committed(monkeypatch: Any) -> None:
-    """Dead letters wait for PostgreSQL polling Kafka, so a rebalance can take a partition of
-    the batch meanwhile: its offsets are then the new owner's to commit."""
+def test_a_partition_revoked_while_its_dead_letters_are_written_is_not_committed(monkeypatch: Any) -> None:
+    """The dead letters are written beside the loop, which goes on polling, so a rebalance
+    can take a partition of the batch meanwhile: its offsets are then the new owner's."""
+    written = threading.Event()
+    monkeypatch.setattr("bridge.dead_letters.dead_letters_write", lambda *_: written.wait(10))
     consumer = ReadingConsumer()
     bridge = bridge_with(consumer)
     bridge.assigned = frozenset({(TOPIC, 0), (TOPIC, 1)})
 
-    def keep_while_partition_0_is_revoked(dead_letters: Any) -> bool:
-        revoke(bridge, consumer, 0)
-        return True
-
-    monkeypatch.setattr(bridge, "keep_dead_letters", keep_while_partition_0_is_revoked)
     bridge.consume_batch()
+    revoke(bridge, consumer, 0)
+    written.set()
+    deadline = time.monotonic() + 10
+    while bridge.in_flight and time.monotonic() < deadline:
+        bridge.collect_results()
     bridge.commit()
 
-    assert consumer.commits == [{1: 21}], "partition 0 went to another bridge during the wait"
+    assert consumer.commits == [{1: 21}], "partition 0 went to another bridge during the write"
 
 
 def test_a_revoke_after_a_long_stop_commits_without_polling_from_inside_the_poll() -> None:
