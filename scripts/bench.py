@@ -58,11 +58,12 @@ import redis
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "scripts"))  # chaos.py's malformed records
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "eventpipeline.settings")
 django.setup()
 
 from celery.utils.nodenames import host_format  # noqa: E402
-from chaos import malformed_record  # noqa: E402  (scripts/chaos.py, beside this file)
+from chaos import malformed_record  # noqa: E402
 from confluent_kafka import (  # noqa: E402
     TIMESTAMP_CREATE_TIME,
     KafkaError,
