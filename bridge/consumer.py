@@ -108,8 +108,7 @@ class InFlightBatch:
     # topic (bridge/dead_letters.py): then `dead_letters_kept` is done without an error.
     dead_letters: list[DeadLetterRecord] = field(default_factory=list)
     dead_letters_kept: Future[None] | None = None
-    # When the dead letters were first handed over, and last.
-    dead_letters_since: float = 0.0
+    # When the dead letters were last handed over (first: `received_at`).
     dead_letters_handed_at: float = 0.0
 
 
@@ -332,7 +331,6 @@ class Bridge:
         if rows or dead_letters:
             self.in_flight[batch.batch_id] = batch
             if dead_letters:
-                batch.dead_letters_since = received_at
                 self.hand_dead_letters(batch)
             for name in batch.handovers:
                 # The broker refused the first: the second waits for a later turn too.
@@ -367,30 +365,29 @@ class Bridge:
     def hand_dead_letters(self, batch: InFlightBatch) -> None:
         """Hand the batch's dead letters to the keeper, which writes them beside the loop:
         the batch is not done, nor its offsets committed, until they are kept
-        (`dead_letters_done`)."""
+        (`follow_dead_letters`)."""
         batch.dead_letters_kept = self.keeper.submit(batch.dead_letters)
         batch.dead_letters_handed_at = self.clock()
 
-    def dead_letters_done(self, batch: InFlightBatch, now: float) -> bool:
-        """Whether the batch's dead letters are in the table and on the DLQ topic. A write
-        that failed (PostgreSQL or Kafka away) is handed over again after
-        DEAD_LETTER_RETRY_S, for as long as it takes. Meanwhile the batch stays in flight;
-        once dead letters have waited DEAD_LETTER_QUICK_S, the bridge stops reading until
-        they are kept (`apply_backpressure`)."""
+    def follow_dead_letters(self, batch: InFlightBatch, now: float) -> None:
+        """Once the keeper has the batch's dead letters in the table and on the DLQ topic,
+        they are no longer the batch's to wait for. A write that failed (PostgreSQL or
+        Kafka away) is handed over again after DEAD_LETTER_RETRY_S, for as long as it
+        takes. Meanwhile the batch stays in flight; once dead letters have waited
+        DEAD_LETTER_QUICK_S, the bridge stops reading until they are kept
+        (`apply_backpressure`)."""
         kept = batch.dead_letters_kept
         if kept is None:
-            if not batch.dead_letters:
-                return True
             if now - batch.dead_letters_handed_at >= DEAD_LETTER_RETRY_S:
                 self.hand_dead_letters(batch)
-            return False
+            return
         if not kept.done():
-            return False
+            return
         error = kept.exception()
         if error is None:
             EVENTS_PROCESSED.labels(status="dead_letter").inc(len(batch.dead_letters))
             batch.dead_letters, batch.dead_letters_kept = [], None
-            return True
+            return
         if not isinstance(error, (DatabaseError, KafkaException, DeadLetterPublishError)):
             raise error
         # Batches written together fail together: one line for them, per write.
@@ -399,7 +396,6 @@ class Bridge:
             logger.error("cannot keep %d dead letters, retrying: %s", self.dead_letters_waiting(now)[0], error)
         batch.dead_letters_kept = None
         batch.dead_letters_handed_at = now  # again DEAD_LETTER_RETRY_S after the failure
-        return False
 
     def dispatch(self, batch: InFlightBatch, name: str) -> bool:
         """Hand one task of the batch to Celery. False if the broker did not take it (it
@@ -442,11 +438,9 @@ class Bridge:
         if not self.in_flight:
             return
         now = self.clock()
-        for batch in list(self.in_flight.values()):
-            if batch.dead_letters and not self.dead_letters_done(batch, now):
-                continue
-            if not batch.handovers:  # dead letters alone, kept now
-                self._finish(batch, now)
+        for batch in self.in_flight.values():
+            if batch.dead_letters:
+                self.follow_dead_letters(batch, now)
         records, batches, longest = self.dead_letters_waiting(now)
         if longest >= DEAD_LETTER_WAIT_LOG_S and now - self.dead_letters_told_at >= DEAD_LETTER_WAIT_LOG_S:
             logger.warning(
@@ -499,7 +493,8 @@ class Bridge:
                 )
                 broker_refused = not self.dispatch(batch, name)
         for batch in list(self.in_flight.values()):
-            if batch.handovers and succeeded.get(batch.batch_id) == len(batch.handovers) and not batch.dead_letters:
+            # A batch of dead letters alone has no task: it is done once they are kept.
+            if succeeded.get(batch.batch_id, 0) == len(batch.handovers) and not batch.dead_letters:
                 self._finish(batch, now)
         BRIDGE_IN_FLIGHT.set(len(self.in_flight))
 
@@ -550,7 +545,7 @@ class Bridge:
         """Dead letters not kept yet: how many, of how many batches, and how long the
         longest has waited."""
         waiting = [batch for batch in self.in_flight.values() if batch.dead_letters]
-        longest = max((now - batch.dead_letters_since for batch in waiting), default=0.0)
+        longest = max((now - batch.received_at for batch in waiting), default=0.0)
         return sum(len(batch.dead_letters) for batch in waiting), len(waiting), longest
 
     def apply_backpressure(self) -> None:

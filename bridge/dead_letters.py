@@ -75,20 +75,17 @@ class DeadLetterKeeper:
                     break
                 writes.append(more)
             records = [record for dead_letters, _ in writes for record in dead_letters]
-            failure: BaseException | None = None
             try:
                 dead_letters_write(records, self.topic, self.producer)
             except BaseException as error:
-                failure = error
-                if not isinstance(error, Exception):
-                    raise
-            finally:
                 # Every future ends, whatever happened: one left pending would hold its
                 # batch, and the bridge paused, for good.
                 for _, kept in writes:
-                    if failure is None:
-                        kept.set_result(None)
-                    else:
-                        kept.set_exception(failure)
+                    kept.set_exception(error)
+                if not isinstance(error, Exception):
+                    raise
+            else:
+                for _, kept in writes:
+                    kept.set_result(None)
             if stopping:
                 return
