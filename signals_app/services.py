@@ -25,6 +25,7 @@ from confluent_kafka import KafkaException, Producer
 from django.conf import settings
 from django.db import DataError, IntegrityError, InterfaceError, OperationalError, connection, transaction
 from django.db.models.functions import Now
+from django.utils import timezone
 
 from eventpipeline.kafka import OutgoingRecord, produce_confirmed, shared_producer
 from eventpipeline.metrics import DEAD_LETTERS
@@ -194,21 +195,43 @@ def _keep_worker_dead_letters(dead_letters: list[DeadLetterRecord]) -> int:
     return dead_letters_keep(dead_letters=dead_letters, topic=settings.DLQ_TOPIC, producer=shared_producer())
 
 
-def dead_letters_store(*, dead_letters: Iterable[DeadLetterRecord]) -> int:
-    """Keep refused records; a record already kept (same source coordinates) is skipped."""
+# Rows per INSERT: 7 parameters each, well under PostgreSQL's 65,535 per statement.
+DEAD_LETTERS_PER_INSERT = 1000
+
+_DEAD_LETTER_INSERT = (
+    "INSERT INTO dead_letters (raw, key, source_topic, source_partition, source_offset, reason, received_at) "
+    "VALUES {values} ON CONFLICT (source_topic, source_partition, source_offset) DO NOTHING"
+)
+
+
+def dead_letters_store(*, dead_letters: Sequence[DeadLetterRecord]) -> int:
+    """Keep refused records; a record already kept (same source coordinates) is skipped.
+
+    Each INSERT is a statement of its own, committed by PostgreSQL as it ends, not a
+    transaction the caller must finish with a second round trip (as `bulk_create` opens):
+    a bridge stopped between the two (SIGSTOP, a long pause) would hold the rows' entries
+    in the unique index, and the bridge given its partitions, which reads and refuses the
+    same records, would wait on them for as long as the first one sleeps (seen in `make
+    chaos`, docs/performance.md, "Dead letters beside the loop"). Inside a caller's
+    transaction (a worker's), the statements are part of it."""
+    received_at = timezone.now()
     rows = [
-        DeadLetter(
-            raw=record.raw,
-            key=record.key,
-            source_topic=record.source_topic,
-            source_partition=record.source_partition,
-            source_offset=record.source_offset,
-            reason=record.reason,
+        (
+            record.raw,
+            record.key,
+            record.source_topic,
+            record.source_partition,
+            record.source_offset,
+            record.reason,
+            received_at,
         )
         for record in dead_letters
     ]
-    if rows:
-        DeadLetter.objects.bulk_create(rows, ignore_conflicts=True)
+    with connection.cursor() as cursor:
+        for start in range(0, len(rows), DEAD_LETTERS_PER_INSERT):
+            chunk = rows[start : start + DEAD_LETTERS_PER_INSERT]
+            values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
+            cursor.execute(_DEAD_LETTER_INSERT.format(values=values), [value for row in chunk for value in row])
     return len(rows)
 
 

@@ -14,7 +14,7 @@ from django.test import override_settings
 from prometheus_client import REGISTRY
 
 from signals_app.models import DeadLetter, Signal
-from signals_app.services import signals_store_batch
+from signals_app.services import DeadLetterRecord, dead_letters_store, signals_store_batch
 from signals_app.tasks import store_signals
 from tests.conftest import dlq_reasons
 from tests.factories import signal_row
@@ -123,3 +123,40 @@ def test_a_store_blocked_by_a_lock_gives_up_after_the_statement_timeout() -> Non
         with pytest.raises(OperationalError, match="statement timeout"):
             signals_store_batch(topic=TOPIC, rows=[signal_row()])
     assert signals_store_batch(topic=TOPIC, rows=[signal_row()]).stored == 1
+
+
+def other_connection() -> psycopg.Connection:
+    db = connection.settings_dict
+    return psycopg.connect(host=db["HOST"] or "127.0.0.1", port=db["PORT"] or 5432, user=db["USER"], dbname=db["NAME"])
+
+
+def dead_letter_record(offset: int) -> DeadLetterRecord:
+    return DeadLetterRecord(raw=b"{", source_topic=TOPIC, source_partition=0, source_offset=offset, reason="not JSON")
+
+
+@pytest.mark.django_db(transaction=True, serialized_rollback=True)
+def test_each_statement_keeping_dead_letters_is_committed_as_it_ends() -> None:
+    """No transaction is left for a second round trip to finish: a bridge stopped after its
+    INSERT would hold the rows, and the bridge given its partitions, keeping the same
+    records, would wait on them for as long as the first one sleeps (make chaos, SIGSTOP)."""
+    seen_elsewhere = []
+
+    def then_look_from_another_connection(execute, sql, params, many, context):  # type: ignore[no-untyped-def]
+        result = execute(sql, params, many, context)
+        with other_connection() as other:
+            seen_elsewhere.append(other.execute("SELECT count(*) FROM dead_letters").fetchone()[0])  # type: ignore[index]
+        return result
+
+    with connection.execute_wrapper(then_look_from_another_connection):
+        assert dead_letters_store(dead_letters=[dead_letter_record(offset) for offset in range(3)]) == 3
+    assert seen_elsewhere == [3]
+
+
+def test_dead_letters_go_in_by_the_thousand_and_a_kept_one_is_skipped() -> None:
+    dead_letters_store(dead_letters=[dead_letter_record(1)])
+    with mock.patch("signals_app.services.DEAD_LETTERS_PER_INSERT", 2):
+        dead_letters_store(dead_letters=[dead_letter_record(offset) for offset in range(5)])
+    kept = DeadLetter.objects.order_by("source_offset")
+    assert [(d.source_offset, bytes(d.raw), d.key, d.reason) for d in kept] == [
+        (offset, b"{", None, "not JSON") for offset in range(5)
+    ]
