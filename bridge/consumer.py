@@ -41,7 +41,7 @@ from confluent_kafka import (
     TopicPartition,
 )
 from django.conf import settings
-from django.db import DatabaseError
+from django.db import DatabaseError, InterfaceError
 
 from anomalies_app.tasks import detect_anomalies
 from anomalies_app.windows import generation_key
@@ -382,13 +382,16 @@ class Bridge:
                 self.hand_dead_letters(batch)
             return
         if not kept.done():
+            if not self.keeper.thread.is_alive():
+                # Its last write ended its futures; nothing handed over since would ever end.
+                raise RuntimeError("the dead-letter keeper's thread has stopped; the bridge cannot keep dead letters")
             return
         error = kept.exception()
         if error is None:
             EVENTS_PROCESSED.labels(status="dead_letter").inc(len(batch.dead_letters))
             batch.dead_letters, batch.dead_letters_kept = [], None
             return
-        if not isinstance(error, (DatabaseError, KafkaException, DeadLetterPublishError)):
+        if not isinstance(error, (DatabaseError, InterfaceError, KafkaException, DeadLetterPublishError)):
             raise error
         # Batches written together fail together: one line for them, per write.
         if error is not self.dead_letters_failure:

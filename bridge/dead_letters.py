@@ -18,7 +18,7 @@ import threading
 from concurrent.futures import Future
 
 from confluent_kafka import Producer
-from django.db import DatabaseError, connection
+from django.db import DatabaseError, InterfaceError, connection
 
 from signals_app.services import DeadLetterRecord, dead_letters_keep
 
@@ -29,7 +29,7 @@ def dead_letters_write(dead_letters: list[DeadLetterRecord], topic: str, produce
     """On the keeper's thread, with a database connection of its own."""
     try:
         dead_letters_keep(dead_letters=dead_letters, topic=topic, producer=producer)
-    except DatabaseError:
+    except (DatabaseError, InterfaceError):
         connection.close_if_unusable_or_obsolete()
         raise
 

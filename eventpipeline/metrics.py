@@ -43,8 +43,13 @@ PROCESSING_LATENCY = Histogram(
 BATCH_SIZE_CURRENT = Gauge(
     "batch_size_current", "Events in the batch most recently dispatched or stored.", multiprocess_mode="livemax"
 )
-BRIDGE_IN_FLIGHT = Gauge("bridge_batches_in_flight", "Batches handed to Celery and not yet stored.")
-BRIDGE_PAUSED = Gauge("bridge_paused", "1 while the bridge pauses consuming because workers fall behind.")
+BRIDGE_IN_FLIGHT = Gauge(
+    "bridge_batches_in_flight",
+    "Batches read and not yet done: not yet stored and analysed, or their dead letters not yet kept.",
+)
+BRIDGE_PAUSED = Gauge(
+    "bridge_paused", "1 while the bridge pauses consuming: workers fall behind, or dead letters wait to be kept."
+)
 BRIDGE_CONSUMER_LAG = Gauge(
     "bridge_consumer_lag",
     "Records of an assigned partition after the bridge's committed offset (log end less committed).",

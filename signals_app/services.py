@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import logging
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -195,8 +195,11 @@ def _keep_worker_dead_letters(dead_letters: list[DeadLetterRecord]) -> int:
     return dead_letters_keep(dead_letters=dead_letters, topic=settings.DLQ_TOPIC, producer=shared_producer())
 
 
-# Rows per INSERT: 7 parameters each, well under PostgreSQL's 65,535 per statement.
+# Rows per INSERT: 7 parameters each, well under PostgreSQL's 65,535 per statement. And
+# the raw bytes per INSERT, which go as text (hex, twice their size): an oversize record
+# can be a megabyte, and a statement must stay far below PostgreSQL's 1 GB per message.
 DEAD_LETTERS_PER_INSERT = 1000
+DEAD_LETTER_BYTES_PER_INSERT = 16 * 1024 * 1024
 
 _DEAD_LETTER_INSERT = (
     "INSERT INTO dead_letters (raw, key, source_topic, source_partition, source_offset, reason, received_at) "
@@ -214,25 +217,42 @@ def dead_letters_store(*, dead_letters: Sequence[DeadLetterRecord]) -> int:
     same records, would wait on them for as long as the first one sleeps (seen in `make
     chaos`, docs/performance.md, "Dead letters beside the loop"). Inside a caller's
     transaction (a worker's), the statements are part of it."""
+    if not dead_letters:
+        return 0
     received_at = timezone.now()
-    rows = [
-        (
-            record.raw,
-            record.key,
-            record.source_topic,
-            record.source_partition,
-            record.source_offset,
-            record.reason,
-            received_at,
-        )
-        for record in dead_letters
-    ]
     with connection.cursor() as cursor:
-        for start in range(0, len(rows), DEAD_LETTERS_PER_INSERT):
-            chunk = rows[start : start + DEAD_LETTERS_PER_INSERT]
+        for chunk in _dead_letter_chunks(dead_letters):
             values = ", ".join(["(%s, %s, %s, %s, %s, %s, %s)"] * len(chunk))
-            cursor.execute(_DEAD_LETTER_INSERT.format(values=values), [value for row in chunk for value in row])
-    return len(rows)
+            params = [
+                value
+                for record in chunk
+                for value in (
+                    record.raw,
+                    record.key,
+                    record.source_topic,
+                    record.source_partition,
+                    record.source_offset,
+                    record.reason,
+                    received_at,
+                )
+            ]
+            cursor.execute(_DEAD_LETTER_INSERT.format(values=values), params)
+    return len(dead_letters)
+
+
+def _dead_letter_chunks(dead_letters: Sequence[DeadLetterRecord]) -> Iterator[list[DeadLetterRecord]]:
+    """At most DEAD_LETTERS_PER_INSERT records and, but for a record larger than that
+    alone, DEAD_LETTER_BYTES_PER_INSERT of raw bytes per chunk."""
+    chunk: list[DeadLetterRecord] = []
+    size = 0
+    for record in dead_letters:
+        if chunk and (len(chunk) == DEAD_LETTERS_PER_INSERT or size + len(record.raw) > DEAD_LETTER_BYTES_PER_INSERT):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(record)
+        size += len(record.raw)
+    if chunk:
+        yield chunk
 
 
 def dead_letters_publish(*, dead_letters: Sequence[DeadLetterRecord], topic: str, producer: Producer) -> None:

@@ -10,7 +10,7 @@ import time
 from typing import Any
 
 import pytest
-from django.db import OperationalError
+from django.db import InterfaceError, OperationalError
 
 from bridge.consumer import UNCHECKED, InFlightBatch
 from tests.test_bridge_rebalance import TOPIC, Record, RecordingConsumer, bridge_with
@@ -89,8 +89,16 @@ def test_a_write_postgresql_does_not_answer_holds_its_batches_not_the_loop(monke
     assert consumer.commits == [{0: 6}]
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        OperationalError("server closed the connection unexpectedly"),
+        # Not a DatabaseError in Django: a connection psycopg had already closed.
+        InterfaceError("server closed the connection unexpectedly (connection already closed)"),
+    ],
+)
 def test_a_failed_write_is_tried_again_and_only_then_committed(
-    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, error: Exception
 ) -> None:
     attempts: list[int] = []
     failed = threading.Event()
@@ -99,7 +107,7 @@ def test_a_failed_write_is_tried_again_and_only_then_committed(
         attempts.append(len(dead_letters))
         if len(attempts) == 1:
             failed.set()
-            raise OperationalError("server closed the connection unexpectedly")
+            raise error
 
     monkeypatch.setattr("bridge.dead_letters.dead_letters_write", write)
     consumer = MalformedConsumer(batches=1)
@@ -190,3 +198,24 @@ def test_a_batch_stored_and_analysed_waits_for_its_dead_letters(monkeypatch: pyt
     until_done(bridge)
     bridge.commit()
     assert consumer.commits == [{0: 10}]
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread ending
+def test_a_keeper_thread_that_stopped_stops_the_bridge(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Dead letters handed to a keeper whose thread has ended would never be kept, and the
+    bridge would wait paused for good: it stops instead, and is restarted."""
+
+    def write(dead_letters: list[Any], topic: str, producer: Any) -> None:
+        raise SystemExit  # not an Exception: it ends the thread
+
+    monkeypatch.setattr("bridge.dead_letters.dead_letters_write", write)
+    consumer = MalformedConsumer(batches=2)
+    bridge, _ = bridge_reading(consumer)
+    bridge.consume_batch()
+    bridge.keeper.thread.join(10)
+    assert not bridge.keeper.thread.is_alive()
+    bridge.in_flight.clear()  # the first batch let go (a revoke): no one reads its error
+
+    bridge.consume_batch()
+    with pytest.raises(RuntimeError, match="keeper's thread has stopped"):
+        bridge.collect_results()

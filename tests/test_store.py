@@ -11,6 +11,7 @@ import pytest
 from django.conf import settings
 from django.db import OperationalError, ProgrammingError, connection
 from django.test import override_settings
+from django.test.utils import CaptureQueriesContext
 from prometheus_client import REGISTRY
 
 from signals_app.models import DeadLetter, Signal
@@ -154,9 +155,25 @@ def test_each_statement_keeping_dead_letters_is_committed_as_it_ends() -> None:
 
 def test_dead_letters_go_in_by_the_thousand_and_a_kept_one_is_skipped() -> None:
     dead_letters_store(dead_letters=[dead_letter_record(1)])
-    with mock.patch("signals_app.services.DEAD_LETTERS_PER_INSERT", 2):
-        dead_letters_store(dead_letters=[dead_letter_record(offset) for offset in range(5)])
+    with mock.patch("signals_app.services.DEAD_LETTERS_PER_INSERT", 2), CaptureQueriesContext(connection) as queries:
+        assert dead_letters_store(dead_letters=[dead_letter_record(offset) for offset in range(5)]) == 5
+    assert len(queries) == 3, "2 + 2 + 1 records"
     kept = DeadLetter.objects.order_by("source_offset")
     assert [(d.source_offset, bytes(d.raw), d.key, d.reason) for d in kept] == [
         (offset, b"{", None, "not JSON") for offset in range(5)
     ]
+
+
+def test_large_dead_letters_go_in_by_the_bytes_too_and_none_needs_no_statement() -> None:
+    """Oversize records can be a megabyte each: a statement stays far below PostgreSQL's
+    1 GB per message whatever they weigh."""
+    records = [dead_letter_record(offset) for offset in range(4)]
+    records[1] = DeadLetterRecord(raw=b"x" * 25, source_topic=TOPIC, source_partition=0, source_offset=1, reason="big")
+    with (
+        mock.patch("signals_app.services.DEAD_LETTER_BYTES_PER_INSERT", 20),
+        CaptureQueriesContext(connection) as queries,
+    ):
+        dead_letters_store(dead_letters=records)
+        assert dead_letters_store(dead_letters=[]) == 0
+    assert len(queries) == 3, "the one before it, the large one alone, the two after it"
+    assert DeadLetter.objects.count() == 4
