@@ -92,7 +92,8 @@ class TopicTimes:
 # so their gaps would no longer show the rates alone: with a seed drawn at random, one run
 # of the burst test in some fifty met one. Seed 1 from this moment starts none in its first
 # 20,000 events (test_the_pinned_stream_starts_no_incident).
-NO_INCIDENTS = ("--seed=1", "--start-ms=1796126400000")  # 2026-12-01T12:00:00Z
+NO_INCIDENTS_START_MS = 1796126400000  # 2026-12-01T12:00:00Z
+NO_INCIDENTS = ("--seed=1", f"--start-ms={NO_INCIDENTS_START_MS}")
 
 
 @pytest.mark.parametrize(
@@ -100,7 +101,7 @@ NO_INCIDENTS = ("--seed=1", "--start-ms=1796126400000")  # 2026-12-01T12:00:00Z
     [(10, {100: 1000.0}), (50, {100: 250.0, 1100: 50.0})],  # the tests' paces, give or take
 )
 def test_the_pinned_stream_starts_no_incident(rate: int, changes: dict[int, float]) -> None:
-    generator = SignalGenerator(seed=1, users=10_000, start_ms=int(NO_INCIDENTS[1].split("=")[1]), rate=rate)
+    generator = SignalGenerator(seed=1, users=10_000, start_ms=NO_INCIDENTS_START_MS, rate=rate)
     for index in range(20_000):
         if index in changes:
             generator.rate_change(changes[index])
