@@ -42,6 +42,7 @@ KILLED_CYCLES = {3, 7}  # kill -9; SIGTERM in the others
 # A bridge's log lines when it is given partitions, and when they are taken from it:
 # "assigned [('topic', 3), ...]", "revoked [('topic', 3), ...]; ...".
 REBALANCED = re.compile(r"bridge\.consumer: (assigned|revoked) \[([^\]]*)\]")
+PARTITION = re.compile(r", (\d+)\)")  # the partition of one ('topic', 3) in such a line
 # ... and when it handed a batch to Celery.
 DISPATCHED = re.compile(r"batch \S+: \d+ events.*; to store and detect")
 
@@ -120,6 +121,31 @@ def add_and_remove_a_bridge(pipeline: Pipeline, cycle: int, rng: random.Random) 
     return assigned_after
 
 
+def where_the_group_stands(pipeline: Pipeline, total: int) -> str:
+    """For a run that did not end: stored against emitted, per partition the committed
+    offset against the end, and each bridge's state, last word on its partitions and last
+    warnings. A partition behind its end that no bridge holds is a group that did not
+    settle; every partition at its end with signals missing would be a loss."""
+    ends, committed = pipeline.end_offsets(), pipeline.committed_offsets()
+    behind = {partition: (committed.get(partition, 0), end) for partition, end in ends.items()}
+    lines = [
+        f"stored {Signal.objects.count()} of {total}; committed/end per partition: "
+        + " ".join(f"[{partition}]{done}/{end}" for partition, (done, end) in sorted(behind.items()))
+    ]
+    for name in sorted(pipeline.log_paths):
+        if not name.startswith("bridge"):
+            continue
+        text = pipeline.log_of(name)
+        changes = REBALANCED.findall(text)
+        warnings = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line][-5:]
+        exited = pipeline.processes[name].poll()
+        running = "running" if exited is None else f"exited with {exited}"
+        last = f"{changes[-1][0]} {PARTITION.findall(changes[-1][1])}" if changes else "no rebalance"
+        lines.append(f"{name} ({running}): last {last}")
+        lines += [f"    {line[:300]}" for line in warnings]
+    return "\n".join(lines)
+
+
 @pytest.mark.topic_partitions(12)
 def test_bridges_joining_and_leaving_mid_run_lose_and_duplicate_nothing(pipeline: Pipeline) -> None:
     rng = random.Random(13)
@@ -151,8 +177,11 @@ def test_bridges_joining_and_leaving_mid_run_lose_and_duplicate_nothing(pipeline
     assert stored_after_cycles < total, "the bridges came and went after the run: nothing was tested"
 
     load_ended = time.monotonic()
-    wait_for(lambda: Signal.objects.count() >= total, timeout=240, what=f"{total} stored signals")
-    wait_for(pipeline.all_committed, timeout=120, what="offsets committed up to the end")
+    try:
+        wait_for(lambda: Signal.objects.count() >= total, timeout=240, what=f"{total} stored signals")
+        wait_for(pipeline.all_committed, timeout=120, what="offsets committed up to the end")
+    except AssertionError as error:
+        raise AssertionError(f"{error}\n{where_the_group_stands(pipeline, total)}") from None
     # 0 lost, 0 duplicated: the plain events are exactly those emitted, and the injection
     # run's every event once (the table's unique key makes a second copy impossible, so
     # counts against what was emitted tell both).
