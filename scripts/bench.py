@@ -252,13 +252,13 @@ def cpu_used(before: dict[str, float | None], after: dict[str, float | None]) ->
     return used
 
 
-def cpu_line(used: dict[str, float | None], events: int) -> str:
+def cpu_line(used: dict[str, float | None], events: int, what: str = "events") -> str:
     """`  CPU ms per 1,000 events: bridge 13, detect worker 25, ...`, by component name."""
     parts = [
         f"{name} not measured" if seconds is None else f"{name} {1e6 * seconds / events:.0f}"
         for name, seconds in sorted(used.items())
     ]
-    return "  CPU ms per 1,000 events: " + ", ".join(parts)
+    return f"  CPU ms per 1,000 {what}: " + ", ".join(parts)
 
 
 def bench_env(args: argparse.Namespace) -> dict[str, str]:
@@ -420,18 +420,24 @@ def windows_forget(prefix: str) -> None:
         client.unlink(*batch)
 
 
-def copy_rate(events: list[dict[str, object]], batch_size: int) -> float:
-    """The same rows COPYed straight into the same table, in batches of the same size."""
+def copy_rate(events: list[dict[str, object]], batch_size: int, servers: dict[str, psutil.Process | None]) -> float:
+    """The same rows COPYed straight into the same table, in batches of the same size.
+    Prints the CPU it cost: this process (the COPY's client) and `servers`, PostgreSQL's
+    share being the floor of what storing the rows costs it in the pipeline."""
     rows = [(e["event_id"], e["user_id"], e["type"], e["timestamp"], json.dumps(e["payload"])) for e in events]
     truncate()
     # The partitions of their days, as the store task makes them before its COPY.
     signals_partitions_ensure(days={day_number(cast(int, e["timestamp"])) for e in events})
+    roots = {**servers, "bench": psutil.Process()}
+    cpu_before = cpu_seconds_by_component(roots)
     started = time.monotonic()
     for offset in range(0, len(rows), batch_size):
         with connection.cursor() as cursor, cursor.copy(COPY_SQL) as copy:
             for row in rows[offset : offset + batch_size]:
                 copy.write_row(row)
-    return len(rows) / (time.monotonic() - started)
+    rate = len(rows) / (time.monotonic() - started)
+    print(cpu_line(cpu_used(cpu_before, cpu_seconds_by_component(roots)), len(rows), what="rows COPYed"), flush=True)
+    return rate
 
 
 # --- Latency mode (docs/performance.md, "End-to-end latency") -------------------------
@@ -772,7 +778,7 @@ def main() -> None:
         generator = SignalGenerator(seed=run, users=10_000, start_ms=start_ms, rate=args.events / 3600)
         events = [generator.next() for _ in range(args.events)]
         pipeline_rates.append(pipeline_rate(events, args, logs, servers))
-        copy_rates.append(copy_rate(events, args.batch_size))
+        copy_rates.append(copy_rate(events, args.batch_size, servers))
         print(
             f"run {run}: pipeline {pipeline_rates[-1]:,.0f} events/s, COPY {copy_rates[-1]:,.0f} rows/s, "
             f"ratio {pipeline_rates[-1] / copy_rates[-1]:.2f}",

@@ -186,7 +186,7 @@ def test_a_short_throughput_run_prints_its_lines(
 ) -> None:
     """scripts/bench.py's throughput run, once, on the test database, with malformed records
     among the events (the bench waits for their offsets too, and counts only the events):
-    the CPU line names every process it started and the last line reads as scripts read it."""
+    the CPU lines name every process it started and the last line reads as scripts read it."""
     command = [sys.executable, str(REPO / "scripts" / "bench.py"), "--runs", "1", "--events", "30000"]
     command += ["--malformed-every", "100"]
     command += ["--latency-seconds", "0", "--logs", str(tmp_path)]
@@ -198,6 +198,9 @@ def test_a_short_throughput_run_prints_its_lines(
     assert cpu, output
     for process in ("bridge", "store worker", "detect worker"):
         assert re.search(rf"\b{process} \d+\b", cpu[1]), output
+    # The COPY limit's own cost: its client, the bench's process, and the servers it counts.
+    copied = re.search(r"CPU ms per 1,000 rows COPYed: (.*)", completed.stdout)
+    assert copied and re.search(r"\bbench \d+\b", copied[1]), output
     last = re.fullmatch(
         r"events_per_s=(\d+) copy_limit_per_s=(\d+) ratio=(\d+\.\d\d)", completed.stdout.strip().splitlines()[-1]
     )
