@@ -17,7 +17,9 @@ processes the bench started and what runs under them, found by process id: the b
 worker processes of the run, and the servers scripts/devservices.py started for the bench
 (DEVSERVICES_PIDS). Other processes on the machine, another pipeline's worker included,
 are not counted and cannot disturb the count; a server given by URL is not counted either
-(it may serve others), and the bench says so once.
+(it may serve others), and the bench says so once. After it, the CPU the COPY of step 3
+cost per 1,000 rows: the bench's own process (the COPY's client) and the same servers
+(docs/performance.md, "The floor at batch 500").
 
 Then a latency run (docs/performance.md, "End-to-end latency"): a steady 5,000 events/s
 for 60 s (--latency-rate, --latency-seconds; 0 s: none) into Kafka while the bench's
