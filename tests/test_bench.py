@@ -198,9 +198,16 @@ def test_a_short_throughput_run_prints_its_lines(
     assert cpu, output
     for process in ("bridge", "store worker", "detect worker"):
         assert re.search(rf"\b{process} \d+\b", cpu[1]), output
-    # The COPY limit's own cost: its client, the bench's process, and the servers it counts.
+    # The COPY limit's own cost: its client, the bench's process, and the servers it counts;
+    # PostgreSQL's share, when counted, cannot round to nothing if the span covers the COPY.
     copied = re.search(r"CPU ms per 1,000 rows COPYed: (.*)", completed.stdout)
     assert copied and re.search(r"\bbench \d+\b", copied[1]), output
+    servers, _ = bench.server_roots(os.environ.get("DEVSERVICES_PIDS"))
+    for server in servers:
+        assert re.search(rf"\b{server} \d+\b", copied[1]), output
+    if "postgresql" in servers:
+        postgresql = re.search(r"\bpostgresql (\d+)\b", copied[1])
+        assert postgresql and int(postgresql[1]) >= 1, output
     last = re.fullmatch(
         r"events_per_s=(\d+) copy_limit_per_s=(\d+) ratio=(\d+\.\d\d)", completed.stdout.strip().splitlines()[-1]
     )
