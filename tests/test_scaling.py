@@ -127,10 +127,9 @@ def where_the_group_stands(pipeline: Pipeline, total: int) -> str:
     warnings. A partition behind its end that no bridge holds is a group that did not
     settle; every partition at its end with signals missing would be a loss."""
     ends, committed = pipeline.end_offsets(), pipeline.committed_offsets()
-    behind = {partition: (committed.get(partition, 0), end) for partition, end in ends.items()}
     lines = [
         f"stored {Signal.objects.count()} of {total}; committed/end per partition: "
-        + " ".join(f"[{partition}]{done}/{end}" for partition, (done, end) in sorted(behind.items()))
+        + " ".join(f"[{partition}]{committed.get(partition, 0)}/{end}" for partition, end in sorted(ends.items()))
     ]
     for name in sorted(pipeline.log_paths):
         if not name.startswith("bridge"):
